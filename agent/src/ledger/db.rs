@@ -1,0 +1,115 @@
+//! Opening the agent's SQLite file: pragmas, migrations, and the schema-version guard.
+//!
+//! Guarantees:
+//! - Every connection runs with WAL, `foreign_keys=ON`, `synchronous=FULL` and a busy timeout, set
+//!   explicitly here and nowhere else, so a write the ledger acknowledged survives power loss and
+//!   several processes (the gateway, the CLI) can write the same file safely.
+//! - Migrations are applied in one place; applying them twice is a no-op.
+//! - A database written by a newer tollgate (a migration version this binary does not know) is
+//!   refused before anything is written, with a message naming both versions.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use tollgate_schema::sqlite::{HISTORY_TABLE, LATEST_VERSION, migrations};
+
+use super::LedgerError;
+
+/// How long a writer waits for another process's write transaction before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Prepared statements kept per connection (the hot path uses about twenty).
+const STATEMENT_CACHE_CAPACITY: usize = 64;
+
+/// Whether opening may create the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the file if it is missing (`tollgate init`, tests).
+    CreateIfMissing,
+    /// The file must already exist: a typo in `--data-dir` must not silently start an empty ledger.
+    MustExist,
+}
+
+/// Opens (and migrates) the database at `path`.
+pub fn open(path: &Path, mode: OpenMode) -> Result<Connection, LedgerError> {
+    if mode == OpenMode::MustExist && !path.exists() {
+        return Err(LedgerError::NoDatabase(path.to_path_buf()));
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let mut conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    // journal_mode answers with the mode now in force; anything but WAL is an error.
+    let journal_mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !journal_mode.eq_ignore_ascii_case("wal") {
+        return Err(LedgerError::Pragma(format!(
+            "journal_mode is {journal_mode}, not wal"
+        )));
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    refuse_newer_schema(&conn)?;
+    migrate(&mut conn)?;
+    ensure_identity(&conn)?;
+    Ok(conn)
+}
+
+/// The newest migration version recorded in the file, if any.
+pub fn schema_version(conn: &Connection) -> Result<Option<i64>, LedgerError> {
+    let has_history: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [HISTORY_TABLE],
+        |r| r.get(0),
+    )?;
+    if !has_history {
+        return Ok(None);
+    }
+    let sql = format!("SELECT MAX(version) FROM {HISTORY_TABLE}");
+    Ok(conn.query_row(&sql, [], |r| r.get::<_, Option<i64>>(0))?)
+}
+
+fn refuse_newer_schema(conn: &Connection) -> Result<(), LedgerError> {
+    match schema_version(conn)? {
+        Some(found) if found > i64::from(LATEST_VERSION) => Err(LedgerError::SchemaTooNew {
+            found,
+            supported: i64::from(LATEST_VERSION),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
+    // Two processes may open a fresh file at once; the exclusive lock makes the second one wait
+    // and then find nothing to apply.
+    conn.execute_batch("BEGIN EXCLUSIVE; COMMIT;")?;
+    migrations::runner()
+        .set_abort_divergent(true)
+        .set_abort_missing(true)
+        .run(conn)
+        .map_err(|e| LedgerError::Migration(e.to_string()))?;
+    Ok(())
+}
+
+/// Gives a new database its sync incarnation (SYNC.md): a fresh UUIDv7, written once.
+fn ensure_identity(conn: &Connection) -> Result<(), LedgerError> {
+    let existing: Option<String> = conn
+        .query_row(
+            "SELECT incarnation FROM agent_identity WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if existing.is_none() {
+        conn.execute(
+            "INSERT INTO agent_identity (id, incarnation) VALUES (1, ?1) ON CONFLICT (id) DO NOTHING",
+            [uuid::Uuid::now_v7().to_string()],
+        )?;
+    }
+    Ok(())
+}

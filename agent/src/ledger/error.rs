@@ -1,0 +1,114 @@
+//! The ledger's one error type, in domain words.
+//!
+//! Every variant but [`LedgerError::Storage`] and its siblings is a refusal of bad or
+//! unaffordable input, and the operation that returned it wrote nothing (except, for a keyed
+//! operation refused for lack of credit or by the spend cap, the record that makes a retry return
+//! the same refusal). Messages name what was wrong and are safe to show a user.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tollgate_schema::money::Credits;
+
+/// Why the ledger refused an operation because of money, not input: the only refusals recorded
+/// under an idempotency key, so a retry after a refusal is refused the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "refusal", rename_all = "snake_case")]
+pub enum Refusal {
+    #[error("insufficient credit for {user}: available {available}, needed {needed}")]
+    InsufficientCredit {
+        user: String,
+        available: Credits,
+        needed: Credits,
+    },
+    #[error(
+        "monthly spend cap reached for {user}: cap {cap}, used {used}, held {held}, needed {needed}"
+    )]
+    SpendCapReached {
+        user: String,
+        cap: Credits,
+        used: Credits,
+        held: Credits,
+        needed: Credits,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("unknown user {0:?}")]
+    UnknownUser(String),
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error("invalid user id {0:?}: use 1-128 characters of letters, digits and . _ @ + -")]
+    InvalidUserId(String),
+    #[error("invalid amount {amount}: {why}")]
+    InvalidAmount { amount: Credits, why: &'static str },
+    #[error("unknown credit package {0:?}")]
+    UnknownPackage(String),
+    #[error("package {package:?} is {credits} credits, not {amount}")]
+    PackageAmountMismatch {
+        package: String,
+        credits: Credits,
+        amount: Credits,
+    },
+    #[error(
+        "idempotency key {key:?} was already used for a different operation; use a new key for a new operation"
+    )]
+    IdempotencyConflict { key: String },
+    #[error("invalid idempotency key: {0}")]
+    InvalidIdempotencyKey(&'static str),
+    #[error("request {request_id:?} already has a hold of {existing}, not {requested}")]
+    HoldConflict {
+        request_id: String,
+        existing: Credits,
+        requested: Credits,
+    },
+    #[error("request {0:?} was already settled")]
+    AlreadySettled(String),
+    #[error("request {request_id:?} was settled at {charged}, not {requested}")]
+    SettleConflict {
+        request_id: String,
+        charged: Credits,
+        requested: Credits,
+    },
+    #[error("user {user:?} has {open} open holds, the limit is {limit}")]
+    TooManyOpenHolds { user: String, open: u64, limit: u64 },
+    #[error("unknown journal entry {0:?}")]
+    UnknownEntry(String),
+    #[error("entry {entry:?} cannot be refunded: {why}")]
+    NotRefundable { entry: String, why: String },
+    #[error("unknown API key {0:?}")]
+    UnknownApiKey(String),
+    #[error("invalid {field}: {why}")]
+    InvalidField { field: &'static str, why: String },
+    #[error("no tollgate database at {}: run `tollgate init` first (or pass the right --data-dir)", .0.display())]
+    NoDatabase(PathBuf),
+    #[error(
+        "this database has schema version {found}, newer than this tollgate supports ({supported}); upgrade tollgate"
+    )]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("migrating the database failed: {0}")]
+    Migration(String),
+    #[error("database setting refused: {0}")]
+    Pragma(String),
+    #[error("the database holds a value this tollgate cannot read: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Storage(#[from] rusqlite::Error),
+}
+
+impl LedgerError {
+    /// Whether the connection or file failed, as opposed to the operation being refused. A batch
+    /// stops at the first storage error; refusals are per operation.
+    pub fn is_storage(&self) -> bool {
+        matches!(
+            self,
+            LedgerError::Storage(_)
+                | LedgerError::Corrupt(_)
+                | LedgerError::Migration(_)
+                | LedgerError::Pragma(_)
+        )
+    }
+}

@@ -1,0 +1,401 @@
+//! The request path's three operations: hold (reserve the worst case), settle (charge the metered
+//! cost), release (charge nothing).
+//!
+//! Guarantees:
+//! - A hold is admitted only if the user can afford it (credit, then the monthly spend cap, with
+//!   open holds counted) and the user has fewer than [`OPEN_HOLDS_PER_USER_MAX`] open holds.
+//! - A settle debits at most its hold; metered cost beyond the hold is booked as overage on the
+//!   usage row, never charged silently and never taking a balance below zero. A settle whose hold
+//!   had expired charges what the user has left, up to the cost, the rest again as overage.
+//! - Every operation is idempotent by request id: a hold retried returns the same hold; a settle
+//!   retried with the same cost returns the same charge (another cost is a conflict); a release
+//!   of a hold that is gone releases nothing. One usage entry and one usage row per request.
+
+use rusqlite::{OptionalExtension, params};
+use tollgate_schema::money::Credits;
+
+use super::LedgerError;
+use super::credits::negate;
+use super::journal::EntryDraft;
+use super::lots::as_burns;
+use super::rules;
+use super::session::{Session, UserRow};
+use super::sql;
+use super::types::{
+    EntryReceipt, EntryType, HoldReceipt, HoldRequest, Release, ReleaseReceipt, Settle,
+    SettleReceipt, UsageRecord,
+};
+
+/// Open holds one user may have at once: more means a runaway client or a leak.
+pub const OPEN_HOLDS_PER_USER_MAX: u64 = 4_096;
+/// Longest accepted request id.
+pub const REQUEST_ID_LEN_MAX: usize = 255;
+/// How long a hold lives unless the caller says otherwise.
+pub const HOLD_TTL_DEFAULT: time::Duration = time::Duration::minutes(15);
+
+#[derive(Debug)]
+struct OpenHold {
+    row_id: i64,
+    hold_id: String,
+    user_id: String,
+    amount: Credits,
+}
+
+impl Session<'_> {
+    pub fn hold(&mut self, req: &HoldRequest) -> Result<HoldReceipt, LedgerError> {
+        validate_request_id(&req.request_id)?;
+        if !req.amount.is_positive() {
+            return Err(LedgerError::InvalidAmount {
+                amount: req.amount,
+                why: "a hold must be positive",
+            });
+        }
+        if req.ttl <= time::Duration::ZERO {
+            return Err(LedgerError::InvalidField {
+                field: "hold ttl",
+                why: "it must be positive".into(),
+            });
+        }
+        if let Some(existing) = self.open_hold(&req.request_id)? {
+            if existing.user_id != req.user_id || existing.amount != req.amount {
+                return Err(LedgerError::HoldConflict {
+                    request_id: req.request_id.clone(),
+                    existing: existing.amount,
+                    requested: req.amount,
+                });
+            }
+            let user = self.touch(&req.user_id)?;
+            return Ok(HoldReceipt {
+                hold_id: existing.hold_id,
+                request_id: req.request_id.clone(),
+                user_id: req.user_id.clone(),
+                amount: existing.amount,
+                available_after: user.account().available(),
+            });
+        }
+        if self.usage_row(&req.request_id)?.is_some() {
+            return Err(LedgerError::AlreadySettled(req.request_id.clone()));
+        }
+        let mut user = self.touch(&req.user_id)?;
+        let open: i64 = self
+            .conn
+            .prepare_cached(sql::COUNT_HOLDS)?
+            .query_row([&req.user_id], |r| r.get(0))?;
+        let open = u64::try_from(open).unwrap_or(u64::MAX);
+        if open >= OPEN_HOLDS_PER_USER_MAX {
+            return Err(LedgerError::TooManyOpenHolds {
+                user: req.user_id.clone(),
+                open,
+                limit: OPEN_HOLDS_PER_USER_MAX,
+            });
+        }
+        user.account().admit(&user.user_id, req.amount)?;
+        let hold_id = uuid::Uuid::now_v7().to_string();
+        let expires_at = super::clock::to_text(self.now + req.ttl);
+        self.conn
+            .prepare_cached(sql::INSERT_HOLD)?
+            .execute(params![
+                hold_id,
+                req.request_id,
+                req.user_id,
+                req.amount.nanos(),
+                self.now_text,
+                expires_at,
+            ])?;
+        user.held = user.held.checked_add(req.amount).unwrap_or(Credits::MAX);
+        user.dirty = true;
+        self.save_user(&mut user)?;
+        Ok(HoldReceipt {
+            hold_id,
+            request_id: req.request_id.clone(),
+            user_id: req.user_id.clone(),
+            amount: req.amount,
+            available_after: user.account().available(),
+        })
+    }
+
+    pub fn settle(&mut self, req: &Settle) -> Result<SettleReceipt, LedgerError> {
+        validate_request_id(&req.request_id)?;
+        if req.cost.is_negative() {
+            return Err(LedgerError::InvalidAmount {
+                amount: req.cost,
+                why: "a cost cannot be negative",
+            });
+        }
+        let hold = self.open_hold(&req.request_id)?;
+        if let Some(hold) = &hold {
+            if hold.user_id != req.user_id {
+                return Err(request_of_another_user(&req.request_id));
+            }
+        } else if let Some((user_id, charged, overage)) = self.usage_row(&req.request_id)? {
+            return self.replayed_settle(req, &user_id, charged, overage);
+        }
+        let mut user = self.touch(&req.user_id)?;
+        // The hold may have expired, and touch just released it: then this is a late settle.
+        let still_held = match hold {
+            Some(h) if self.hold_exists(h.row_id)? => Some(h),
+            _ => None,
+        };
+        let ceiling = match &still_held {
+            Some(h) => {
+                self.conn
+                    .prepare_cached(sql::DELETE_HOLD)?
+                    .execute([h.row_id])?;
+                user.held = user.held.checked_sub(h.amount).unwrap_or(Credits::ZERO);
+                user.dirty = true;
+                h.amount
+            }
+            None => user.account().available(),
+        };
+        let charged = req.cost.min(ceiling);
+        let overage = req.cost.checked_sub(charged).unwrap_or(Credits::ZERO);
+        let entry = if charged.is_positive() {
+            Some(self.charge_usage(&mut user, req, charged)?)
+        } else {
+            None
+        };
+        self.insert_usage(
+            &req.request_id,
+            &user.user_id,
+            &req.usage,
+            charged,
+            overage,
+            true,
+        )?;
+        self.save_user(&mut user)?;
+        Ok(SettleReceipt {
+            request_id: req.request_id.clone(),
+            user_id: user.user_id,
+            entry,
+            charged,
+            overage,
+        })
+    }
+
+    pub fn release(&mut self, req: &Release) -> Result<ReleaseReceipt, LedgerError> {
+        validate_request_id(&req.request_id)?;
+        let mut released = Credits::ZERO;
+        match self.open_hold(&req.request_id)? {
+            Some(hold) if hold.user_id != req.user_id => {
+                return Err(request_of_another_user(&req.request_id));
+            }
+            Some(hold) => {
+                let mut user = self.touch(&req.user_id)?;
+                if self.hold_exists(hold.row_id)? {
+                    self.conn
+                        .prepare_cached(sql::DELETE_HOLD)?
+                        .execute([hold.row_id])?;
+                    user.held = user.held.checked_sub(hold.amount).unwrap_or(Credits::ZERO);
+                    user.dirty = true;
+                    released = hold.amount;
+                }
+                self.save_user(&mut user)?;
+            }
+            None if self.usage_row(&req.request_id)?.is_some() => {
+                return Ok(ReleaseReceipt {
+                    request_id: req.request_id.clone(),
+                    released,
+                });
+            }
+            None => {}
+        }
+        if let Some(usage) = &req.usage {
+            self.insert_usage(
+                &req.request_id,
+                &req.user_id,
+                usage,
+                Credits::ZERO,
+                Credits::ZERO,
+                false,
+            )?;
+        }
+        Ok(ReleaseReceipt {
+            request_id: req.request_id.clone(),
+            released,
+        })
+    }
+
+    fn charge_usage(
+        &mut self,
+        user: &mut UserRow,
+        req: &Settle,
+        charged: Credits,
+    ) -> Result<EntryReceipt, LedgerError> {
+        let plan = rules::burn_plan(&user.lots, charged, self.now).ok_or_else(|| {
+            LedgerError::Corrupt(format!("lots of {} do not cover its balance", user.user_id))
+        })?;
+        let usage = &req.usage;
+        let entry = self.append(
+            user,
+            EntryDraft {
+                entry_type: Some(EntryType::Usage),
+                amount: negate(charged),
+                request_id: Some(req.request_id.clone()),
+                provider: usage.provider.clone(),
+                model: Some(usage.model.clone()),
+                prompt_tokens: Some(usage.prompt_tokens),
+                completion_tokens: Some(usage.completion_tokens),
+                cost_per_token: usage.cost_per_token.clone(),
+                power_level: usage.power_level,
+                is_byok: usage.is_byok,
+                ..EntryDraft::default()
+            },
+        )?;
+        self.move_lots(user, entry.row_id, &as_burns(plan))?;
+        user.used_this_month = user
+            .used_this_month
+            .checked_add(charged)
+            .unwrap_or(Credits::MAX);
+        Ok(entry.receipt)
+    }
+
+    /// A settle seen before: the same cost gives the same receipt, another is a conflict.
+    fn replayed_settle(
+        &self,
+        req: &Settle,
+        user_id: &str,
+        charged: Credits,
+        overage: Credits,
+    ) -> Result<SettleReceipt, LedgerError> {
+        if user_id != req.user_id {
+            return Err(request_of_another_user(&req.request_id));
+        }
+        if charged.checked_add(overage) != Some(req.cost) {
+            return Err(LedgerError::SettleConflict {
+                request_id: req.request_id.clone(),
+                charged: charged.checked_add(overage).unwrap_or(Credits::MAX),
+                requested: req.cost,
+            });
+        }
+        let entry = self
+            .conn
+            .prepare_cached(
+                "SELECT entry_id, seq, user_id, amount, balance_after FROM credit_transactions \
+                 WHERE request_id = ?1 AND transaction_type = 'usage'",
+            )?
+            .query_row([&req.request_id], |r| {
+                Ok(EntryReceipt {
+                    entry_id: r.get(0)?,
+                    seq: r.get(1)?,
+                    user_id: r.get(2)?,
+                    amount: Credits::from_nanos(r.get(3)?),
+                    balance_after: Credits::from_nanos(r.get(4)?),
+                })
+            })
+            .optional()?;
+        Ok(SettleReceipt {
+            request_id: req.request_id.clone(),
+            user_id: user_id.to_owned(),
+            entry,
+            charged,
+            overage,
+        })
+    }
+
+    fn open_hold(&self, request_id: &str) -> Result<Option<OpenHold>, LedgerError> {
+        Ok(self
+            .conn
+            .prepare_cached(sql::HOLD_BY_REQUEST)?
+            .query_row([request_id], |r| {
+                Ok(OpenHold {
+                    row_id: r.get(0)?,
+                    hold_id: r.get(1)?,
+                    user_id: r.get(2)?,
+                    amount: Credits::from_nanos(r.get(3)?),
+                })
+            })
+            .optional()?)
+    }
+
+    fn hold_exists(&self, row_id: i64) -> Result<bool, LedgerError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM holds WHERE id = ?1")?
+            .query_row([row_id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// (user, charged, overage) of the request's usage row, if it has one.
+    fn usage_row(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<(String, Credits, Credits)>, LedgerError> {
+        Ok(self
+            .conn
+            .prepare_cached(sql::USAGE_BY_REQUEST)?
+            .query_row([request_id], |r| {
+                Ok((
+                    r.get(0)?,
+                    Credits::from_nanos(r.get(1)?),
+                    Credits::from_nanos(r.get(2)?),
+                ))
+            })
+            .optional()?)
+    }
+
+    fn insert_usage(
+        &self,
+        request_id: &str,
+        user_id: &str,
+        usage: &UsageRecord,
+        charged: Credits,
+        overage: Credits,
+        settled: bool,
+    ) -> Result<(), LedgerError> {
+        let success = settled && usage.error_type.is_none();
+        let metadata = usage.metadata.as_ref().map(serde_json::Value::to_string);
+        self.conn
+            .prepare_cached(sql::INSERT_USAGE)?
+            .execute(params![
+                request_id,
+                usage.session_id,
+                user_id,
+                usage.app_id,
+                usage.endpoint,
+                usage.model,
+                usage.provider,
+                usage.power_level.map(|l| l.as_str()),
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                i64::from(usage.prompt_tokens) + i64::from(usage.completion_tokens),
+                charged.nanos(),
+                overage.nanos(),
+                usage.cost_per_token,
+                usage.is_byok,
+                usage.byok_key_id,
+                usage.latency_ms,
+                usage.time_to_first_token_ms,
+                usage.tokens_per_second,
+                success,
+                usage.http_status,
+                usage.error_message,
+                usage.error_type,
+                metadata,
+                usage.user_agent,
+                usage.client_ip,
+                self.now_text,
+            ])?;
+        Ok(())
+    }
+}
+
+fn validate_request_id(request_id: &str) -> Result<(), LedgerError> {
+    if request_id.is_empty()
+        || request_id.len() > REQUEST_ID_LEN_MAX
+        || request_id.chars().any(char::is_control)
+    {
+        return Err(LedgerError::InvalidField {
+            field: "request id",
+            why: format!("it must be 1 to {REQUEST_ID_LEN_MAX} printable bytes"),
+        });
+    }
+    Ok(())
+}
+
+fn request_of_another_user(request_id: &str) -> LedgerError {
+    LedgerError::InvalidField {
+        field: "request id",
+        why: format!("{request_id:?} belongs to another user"),
+    }
+}

@@ -1,0 +1,277 @@
+//! The ledger: the agent's prepaid credit books in one SQLite file. This module and its children
+//! are the only code that touches SQLite.
+//!
+//! Shape: [`Ledger`] owns a connection and a [`Clock`]. Writes run as batches ([`Ledger::apply`]):
+//! one `BEGIN IMMEDIATE` transaction, one savepoint per operation, one commit (group commit), each
+//! operation with its own result. Decisions are pure functions in [`rules`]; the SQL modules load
+//! values, ask `rules`, and write what it says.
+//!
+//! Invariants (checked by `tollgate verify`, see [`verify`]):
+//! - a user's balance = the sum of their journal amounts = the sum of their lots' remaining;
+//! - 0 ≤ open holds ≤ balance, so available credit is never negative;
+//! - the journal is append-only, chained per user by balances and globally by seq and hash;
+//! - every keyed operation from outside has one permanent outcome.
+
+pub mod api_keys;
+pub mod catalog;
+pub mod clock;
+mod credits;
+pub mod db;
+mod error;
+mod holds;
+mod idempotency;
+pub mod journal;
+mod lots;
+pub mod provider_keys;
+pub mod rules;
+mod session;
+pub mod sql;
+mod types;
+mod users;
+pub mod verify;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use credits::NOTE_LEN_MAX;
+pub use db::OpenMode;
+pub use error::{LedgerError, Refusal};
+pub use holds::{HOLD_TTL_DEFAULT, OPEN_HOLDS_PER_USER_MAX, REQUEST_ID_LEN_MAX};
+pub use idempotency::IDEMPOTENCY_KEY_LEN_MAX;
+pub use types::*;
+pub use users::{USER_ID_LEN_MAX, validate_user_id};
+
+use idempotency::{Outcome, fingerprint, validate_key};
+use session::Session;
+
+/// Most operations accepted in one batch: bounds a transaction's size and a writer's lock time.
+pub const BATCH_OPS_MAX: usize = 1_000;
+
+/// The agent's ledger over one SQLite file.
+#[derive(Debug)]
+pub struct Ledger {
+    conn: Connection,
+    clock: Arc<dyn Clock>,
+}
+
+impl Ledger {
+    /// Opens the ledger at `path` (see [`db::open`] for what opening guarantees).
+    pub fn open(path: &Path, mode: OpenMode, clock: Arc<dyn Clock>) -> Result<Ledger, LedgerError> {
+        Ok(Ledger {
+            conn: db::open(path, mode)?,
+            clock,
+        })
+    }
+
+    /// The ledger's connection, for the read-only queries of the sibling modules.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Runs `ops` in one transaction, each in its own savepoint, and commits once. Each operation
+    /// gets its own result: a refused operation leaves no trace but the outcome record of its
+    /// idempotency key, and does not disturb the others. The outer error means the batch as a
+    /// whole failed (storage): nothing of it was committed.
+    pub fn apply(&mut self, ops: &[Op]) -> Result<Vec<Result<Receipt, LedgerError>>, LedgerError> {
+        if ops.len() > BATCH_OPS_MAX {
+            return Err(LedgerError::InvalidField {
+                field: "batch",
+                why: format!("{} operations, the limit is {BATCH_OPS_MAX}", ops.len()),
+            });
+        }
+        let now = self.clock.now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(ops.len());
+        {
+            let mut session = Session::begin(&tx, now)?;
+            for op in ops {
+                let result = run_op(&mut session, op)?;
+                results.push(result);
+            }
+        }
+        tx.commit()?;
+        Ok(results)
+    }
+
+    /// Runs one write that is not a batchable operation (user management) in its own transaction.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&mut Session<'_>) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let now = self.clock.now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = {
+            let mut session = Session::begin(&tx, now)?;
+            f(&mut session)?
+        };
+        tx.commit()?;
+        Ok(value)
+    }
+
+    fn apply_one(&mut self, op: Op) -> Result<Receipt, LedgerError> {
+        self.apply(std::slice::from_ref(&op))?
+            .pop()
+            .unwrap_or_else(|| {
+                Err(LedgerError::Corrupt(
+                    "a batch of one returned no result".to_owned(),
+                ))
+            })
+    }
+
+    pub fn add_credits(&mut self, req: AddCredits) -> Result<EntryReceipt, LedgerError> {
+        match self.apply_one(Op::AddCredits(req))? {
+            Receipt::Entry(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub fn debit(&mut self, req: Debit) -> Result<EntryReceipt, LedgerError> {
+        match self.apply_one(Op::Debit(req))? {
+            Receipt::Entry(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub fn hold(&mut self, req: HoldRequest) -> Result<HoldReceipt, LedgerError> {
+        match self.apply_one(Op::Hold(req))? {
+            Receipt::Hold(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub fn settle(&mut self, req: Settle) -> Result<SettleReceipt, LedgerError> {
+        match self.apply_one(Op::Settle(req))? {
+            Receipt::Settle(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub fn release(&mut self, req: Release) -> Result<ReleaseReceipt, LedgerError> {
+        match self.apply_one(Op::Release(req))? {
+            Receipt::Release(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub fn create_user(&mut self, new: &NewUser) -> Result<UserAccount, LedgerError> {
+        self.write(|s| s.create_user(new))
+    }
+
+    pub fn change_user(
+        &mut self,
+        user_id: &str,
+        changes: &UserChanges,
+    ) -> Result<UserAccount, LedgerError> {
+        self.write(|s| s.change_user(user_id, changes))
+    }
+
+    /// The user as the next request would see them (renewal and expiry applied and saved).
+    pub fn account(&mut self, user_id: &str) -> Result<UserAccount, LedgerError> {
+        self.write(|s| s.account(user_id))
+    }
+
+    /// Every user, brought up to date.
+    pub fn accounts(&mut self) -> Result<Vec<UserAccount>, LedgerError> {
+        let ids = users::user_ids(&self.conn)?;
+        self.write(|s| ids.iter().map(|id| s.account(id)).collect())
+    }
+
+    /// A user's journal, newest first.
+    pub fn history(&mut self, user_id: &str, limit: u32) -> Result<Vec<JournalEntry>, LedgerError> {
+        self.account(user_id)?;
+        journal::history(&self.conn, user_id, limit)
+    }
+
+    /// A user's lots with credit left, in burn order.
+    pub fn live_lots(&self, user_id: &str) -> Result<Vec<Lot>, LedgerError> {
+        catalog::live_lots(&self.conn, user_id, self.clock.now())
+    }
+}
+
+fn unexpected(receipt: &Receipt) -> LedgerError {
+    LedgerError::Corrupt(format!(
+        "an operation returned the wrong receipt: {receipt:?}"
+    ))
+}
+
+/// Runs one operation in its own savepoint. A storage error is returned as the outer error (the
+/// batch fails); any other error is the operation's own result.
+fn run_op(session: &mut Session<'_>, op: &Op) -> Result<Result<Receipt, LedgerError>, LedgerError> {
+    let keyed = match op {
+        Op::AddCredits(a) => a
+            .idempotency_key
+            .as_deref()
+            .map(|k| (k, "add_credits", fingerprint("add_credits", a))),
+        Op::Debit(d) => d
+            .idempotency_key
+            .as_deref()
+            .map(|k| (k, "debit", fingerprint("debit", d))),
+        Op::Hold(_) | Op::Settle(_) | Op::Release(_) => None,
+    };
+    if let Some((key, _, print)) = &keyed {
+        if let Err(e) = validate_key(key) {
+            return Ok(Err(e));
+        }
+        match session.recorded_outcome(key, print) {
+            Ok(Some(outcome)) => return Ok(outcome.into_result().map(Receipt::Entry)),
+            Ok(None) => {}
+            Err(e) if e.is_storage() => return Err(e),
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    let head = session.head;
+    session.conn.prepare_cached(sql::SAVEPOINT)?.execute([])?;
+    let result = match op {
+        Op::AddCredits(a) => session.add_credits(a).map(Receipt::Entry),
+        Op::Debit(d) => session.debit(d).map(Receipt::Entry),
+        Op::Hold(h) => session.hold(h).map(Receipt::Hold),
+        Op::Settle(s) => session.settle(s).map(Receipt::Settle),
+        Op::Release(r) => session.release(r).map(Receipt::Release),
+    };
+    let result = match result {
+        Err(e) => {
+            rollback(session, head)?;
+            if e.is_storage() {
+                return Err(e);
+            }
+            Err(e)
+        }
+        ok => ok,
+    };
+    if let Some((key, operation, print)) = &keyed {
+        let outcome = match &result {
+            Ok(Receipt::Entry(r)) => Some(Outcome::Ok(r.clone())),
+            Err(LedgerError::Refused(refusal)) => Some(Outcome::Refused(refusal.clone())),
+            _ => None,
+        };
+        if let Some(outcome) = outcome {
+            session.record_outcome(key, operation, print, &outcome)?;
+        }
+    }
+    session
+        .conn
+        .prepare_cached(sql::RELEASE_SAVEPOINT)?
+        .execute([])?;
+    Ok(result)
+}
+
+/// Undoes the current operation's writes and the chain head it advanced.
+fn rollback(session: &mut Session<'_>, head: journal::ChainHead) -> Result<(), LedgerError> {
+    session
+        .conn
+        .prepare_cached(sql::ROLLBACK_SAVEPOINT)?
+        .execute([])?;
+    session.head = head;
+    Ok(())
+}

@@ -1,0 +1,36 @@
+//! tollgate-schema: everything that outlives a tollgate process.
+//!
+//! - [`money`]: the exact credit amount type used on every money path.
+//! - [`sqlite`] (feature `sqlite`): the agent database's refinery migrations, embedded at build
+//!   time from `migrations/sqlite/`. Migration files are never edited once landed, only added.
+//!
+//! The sync wire types and the PostgreSQL migrations join this crate with the central server.
+
+pub mod money;
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    //! The agent's SQLite migrations (refinery). [`LATEST_VERSION`] is the newest schema this
+    //! build knows; a database carrying a newer one must be refused, not opened.
+
+    refinery::embed_migrations!("migrations/sqlite");
+
+    /// The newest migration version embedded in this build.
+    pub const LATEST_VERSION: i32 = 1;
+
+    /// refinery's history table, which records the applied versions.
+    pub const HISTORY_TABLE: &str = "refinery_schema_history";
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn latest_version_matches_the_embedded_files() {
+            let newest = super::migrations::runner()
+                .get_migrations()
+                .iter()
+                .map(|m| m.version())
+                .max();
+            assert_eq!(newest, Some(super::LATEST_VERSION));
+        }
+    }
+}
