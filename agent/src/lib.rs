@@ -5,3 +5,4 @@
 //! - [`cli`]: the command-line interface (clap types), and [`commands`]: what each command does.
 
 pub mod ledger;
+pub mod keys;

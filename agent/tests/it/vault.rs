@@ -1,0 +1,1 @@
+//! The BYOK vault end to end: wrong keys, moved ciphertexts, rotation, no plaintext on disk.
