@@ -1,8 +1,12 @@
 //! tollgate, the agent: prepaid credit metering for LLM traffic on one host.
 //!
 //! - [`ledger`]: the books in one SQLite file (the only module that touches SQLite).
-//! - [`keys`]: the BYOK vault (AES-256-GCM, master key handling).
-//! - [`cli`]: the command-line interface (clap types), and [`commands`]: what each command does.
+//! - [`keys`]: the BYOK vault (AES-256-GCM envelope, master key handling).
+//! - [`cli`]: the command line as clap types; [`commands`]: what each command does.
+//! - [`config`]: where the agent keeps its state.
 
-pub mod ledger;
+pub mod cli;
+pub mod commands;
+pub mod config;
 pub mod keys;
+pub mod ledger;

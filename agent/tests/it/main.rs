@@ -2,5 +2,9 @@
 //! Each module drives the real library or the real `tollgate` binary against real SQLite files.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli_errors;
+mod crash;
 mod ledger_model;
+mod race;
+mod support;
 mod vault;

@@ -1,0 +1,194 @@
+//! The command line, as clap types only: what each command and flag is, nothing of what it does
+//! (that is in `commands/`). Values that need checking (amounts, tiers, levels) arrive as text and
+//! are parsed by the commands, so every bad value gets the same one-line error shape.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// tollgate: prepaid credit metering for LLM traffic, enforced on this host.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Where tollgate keeps its database and master key [default: the platform data dir, e.g.
+    /// ~/.local/share/tollgate].
+    #[arg(long, global = true, env = "TOLLGATE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the data dir, the database and the master key file (0600). Safe to run again.
+    Init,
+    /// Show tollgate at work in a temporary data dir: a user, credit, metered requests, the books.
+    Demo,
+    /// Users: their balance, tier, power level, allowance and spend cap; their API keys.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Credit: add, debit, balance, history, bulk import.
+    #[command(subcommand)]
+    Credits(CreditsCommand),
+    /// Credit packages that can be bought.
+    #[command(subcommand)]
+    Packages(ListOnly),
+    /// Power levels: how each routes and prices requests.
+    #[command(subcommand, name = "power-levels")]
+    PowerLevels(ListOnly),
+    /// Users' own provider keys (BYOK), encrypted at rest.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Recompute every balance from the journal and check every invariant; exit 1 on a violation.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListOnly {
+    /// List them.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Add a user.
+    Add {
+        user: String,
+        #[command(flatten)]
+        settings: UserSettings,
+    },
+    /// List every user with balance, tier and level.
+    List,
+    /// Show one user: balance, holds, tier, level, allowance, quota usage.
+    Show { user: String },
+    /// Change a user's settings.
+    Set {
+        user: String,
+        #[command(flatten)]
+        settings: UserSettings,
+        /// Renew the monthly allowance automatically (true/false).
+        #[arg(long, value_name = "BOOL")]
+        auto_renew: Option<String>,
+    },
+    /// API keys that let the user call the gateway.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct UserSettings {
+    /// free, trial, starter, professional or enterprise [default for a new user: trial].
+    #[arg(long, value_name = "TIER")]
+    pub tier: Option<String>,
+    /// eco, balanced or precision [default for a new user: balanced].
+    #[arg(long, value_name = "LEVEL")]
+    pub power_level: Option<String>,
+    /// Credits granted each billing month, expiring at the month's end.
+    #[arg(long, value_name = "CREDITS", allow_negative_numbers = true)]
+    pub monthly_allowance: Option<String>,
+    /// Most credits the user may spend in a billing month ("none" removes the cap).
+    #[arg(long, value_name = "CREDITS", allow_negative_numbers = true)]
+    pub monthly_cap: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create a key for USER and print it once; only its hash is kept.
+    Create {
+        user: String,
+        /// A label to tell keys apart.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List USER's keys (id, prefix, dates), never the keys themselves.
+    List { user: String },
+    /// Revoke a key by its id (key_…).
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreditsCommand {
+    /// Add credit to USER (AMOUNT in credits, e.g. 12.5; an admin_adjustment may be negative).
+    #[command(allow_negative_numbers = true)]
+    Add {
+        user: String,
+        amount: String,
+        /// purchase, bonus, refund or admin_adjustment.
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: String,
+        /// The credit package bought (a purchase of exactly its credits).
+        #[arg(long, value_name = "NAME")]
+        package: Option<String>,
+        /// Makes a retry safe: the same key and content give the original result, never twice.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+        /// With --type refund: the debit entry being refunded; the credit returns to its lots.
+        #[arg(long, value_name = "ENTRY_ID")]
+        refund_of: Option<String>,
+        /// When this credit expires (RFC 3339); purchased credit does not expire by default.
+        #[arg(long, value_name = "TIME")]
+        expires_at: Option<String>,
+    },
+    /// Take AMOUNT credits from USER (refused if it would overdraw or pass the spend cap).
+    #[command(allow_negative_numbers = true)]
+    Debit {
+        user: String,
+        amount: String,
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+    },
+    /// USER's balance, open holds and available credit.
+    Balance { user: String },
+    /// USER's journal, newest first.
+    History {
+        user: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Apply credit operations from JSON lines (FILE, or - for stdin), group-committed; prints
+    /// one result line per operation once it is durable.
+    Import {
+        file: PathBuf,
+        /// Operations per transaction.
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        batch_size: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Store USER's provider key; the key is read from stdin (or a hidden prompt), never argv.
+    Add {
+        user: String,
+        /// openai, anthropic, openrouter, google, cohere, together, anyscale, deepinfra or custom.
+        #[arg(long)]
+        provider: String,
+        /// A name for this key, unique per user and provider.
+        #[arg(long)]
+        name: String,
+        /// Use this key for USER's requests to PROVIDER.
+        #[arg(long)]
+        default: bool,
+    },
+    /// List USER's keys: provider, name, last four characters and fingerprint only.
+    List { user: String },
+    /// Remove one of USER's keys.
+    Remove {
+        user: String,
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Re-encrypt every stored key under a new master key, in one transaction.
+    RotateMaster,
+}
