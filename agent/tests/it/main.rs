@@ -6,5 +6,6 @@ mod cli_errors;
 mod crash;
 mod ledger_model;
 mod race;
+mod schema;
 mod support;
 mod vault;
