@@ -82,6 +82,22 @@ impl Ledger {
             "INSERT INTO vault_meta (id, master_key_id, rotated_at) VALUES (1, ?1, ?2) ON CONFLICT (id) DO NOTHING",
             params![master_key_id, now],
         )?;
+        // Checked inside the transaction: a rotation committed since the caller checked its key
+        // must not let a row sealed under the old key in.
+        let recorded: String = tx.query_row(
+            "SELECT master_key_id FROM vault_meta WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )?;
+        if recorded != master_key_id {
+            return Err(LedgerError::InvalidField {
+                field: "master key",
+                why: format!(
+                    "the key was sealed under master key {master_key_id}, but the vault now uses \
+                     {recorded} (rotated meanwhile?); load the current master key and try again"
+                ),
+            });
+        }
         if key.is_default {
             tx.execute(
                 "UPDATE user_provider_keys SET is_default = 0, updated_at = ?3 \
@@ -108,8 +124,8 @@ impl Ledger {
             return Err(LedgerError::InvalidField {
                 field: "key name",
                 why: format!(
-                    "{} already has a {} key named {:?}; remove it first or pick another name",
-                    key.user_id, key.provider, key.key_name
+                    "{} already has a key named {:?} for {}; remove it first or pick another name",
+                    key.user_id, key.key_name, key.provider
                 ),
             });
         }

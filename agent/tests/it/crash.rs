@@ -66,7 +66,7 @@ fn acknowledged_writes_survive_kill_9() {
     }
     let committed = held.len();
     assert!(
-        committed >= KILL_AFTER_ACKS && committed < WRITES,
+        (KILL_AFTER_ACKS..WRITES).contains(&committed),
         "committed {committed}"
     );
 

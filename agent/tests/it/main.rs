@@ -4,6 +4,7 @@
 
 mod cli_errors;
 mod crash;
+mod keys_cli;
 mod ledger_model;
 mod race;
 mod schema;

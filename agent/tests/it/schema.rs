@@ -11,6 +11,20 @@ use tollgate::ledger::{
 };
 use tollgate_schema::money::Credits;
 
+/// A package as (sort, name, credits, cents, discount %, badge, featured, description).
+type PackageRow = (i64, String, String, i64, i64, Option<String>, bool, String);
+/// A level as (level, name, description, providers, fallback, multiplier, max latency, min quality).
+type LevelRow = (
+    String,
+    String,
+    String,
+    Vec<String>,
+    String,
+    String,
+    i64,
+    i64,
+);
+
 fn fresh() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
@@ -114,23 +128,22 @@ fn a_database_from_a_newer_tollgate_is_refused_untouched() {
 fn seed_packages_and_power_levels_are_exactly_the_spec() {
     let (_dir, path) = fresh();
     let conn = db::open(&path, OpenMode::CreateIfMissing).unwrap();
-    let packages: Vec<(i64, String, String, i64, i64, Option<String>, bool, String)> =
-        catalog::packages(&conn)
-            .unwrap()
-            .into_iter()
-            .map(|p| {
-                (
-                    p.sort_order,
-                    p.name,
-                    p.credits.to_string(),
-                    p.price_usd_cents,
-                    p.discount_percent,
-                    p.badge_text,
-                    p.is_featured,
-                    p.description.unwrap(),
-                )
-            })
-            .collect();
+    let packages: Vec<PackageRow> = catalog::packages(&conn)
+        .unwrap()
+        .into_iter()
+        .map(|p| {
+            (
+                p.sort_order,
+                p.name,
+                p.credits.to_string(),
+                p.price_usd_cents,
+                p.discount_percent,
+                p.badge_text,
+                p.is_featured,
+                p.description.unwrap(),
+            )
+        })
+        .collect();
     let s = |t: &str| t.to_owned();
     assert_eq!(
         packages,
@@ -177,16 +190,7 @@ fn seed_packages_and_power_levels_are_exactly_the_spec() {
             ),
         ]
     );
-    let levels: Vec<(
-        String,
-        String,
-        String,
-        Vec<String>,
-        String,
-        String,
-        i64,
-        i64,
-    )> = catalog::power_levels(&conn)
+    let levels: Vec<LevelRow> = catalog::power_levels(&conn)
         .unwrap()
         .into_iter()
         .map(|l| {

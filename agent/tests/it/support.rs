@@ -1,6 +1,6 @@
 //! Helpers for driving the real `tollgate` binary against a temporary data dir.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
@@ -26,10 +26,6 @@ impl Agent {
 
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
-    }
-
-    pub fn database(&self) -> PathBuf {
-        self.dir.path().join("tollgate.db")
     }
 
     /// A command ready to run against this data dir, with no inherited tollgate env.
