@@ -11,7 +11,7 @@ use tollgate_schema::money::Credits;
 use super::{Ctx, done, output, parse_amount, parse_choice};
 use crate::cli::CreditsCommand;
 use crate::ledger::{
-    AddCredits, BATCH_OPS_MAX, CreditKind, Debit, EntryReceipt, Ledger, Op, Receipt,
+    AddCredits, BATCH_OPS_MAX, CreditKind, Debit, EntryReceipt, JournalEntry, Ledger, Op, Receipt,
 };
 
 /// Longest line `credits import` accepts.
@@ -30,11 +30,6 @@ pub fn run(ctx: &Ctx, cmd: CreditsCommand) -> anyhow::Result<ExitCode> {
             expires_at,
         } => {
             let kind: CreditKind = parse_choice(&kind, "--type")?;
-            if kind == CreditKind::Allowance {
-                return Err(anyhow!(
-                    "invalid --type: allowance is granted by monthly renewal (expected purchase, bonus, refund or admin_adjustment)"
-                ));
-            }
             let req = AddCredits {
                 package,
                 idempotency_key,
@@ -97,6 +92,11 @@ fn history(ctx: &Ctx, user: &str, limit: u32) -> anyhow::Result<ExitCode> {
     if ctx.json {
         return done(output::json(&entries));
     }
+    done(journal_table(&entries))
+}
+
+/// Journal entries as a table, in the order given.
+pub fn journal_table(entries: &[JournalEntry]) -> std::io::Result<()> {
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
@@ -108,11 +108,10 @@ fn history(ctx: &Ctx, user: &str, limit: u32) -> anyhow::Result<ExitCode> {
                 e.balance_after.to_string(),
                 output::or_dash(e.request_id.as_deref().or(e.idempotency_key.as_deref())),
                 output::or_dash(e.notes.as_deref()),
-                e.entry_id.clone(),
             ]
         })
         .collect();
-    done(output::table(
+    output::table(
         &[
             "SEQ",
             "TIME",
@@ -121,10 +120,9 @@ fn history(ctx: &Ctx, user: &str, limit: u32) -> anyhow::Result<ExitCode> {
             "BALANCE",
             "REFERENCE",
             "NOTE",
-            "ENTRY",
         ],
         &rows,
-    ))
+    )
 }
 
 /// One line of `credits import`.

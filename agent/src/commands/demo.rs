@@ -128,19 +128,7 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
             "\nBalance: {} credits ({} held, {} available)\n\nJournal (newest first):",
             account.balance, account.held, account.available
         ))?;
-        let rows: Vec<Vec<String>> = journal
-            .iter()
-            .map(|e| {
-                vec![
-                    e.seq.to_string(),
-                    e.transaction_type.to_string(),
-                    e.amount.to_string(),
-                    e.balance_after.to_string(),
-                    output::or_dash(e.request_id.as_deref().or(e.idempotency_key.as_deref())),
-                ]
-            })
-            .collect();
-        output::table(&["SEQ", "TYPE", "AMOUNT", "BALANCE", "REFERENCE"], &rows)?;
+        super::credits::journal_table(&journal)?;
         output::line(&format!(
             "\nverify: {} ({} entries, {} violations)",
             if report.is_clean() { "ok" } else { "FAILED" },
