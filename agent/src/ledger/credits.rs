@@ -186,7 +186,11 @@ impl Session<'_> {
             self.create_lot(user, &entry, CreditKind::Refund, new_lot, None)?;
         }
         self.reload_lots(user)?;
-        if original.transaction_type == EntryType::Usage {
+        // Only spend of the current cycle comes back off the month's spend: a refund of an
+        // earlier cycle's usage must not lift this cycle's spend cap.
+        if original.transaction_type == EntryType::Usage
+            && parse_stored_time(&original.created_at)? >= parse_stored_time(&user.cycle_start)?
+        {
             user.used_this_month = user
                 .used_this_month
                 .checked_sub(req.amount)

@@ -64,14 +64,19 @@ impl Session<'_> {
                     requested: req.amount,
                 });
             }
-            let user = self.touch(&req.user_id)?;
-            return Ok(HoldReceipt {
-                hold_id: existing.hold_id,
-                request_id: req.request_id.clone(),
-                user_id: req.user_id.clone(),
-                amount: existing.amount,
-                available_after: user.account().available(),
-            });
+            // What touch did (expiry, renewal, expired holds released) must be saved like any
+            // other operation's; and if it released this very hold, the retry reserves anew.
+            let mut user = self.touch(&req.user_id)?;
+            self.save_user(&mut user)?;
+            if self.hold_exists(existing.row_id)? {
+                return Ok(HoldReceipt {
+                    hold_id: existing.hold_id,
+                    request_id: req.request_id.clone(),
+                    user_id: req.user_id.clone(),
+                    amount: existing.amount,
+                    available_after: user.account().available(),
+                });
+            }
         }
         if self.usage_row(&req.request_id)?.is_some() {
             return Err(LedgerError::AlreadySettled(req.request_id.clone()));
@@ -196,6 +201,12 @@ impl Session<'_> {
                     request_id: req.request_id.clone(),
                     released,
                 });
+            }
+            // Logging the request needs a known user: an unknown one is this operation's error,
+            // not a foreign-key failure that aborts the whole batch.
+            None if req.usage.is_some() => {
+                let mut user = self.touch(&req.user_id)?;
+                self.save_user(&mut user)?;
             }
             None => {}
         }
