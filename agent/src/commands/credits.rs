@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use tollgate_schema::money::Credits;
 
@@ -14,7 +14,8 @@ use crate::ledger::{
     AddCredits, BATCH_OPS_MAX, CreditKind, Debit, EntryReceipt, JournalEntry, Ledger, Op, Receipt,
 };
 
-/// Longest line `credits import` accepts.
+/// Longest line `credits import` accepts, in bytes without its line ending. A longer line stops
+/// the import: it is never read whole.
 pub const IMPORT_LINE_LEN_MAX: usize = 64 * 1024;
 
 pub fn run(ctx: &Ctx, cmd: CreditsCommand) -> anyhow::Result<ExitCode> {
@@ -159,12 +160,6 @@ struct LineResult {
 }
 
 fn parse_line(text: &str) -> anyhow::Result<Op> {
-    if text.len() > IMPORT_LINE_LEN_MAX {
-        return Err(anyhow!(
-            "line is {} bytes long, the limit is {IMPORT_LINE_LEN_MAX}",
-            text.len()
-        ));
-    }
     Ok(match serde_json::from_str::<ImportLine>(text)? {
         ImportLine::Add {
             user,
@@ -198,7 +193,9 @@ fn parse_line(text: &str) -> anyhow::Result<Op> {
 }
 
 /// Applies JSON lines in group-committed batches; prints each line's result after its batch
-/// commits, so every `ok` printed is durable. Exit 1 if any line failed.
+/// commits, so every `ok` printed is durable. Exit 1 if any line failed. A line that cannot be
+/// read (longer than [`IMPORT_LINE_LEN_MAX`], not UTF-8, an I/O error) stops the import with an
+/// error naming it, once the lines before it have been applied and their results printed.
 fn import(ctx: &Ctx, file: &Path, batch_size: usize) -> anyhow::Result<ExitCode> {
     if batch_size == 0 || batch_size > BATCH_OPS_MAX {
         return Err(anyhow!(
@@ -211,31 +208,78 @@ fn import(ctx: &Ctx, file: &Path, batch_size: usize) -> anyhow::Result<ExitCode>
         Box::new(std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?)
     };
     let mut ledger = ctx.ledger()?;
-    let mut lines = BufReader::new(source).lines();
+    let mut reader = BufReader::new(source);
+    let mut buf = Vec::new();
     let mut failed = 0usize;
     let mut line_no = 0usize;
-    loop {
+    let mut at_end = false;
+    while !at_end {
         // (line number, parsed op or parse error) for the next batch.
         let mut batch: Vec<(usize, anyhow::Result<Op>)> = Vec::with_capacity(batch_size);
+        let mut stopped = None;
         while batch.len() < batch_size {
-            let Some(text) = lines.next() else { break };
-            let text = text.context("reading the import")?;
+            let text = match next_line(&mut reader, &mut buf, line_no + 1) {
+                Ok(Some(text)) => text,
+                Ok(None) => {
+                    at_end = true;
+                    break;
+                }
+                Err(e) => {
+                    stopped = Some(e);
+                    break;
+                }
+            };
             line_no += 1;
             if text.trim().is_empty() {
                 continue;
             }
-            batch.push((line_no, parse_line(&text)));
+            batch.push((line_no, parse_line(text)));
         }
-        if batch.is_empty() {
-            break;
+        if !batch.is_empty() {
+            failed += apply_batch(&mut ledger, batch)?;
         }
-        failed += apply_batch(&mut ledger, batch)?;
+        if let Some(e) = stopped {
+            return Err(e);
+        }
     }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Line `line` of an import without its line ending, or `None` at the end of the input. Reads at
+/// most [`IMPORT_LINE_LEN_MAX`] bytes and a `\r\n`, so a line with no end cannot take unbounded
+/// memory; a longer line is an error.
+fn next_line<'b>(
+    reader: &mut impl BufRead,
+    buf: &'b mut Vec<u8>,
+    line: usize,
+) -> anyhow::Result<Option<&'b str>> {
+    const STOPPED: &str =
+        "the import stopped there; the lines before it were applied and their results printed";
+    buf.clear();
+    let read = reader
+        .by_ref()
+        .take(IMPORT_LINE_LEN_MAX as u64 + 2)
+        .read_until(b'\n', buf)
+        .with_context(|| format!("reading line {line} of the import"))?;
+    if read == 0 {
+        return Ok(None);
+    }
+    let buf: &'b Vec<u8> = buf;
+    let text = match buf.strip_suffix(b"\n") {
+        Some(text) => text.strip_suffix(b"\r").unwrap_or(text),
+        None => buf.as_slice(),
+    };
+    if text.len() > IMPORT_LINE_LEN_MAX {
+        bail!("line {line} is longer than {IMPORT_LINE_LEN_MAX} bytes; {STOPPED}");
+    }
+    match std::str::from_utf8(text) {
+        Ok(text) => Ok(Some(text)),
+        Err(_) => bail!("line {line} is not UTF-8; {STOPPED}"),
+    }
 }
 
 /// Commits one batch and prints its results; returns how many lines failed.

@@ -12,7 +12,7 @@ use tollgate_schema::money::Credits;
 use super::output;
 use crate::ledger::{
     AddCredits, CreditKind, HOLD_TTL_DEFAULT, HoldRequest, Ledger, LedgerError, NewUser, OpenMode,
-    PowerLevel, Release, Settle, SystemClock, Tier, UsageRecord,
+    PowerLevel, Release, Settle, SystemClock, Tier, UsageErrorType, UsageRecord,
 };
 
 const USER: &str = "demo-user";
@@ -181,7 +181,7 @@ fn run_request(ledger: &mut Ledger, r: &DemoRequest) -> anyhow::Result<String> {
         }
         None => {
             let usage = UsageRecord {
-                error_type: Some("upstream_error".to_owned()),
+                error_type: Some(UsageErrorType::UpstreamError),
                 http_status: Some(502),
                 ..usage
             };

@@ -11,6 +11,12 @@ use zeroize::Zeroizing;
 
 use super::{Ledger, LedgerError};
 
+/// What every key starts with.
+const KEY_TAG: &str = "tg_";
+/// Random bytes in a key.
+const KEY_BYTES: usize = 32;
+/// Characters in a key: the tag and the bytes in unpadded base64.
+const KEY_LEN: usize = KEY_TAG.len() + (KEY_BYTES * 4).div_ceil(3);
 /// Characters of a key shown in listings (`tg_` and the first eight of the secret).
 const PREFIX_LEN: usize = 11;
 /// Longest key name.
@@ -28,17 +34,41 @@ pub struct ApiKeyInfo {
     pub revoked_at: Option<String>,
 }
 
-/// A key just created: the one time its secret exists outside the caller's hands.
-#[derive(Debug)]
+/// A key just created: the one time its secret exists outside the caller's hands. Its Debug
+/// shows `<redacted>` in place of the secret.
 pub struct NewApiKey {
     pub info: ApiKeyInfo,
     pub secret: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for NewApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewApiKey")
+            .field("info", &self.info)
+            .field("secret", &format_args!("<redacted>"))
+            .finish()
+    }
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], LedgerError> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|e| LedgerError::Corrupt(format!("no randomness: {e}")))?;
     Ok(bytes)
+}
+
+/// A fresh key, built in place in wiped-on-drop buffers: the random bytes are drawn straight into
+/// one and encoded straight into the other, whose capacity is reserved up front so it never
+/// reallocates and leaves a copy behind.
+fn new_secret() -> Result<Zeroizing<String>, LedgerError> {
+    let mut raw = Zeroizing::new([0u8; KEY_BYTES]);
+    getrandom::fill(raw.as_mut_slice())
+        .map_err(|e| LedgerError::Corrupt(format!("no randomness: {e}")))?;
+    let mut secret = Zeroizing::new(String::with_capacity(KEY_LEN));
+    let reserved = secret.capacity();
+    secret.push_str(KEY_TAG);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(raw.as_slice(), &mut secret);
+    debug_assert_eq!((secret.len(), secret.capacity()), (KEY_LEN, reserved));
+    Ok(secret)
 }
 
 pub fn hash_key(secret: &str) -> [u8; 32] {
@@ -51,18 +81,21 @@ impl Ledger {
         user_id: &str,
         name: Option<&str>,
     ) -> Result<NewApiKey, LedgerError> {
-        if let Some(n) = name.filter(|n| n.is_empty() || n.len() > KEY_NAME_LEN_MAX) {
-            return Err(LedgerError::InvalidField {
-                field: "key name",
-                why: format!("{n:?} must be 1 to {KEY_NAME_LEN_MAX} bytes"),
-            });
+        if let Some(n) = name {
+            if n.is_empty() || n.len() > KEY_NAME_LEN_MAX {
+                return Err(LedgerError::InvalidField {
+                    field: "key name",
+                    why: format!("{n:?} must be 1 to {KEY_NAME_LEN_MAX} bytes"),
+                });
+            }
+            if let Some(c) = n.chars().find(|c| c.is_control()) {
+                return Err(LedgerError::InvalidField {
+                    field: "key name",
+                    why: format!("{n:?} contains the control character {c:?}"),
+                });
+            }
         }
-        let mut raw = Zeroizing::new(random_bytes::<32>()?);
-        let secret = Zeroizing::new(format!(
-            "tg_{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_slice())
-        ));
-        raw.iter_mut().for_each(|b| *b = 0);
+        let secret = new_secret()?;
         let key_id = format!("key_{}", hex::encode(random_bytes::<8>()?));
         let prefix: String = secret.chars().take(PREFIX_LEN).collect();
         let now = super::clock::to_text(self.clock.now());
@@ -146,5 +179,32 @@ impl Ledger {
             .query_row([user_id], |_| Ok(()))
             .optional()?
             .is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_key_has_its_shape_and_debug_hides_it() {
+        let secret = new_secret().unwrap();
+        assert_eq!(secret.len(), KEY_LEN);
+        assert!(secret.starts_with(KEY_TAG));
+        let key = NewApiKey {
+            info: ApiKeyInfo {
+                key_id: "key_0".into(),
+                user_id: "alice".into(),
+                prefix: secret.chars().take(PREFIX_LEN).collect(),
+                name: None,
+                created_at: "now".into(),
+                last_used_at: None,
+                revoked_at: None,
+            },
+            secret: secret.clone(),
+        };
+        let debug = format!("{key:?}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+        assert!(!debug.contains(&secret[PREFIX_LEN..]), "{debug}");
     }
 }

@@ -55,11 +55,17 @@ impl Clock for ManualClock {
     }
 }
 
-/// The stored text of a time (UTC, millisecond precision).
+/// The stored text of a time (UTC, millisecond precision). A time whose UTC form falls outside
+/// years 0–9999 is clamped to the range's end (callers refuse such input before storing it).
 pub fn to_text(at: OffsetDateTime) -> String {
-    let utc = at.to_offset(UtcOffset::UTC);
-    // Formatting a UTC time with a static description cannot fail for years 0..=9999.
-    utc.format(STORED).unwrap_or_else(|_| utc.to_string())
+    match at
+        .checked_to_offset(UtcOffset::UTC)
+        .and_then(|utc| utc.format(STORED).ok())
+    {
+        Some(text) => text,
+        None if at.year() < 0 => "0000-01-01T00:00:00.000Z".to_owned(),
+        None => "9999-12-31T23:59:59.999Z".to_owned(),
+    }
 }
 
 /// Reads a stored time back.
@@ -94,6 +100,12 @@ mod tests {
         assert_eq!(to_text(a), "2026-01-31T23:59:59.123Z");
         assert_eq!(from_text(&to_text(a)).unwrap(), a);
         assert!(to_text(a) < to_text(b));
+    }
+
+    #[test]
+    fn times_beyond_year_9999_clamp_instead_of_panicking() {
+        let far = datetime!(9999-12-31 23:59:59 -10:00);
+        assert_eq!(to_text(far), "9999-12-31T23:59:59.999Z");
     }
 
     #[test]

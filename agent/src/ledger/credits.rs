@@ -3,7 +3,8 @@
 //!
 //! Guarantees: an amount is never zero; only an admin adjustment may be negative; a debit or a
 //! negative adjustment never takes available credit (balance − open holds) below zero; a refund
-//! of a debit never returns more than that debit took, and goes back to the lots it burned.
+//! of a debit never returns more than that debit took, and goes back to the lots it burned; a
+//! package is bought only at or above its minimum tier; a note is one line of printable text.
 
 use rusqlite::OptionalExtension;
 use time::OffsetDateTime;
@@ -15,7 +16,9 @@ use super::journal::{self, EntryDraft};
 use super::lots::as_burns;
 use super::rules::{self, LiveLot};
 use super::session::{Session, UserRow};
-use super::types::{AddCredits, CreditKind, Debit, EntryReceipt, EntryType, parse_stored_time};
+use super::types::{
+    AddCredits, CreditKind, Debit, EntryReceipt, EntryType, Tier, parse_stored_time,
+};
 
 /// Longest note kept on an entry.
 pub const NOTE_LEN_MAX: usize = 1_000;
@@ -41,6 +44,24 @@ impl Session<'_> {
                 why: "allowance is granted by monthly renewal; use bonus for a one-off grant"
                     .into(),
             });
+        }
+        if req.expires_at.is_some() {
+            if req.refund_of.is_some() {
+                return Err(LedgerError::InvalidField {
+                    field: "expiry",
+                    why: "a refund of a debit cannot set one: it goes back to the lots the debit \
+                          burned, which keep their own expiry"
+                        .into(),
+                });
+            }
+            if req.amount.is_negative() {
+                return Err(LedgerError::InvalidField {
+                    field: "expiry",
+                    why: "a negative admin_adjustment cannot set one: it takes credit away and \
+                          creates no lot to expire"
+                        .into(),
+                });
+            }
         }
         let package_id = match &req.package {
             Some(name) => Some(self.package_for_purchase(name, req)?),
@@ -241,7 +262,8 @@ impl Session<'_> {
         Ok(burned)
     }
 
-    /// The id of an active package bought by `req`, whose credits must equal the amount.
+    /// The id of an active package bought by `req`, whose credits must equal the amount and whose
+    /// minimum tier, if any, the buyer must be on or above.
     fn package_for_purchase(&self, name: &str, req: &AddCredits) -> Result<i64, LedgerError> {
         if req.kind != CreditKind::Purchase {
             return Err(LedgerError::InvalidField {
@@ -252,12 +274,13 @@ impl Session<'_> {
                 ),
             });
         }
-        let (id, credits): (i64, i64) = self
+        let (id, credits, min_tier): (i64, i64, Option<String>) = self
             .conn
             .prepare_cached(
-                "SELECT id, credits FROM credit_packages WHERE name = ?1 AND is_active = 1",
+                "SELECT id, credits, min_tier FROM credit_packages \
+                 WHERE name = ?1 AND is_active = 1",
             )?
-            .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?
             .ok_or_else(|| LedgerError::UnknownPackage(name.to_owned()))?;
         let credits = Credits::from_nanos(credits);
@@ -267,6 +290,24 @@ impl Session<'_> {
                 credits,
                 amount: req.amount,
             });
+        }
+        if let Some(min_tier) = min_tier {
+            let min_tier: Tier = min_tier.parse().map_err(LedgerError::Corrupt)?;
+            let tier: String = self
+                .conn
+                .prepare_cached("SELECT subscription_tier FROM user_credits WHERE user_id = ?1")?
+                .query_row([&req.user_id], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| LedgerError::UnknownUser(req.user_id.clone()))?;
+            let tier: Tier = tier.parse().map_err(LedgerError::Corrupt)?;
+            if tier_rank(tier) < tier_rank(min_tier) {
+                return Err(LedgerError::PackageAboveTier {
+                    package: name.to_owned(),
+                    user: req.user_id.clone(),
+                    tier,
+                    min_tier,
+                });
+            }
         }
         Ok(id)
     }
@@ -309,14 +350,36 @@ fn draft_for(req: &AddCredits, package_id: Option<i64>) -> EntryDraft {
     }
 }
 
+/// Tiers from lowest to highest: free < trial < starter < professional < enterprise.
+fn tier_rank(tier: Tier) -> u8 {
+    match tier {
+        Tier::Free => 0,
+        Tier::Trial => 1,
+        Tier::Starter => 2,
+        Tier::Professional => 3,
+        Tier::Enterprise => 4,
+    }
+}
+
+/// A note is at most [`NOTE_LEN_MAX`] bytes of text with no control characters, so it prints
+/// as one line in a history and cannot forge lines of its own.
 fn validate_note(note: Option<&str>) -> Result<(), LedgerError> {
-    match note {
-        Some(n) if n.len() > NOTE_LEN_MAX => Err(LedgerError::InvalidField {
+    let Some(n) = note else { return Ok(()) };
+    if n.len() > NOTE_LEN_MAX {
+        return Err(LedgerError::InvalidField {
             field: "note",
             why: format!("it is {} bytes long, the limit is {NOTE_LEN_MAX}", n.len()),
-        }),
-        _ => Ok(()),
+        });
     }
+    if let Some(c) = n.chars().find(|c| c.is_control()) {
+        return Err(LedgerError::InvalidField {
+            field: "note",
+            why: format!(
+                "it contains the control character {c:?}; a note is one line of printable text"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// −amount; amounts here are bounded far below i64::MIN.

@@ -4,7 +4,8 @@
 //! - Every connection runs with WAL, `foreign_keys=ON`, `synchronous=FULL` and a busy timeout, set
 //!   explicitly here and nowhere else, so a write the ledger acknowledged survives power loss and
 //!   several processes (the gateway, the CLI) can write the same file safely.
-//! - Migrations are applied in one place; applying them twice is a no-op.
+//! - Migrations are applied in one place, under a lock file so two processes opening a fresh
+//!   file at once do not race; applying them twice is a no-op.
 //! - A database written by a newer tollgate (a migration version this binary does not know) is
 //!   refused before anything is written, with a message naming both versions.
 
@@ -37,11 +38,17 @@ pub fn open(path: &Path, mode: OpenMode) -> Result<Connection, LedgerError> {
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI;
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    #[allow(clippy::disallowed_methods)] // this is the one place a connection is opened
     let mut conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    refuse_newer_schema(&conn)?;
+    // A fresh (or older) file is set up under a lock: switching a new file to WAL and migrating
+    // it are not safe to race (SQLite answers "database is locked" without waiting), so a second
+    // process waits here, then finds nothing left to do.
+    let up_to_date = schema_version(&conn)? == Some(i64::from(LATEST_VERSION));
+    let setup_lock = if up_to_date { None } else { Some(MigrationLock::acquire(path)?) };
     // journal_mode answers with the mode now in force; anything but WAL is an error.
     let journal_mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !journal_mode.eq_ignore_ascii_case("wal") {
@@ -54,8 +61,11 @@ pub fn open(path: &Path, mode: OpenMode) -> Result<Connection, LedgerError> {
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;",
     )?;
-    refuse_newer_schema(&conn)?;
-    migrate(&mut conn)?;
+    if setup_lock.is_some() {
+        refuse_newer_schema(&conn)?;
+        migrate(&mut conn)?;
+    }
+    drop(setup_lock);
     ensure_identity(&conn)?;
     Ok(conn)
 }
@@ -85,15 +95,38 @@ fn refuse_newer_schema(conn: &Connection) -> Result<(), LedgerError> {
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
-    // Two processes may open a fresh file at once; the exclusive lock makes the second one wait
-    // and then find nothing to apply.
-    conn.execute_batch("BEGIN EXCLUSIVE; COMMIT;")?;
     migrations::runner()
         .set_abort_divergent(true)
         .set_abort_missing(true)
         .run(conn)
         .map_err(|e| LedgerError::Migration(e.to_string()))?;
     Ok(())
+}
+
+/// An exclusive lock on `<database>.migrate-lock`, held while migrating. The file stays (it is
+/// empty); the lock goes with the handle, also when the process dies.
+struct MigrationLock {
+    _held: std::fs::File,
+}
+
+impl MigrationLock {
+    fn acquire(database: &Path) -> Result<MigrationLock, LedgerError> {
+        let mut name = database.as_os_str().to_owned();
+        name.push(".migrate-lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&name)
+            .and_then(|f| f.lock().map(|()| f))
+            .map_err(|e| {
+                LedgerError::Migration(format!(
+                    "locking {} to migrate: {e}",
+                    Path::new(&name).display()
+                ))
+            })?;
+        Ok(MigrationLock { _held: file })
+    }
 }
 
 /// Gives a new database its sync incarnation (SYNC.md): a fresh UUIDv7, written once.

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tollgate_schema::money::Credits;
 
+use super::types::Tier;
+
 /// Why the ledger refused an operation because of money, not input: the only refusals recorded
 /// under an idempotency key, so a retry after a refusal is refused the same way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -53,6 +55,13 @@ pub enum LedgerError {
         credits: Credits,
         amount: Credits,
     },
+    #[error("package {package:?} needs the {min_tier} tier or above; {user} is on the {tier} tier")]
+    PackageAboveTier {
+        package: String,
+        user: String,
+        tier: Tier,
+        min_tier: Tier,
+    },
     #[error(
         "idempotency key {key:?} was already used for a different operation; use a new key for a new operation"
     )]
@@ -67,6 +76,13 @@ pub enum LedgerError {
     },
     #[error("request {0:?} was already settled")]
     AlreadySettled(String),
+    #[error("no hold for request {0:?}: a request is reserved before it is settled")]
+    UnknownRequest(String),
+    #[error("request {request_id:?} is closed: its hold was {status}; use a new request id")]
+    RequestClosed {
+        request_id: String,
+        status: super::types::HoldStatus,
+    },
     #[error("request {request_id:?} was settled at {charged}, not {requested}")]
     SettleConflict {
         request_id: String,
@@ -89,14 +105,28 @@ pub enum LedgerError {
         "this database has schema version {found}, newer than this tollgate supports ({supported}); upgrade tollgate"
     )]
     SchemaTooNew { found: i64, supported: i64 },
-    #[error("migrating the database failed: {0}")]
+    #[error("migrating the database failed: {}", one_line(.0))]
     Migration(String),
     #[error("database setting refused: {0}")]
     Pragma(String),
     #[error("the database holds a value this tollgate cannot read: {0}")]
     Corrupt(String),
-    #[error("database error: {0}")]
-    Storage(#[from] rusqlite::Error),
+    /// Not a `#[source]`: SQLite's message is already in the text, and `{:#}` would print it
+    /// again for each error in the chain.
+    #[error("database error: {}", one_line(&.0.to_string()))]
+    Storage(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for LedgerError {
+    fn from(e: rusqlite::Error) -> Self {
+        LedgerError::Storage(e)
+    }
+}
+
+/// `text` with every run of whitespace (newlines included) as one space: SQLite's messages can
+/// carry SQL text, and an error is printed as one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 impl LedgerError {
@@ -110,5 +140,24 @@ impl LedgerError {
                 | LedgerError::Migration(_)
                 | LedgerError::Pragma(_)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storage_error_prints_its_message_once_on_one_line() {
+        let err = LedgerError::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_CHECK),
+            Some("CHECK constraint failed: balance >= 0\n    AND held >= 0".to_owned()),
+        ));
+        assert!(err.is_storage());
+        let printed = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(
+            printed,
+            "database error: CHECK constraint failed: balance >= 0 AND held >= 0"
+        );
     }
 }

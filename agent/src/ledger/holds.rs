@@ -4,12 +4,14 @@
 //! Guarantees:
 //! - A hold is admitted only if the user can afford it (credit, then the monthly spend cap, with
 //!   open holds counted) and the user has fewer than [`OPEN_HOLDS_PER_USER_MAX`] open holds.
-//! - A settle debits at most its hold; metered cost beyond the hold is booked as overage on the
-//!   usage row, never charged silently and never taking a balance below zero. A settle whose hold
-//!   had expired charges what the user has left, up to the cost, the rest again as overage.
+//! - A settle needs the request's hold and debits at most that hold; metered cost beyond it is
+//!   booked as overage on the usage row, never charged silently and never taking a balance below
+//!   zero. A settle whose hold had expired (the gateway outlived [`HOLD_TTL_MAX`]) charges at most
+//!   the hold and what the user can still afford (credit and cap); a released hold is never
+//!   charged; a request that was never held cannot be settled.
 //! - Every operation is idempotent by request id: a hold retried returns the same hold; a settle
 //!   retried with the same cost returns the same charge (another cost is a conflict); a release
-//!   of a hold that is gone releases nothing. One usage entry and one usage row per request.
+//!   of a hold already closed releases nothing. One usage entry and one usage row per request.
 
 use rusqlite::{OptionalExtension, params};
 use tollgate_schema::money::Credits;
@@ -22,7 +24,7 @@ use super::rules;
 use super::session::{Session, UserRow};
 use super::sql;
 use super::types::{
-    EntryReceipt, EntryType, HoldReceipt, HoldRequest, Release, ReleaseReceipt, Settle,
+    EntryReceipt, EntryType, HoldReceipt, HoldRequest, HoldStatus, Release, ReleaseReceipt, Settle,
     SettleReceipt, UsageRecord,
 };
 
@@ -32,13 +34,16 @@ pub const OPEN_HOLDS_PER_USER_MAX: u64 = 4_096;
 pub const REQUEST_ID_LEN_MAX: usize = 255;
 /// How long a hold lives unless the caller says otherwise.
 pub const HOLD_TTL_DEFAULT: time::Duration = time::Duration::minutes(15);
+/// The longest a hold may live: no LLM request runs longer.
+pub const HOLD_TTL_MAX: time::Duration = time::Duration::hours(24);
 
 #[derive(Debug)]
-struct OpenHold {
+struct StoredHold {
     row_id: i64,
     hold_id: String,
     user_id: String,
     amount: Credits,
+    status: HoldStatus,
 }
 
 impl Session<'_> {
@@ -50,37 +55,52 @@ impl Session<'_> {
                 why: "a hold must be positive",
             });
         }
-        if req.ttl <= time::Duration::ZERO {
+        if req.ttl <= time::Duration::ZERO || req.ttl > HOLD_TTL_MAX {
             return Err(LedgerError::InvalidField {
                 field: "hold ttl",
-                why: "it must be positive".into(),
+                why: format!("{} is not between 0 and {HOLD_TTL_MAX}", req.ttl),
             });
         }
-        if let Some(existing) = self.open_hold(&req.request_id)? {
-            if existing.user_id != req.user_id || existing.amount != req.amount {
+        if let Some(existing) = self.stored_hold(&req.request_id)? {
+            if existing.user_id != req.user_id {
+                return Err(request_of_another_user(&req.request_id));
+            }
+            if existing.amount != req.amount {
                 return Err(LedgerError::HoldConflict {
                     request_id: req.request_id.clone(),
                     existing: existing.amount,
                     requested: req.amount,
                 });
             }
-            // What touch did (expiry, renewal, expired holds released) must be saved like any
-            // other operation's; and if it released this very hold, the retry reserves anew.
+            // What touch did (expiry, renewal, expired holds closed) is saved like any other
+            // operation's; if it expired this very hold, the request is closed.
             let mut user = self.touch(&req.user_id)?;
             self.save_user(&mut user)?;
-            if self.hold_exists(existing.row_id)? {
-                return Ok(HoldReceipt {
+            return match self.hold_status(existing.row_id)? {
+                HoldStatus::Open => Ok(HoldReceipt {
                     hold_id: existing.hold_id,
                     request_id: req.request_id.clone(),
                     user_id: req.user_id.clone(),
                     amount: existing.amount,
                     available_after: user.account().available(),
-                });
-            }
+                }),
+                closed => Err(LedgerError::RequestClosed {
+                    request_id: req.request_id.clone(),
+                    status: closed,
+                }),
+            };
         }
         if self.usage_row(&req.request_id)?.is_some() {
             return Err(LedgerError::AlreadySettled(req.request_id.clone()));
         }
+        let expires_at = self
+            .now
+            .checked_add(req.ttl)
+            .map(super::clock::to_text)
+            .ok_or_else(|| LedgerError::InvalidField {
+                field: "hold ttl",
+                why: "it ends beyond the representable time".into(),
+            })?;
         let mut user = self.touch(&req.user_id)?;
         let open: i64 = self
             .conn
@@ -96,7 +116,6 @@ impl Session<'_> {
         }
         user.account().admit(&user.user_id, req.amount)?;
         let hold_id = uuid::Uuid::now_v7().to_string();
-        let expires_at = super::clock::to_text(self.now + req.ttl);
         self.conn
             .prepare_cached(sql::INSERT_HOLD)?
             .execute(params![
@@ -127,31 +146,38 @@ impl Session<'_> {
                 why: "a cost cannot be negative",
             });
         }
-        let hold = self.open_hold(&req.request_id)?;
-        if let Some(hold) = &hold {
-            if hold.user_id != req.user_id {
-                return Err(request_of_another_user(&req.request_id));
-            }
-        } else if let Some((user_id, charged, overage)) = self.usage_row(&req.request_id)? {
-            return self.replayed_settle(req, &user_id, charged, overage);
+        let Some(hold) = self.stored_hold(&req.request_id)? else {
+            return match self.usage_row(&req.request_id)? {
+                Some((user_id, charged, overage)) => {
+                    self.replayed_settle(req, &user_id, charged, overage)
+                }
+                None => Err(LedgerError::UnknownRequest(req.request_id.clone())),
+            };
+        };
+        if hold.user_id != req.user_id {
+            return Err(request_of_another_user(&req.request_id));
+        }
+        if hold.status == HoldStatus::Released {
+            return Err(LedgerError::RequestClosed {
+                request_id: req.request_id.clone(),
+                status: hold.status,
+            });
         }
         let mut user = self.touch(&req.user_id)?;
-        // The hold may have expired, and touch just released it: then this is a late settle.
-        let still_held = match hold {
-            Some(h) if self.hold_exists(h.row_id)? => Some(h),
-            _ => None,
-        };
-        let ceiling = match &still_held {
-            Some(h) => {
-                self.conn
-                    .prepare_cached(sql::DELETE_HOLD)?
-                    .execute([h.row_id])?;
-                user.held = user.held.checked_sub(h.amount).unwrap_or(Credits::ZERO);
+        // touch may have just expired this hold: re-read where it stands.
+        let ceiling = match self.hold_status(hold.row_id)? {
+            HoldStatus::Open => {
+                user.held = user.held.checked_sub(hold.amount).unwrap_or(Credits::ZERO);
                 user.dirty = true;
-                h.amount
+                hold.amount
             }
-            None => user.account().available(),
+            // A late settle: the reservation is gone, so charge no more than the user can
+            // still afford now, and never more than was reserved.
+            _ => hold.amount.min(user.account().affordable()),
         };
+        self.conn
+            .prepare_cached(sql::DELETE_HOLD)?
+            .execute([hold.row_id])?;
         let charged = req.cost.min(ceiling);
         let overage = req.cost.checked_sub(charged).unwrap_or(Credits::ZERO);
         let entry = if charged.is_positive() {
@@ -177,40 +203,34 @@ impl Session<'_> {
         })
     }
 
+    /// Releases the request's hold, charging nothing, and logs `usage` if given (once). With no
+    /// hold at all (a request refused before reserving) it only logs.
     pub fn release(&mut self, req: &Release) -> Result<ReleaseReceipt, LedgerError> {
         validate_request_id(&req.request_id)?;
         let mut released = Credits::ZERO;
-        match self.open_hold(&req.request_id)? {
-            Some(hold) if hold.user_id != req.user_id => {
-                return Err(request_of_another_user(&req.request_id));
-            }
-            Some(hold) => {
-                let mut user = self.touch(&req.user_id)?;
-                if self.hold_exists(hold.row_id)? {
-                    self.conn
-                        .prepare_cached(sql::DELETE_HOLD)?
-                        .execute([hold.row_id])?;
-                    user.held = user.held.checked_sub(hold.amount).unwrap_or(Credits::ZERO);
-                    user.dirty = true;
-                    released = hold.amount;
-                }
-                self.save_user(&mut user)?;
-            }
-            None if self.usage_row(&req.request_id)?.is_some() => {
-                return Ok(ReleaseReceipt {
-                    request_id: req.request_id.clone(),
-                    released,
-                });
-            }
-            // Logging the request needs a known user: an unknown one is this operation's error,
-            // not a foreign-key failure that aborts the whole batch.
-            None if req.usage.is_some() => {
-                let mut user = self.touch(&req.user_id)?;
-                self.save_user(&mut user)?;
-            }
-            None => {}
+        let hold = self.stored_hold(&req.request_id)?;
+        if hold.as_ref().is_some_and(|h| h.user_id != req.user_id) {
+            return Err(request_of_another_user(&req.request_id));
         }
-        if let Some(usage) = &req.usage {
+        if hold.is_none() && self.usage_row(&req.request_id)?.is_some() {
+            // Settled already (or logged by an earlier release): nothing to do.
+            return Ok(ReleaseReceipt {
+                request_id: req.request_id.clone(),
+                released,
+            });
+        }
+        // The user must exist to log the request, and any release brings them up to date.
+        let mut user = self.touch(&req.user_id)?;
+        if let Some(hold) = hold
+            && self.hold_status(hold.row_id)? == HoldStatus::Open
+        {
+            self.close_hold(&mut user, hold.row_id, hold.amount, HoldStatus::Released)?;
+            released = hold.amount;
+        }
+        self.save_user(&mut user)?;
+        if let Some(usage) = &req.usage
+            && self.usage_row(&req.request_id)?.is_none()
+        {
             self.insert_usage(
                 &req.request_id,
                 &req.user_id,
@@ -303,28 +323,38 @@ impl Session<'_> {
         })
     }
 
-    fn open_hold(&self, request_id: &str) -> Result<Option<OpenHold>, LedgerError> {
-        Ok(self
+    fn stored_hold(&self, request_id: &str) -> Result<Option<StoredHold>, LedgerError> {
+        let row = self
             .conn
             .prepare_cached(sql::HOLD_BY_REQUEST)?
             .query_row([request_id], |r| {
-                Ok(OpenHold {
-                    row_id: r.get(0)?,
-                    hold_id: r.get(1)?,
-                    user_id: r.get(2)?,
-                    amount: Credits::from_nanos(r.get(3)?),
-                })
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
             })
-            .optional()?)
+            .optional()?;
+        row.map(|(row_id, hold_id, user_id, amount, status)| {
+            Ok(StoredHold {
+                row_id,
+                hold_id,
+                user_id,
+                amount: Credits::from_nanos(amount),
+                status: status.parse().map_err(LedgerError::Corrupt)?,
+            })
+        })
+        .transpose()
     }
 
-    fn hold_exists(&self, row_id: i64) -> Result<bool, LedgerError> {
-        Ok(self
+    fn hold_status(&self, row_id: i64) -> Result<HoldStatus, LedgerError> {
+        let status: String = self
             .conn
-            .prepare_cached("SELECT 1 FROM holds WHERE id = ?1")?
-            .query_row([row_id], |_| Ok(()))
-            .optional()?
-            .is_some())
+            .prepare_cached("SELECT status FROM holds WHERE id = ?1")?
+            .query_row([row_id], |r| r.get(0))?;
+        status.parse().map_err(LedgerError::Corrupt)
     }
 
     /// (user, charged, overage) of the request's usage row, if it has one.
@@ -381,7 +411,7 @@ impl Session<'_> {
                 success,
                 usage.http_status,
                 usage.error_message,
-                usage.error_type,
+                usage.error_type.map(|t| t.as_str()),
                 metadata,
                 usage.user_agent,
                 usage.client_ip,

@@ -102,6 +102,12 @@ pub struct Canonical<'a> {
     pub idempotency_key: Option<&'a str>,
     pub corrects_entry_id: Option<&'a str>,
     pub created_at: &'a str,
+    pub total_tokens: Option<i64>,
+    /// Not written by the agent yet (Stripe purchases arrive through sync); covered so that a
+    /// value slipped in later is caught.
+    pub stripe_payment_intent_id: Option<&'a str>,
+    pub stripe_charge_id: Option<&'a str>,
+    pub invoice_id: Option<&'a str>,
 }
 
 impl Canonical<'_> {
@@ -143,6 +149,10 @@ impl Session<'_> {
             })?;
         let seq = self.head.seq + 1;
         let entry_id = uuid::Uuid::now_v7().to_string();
+        let total_tokens = match (draft.prompt_tokens, draft.completion_tokens) {
+            (None, None) => None,
+            (p, c) => Some(i64::from(p.unwrap_or(0)) + i64::from(c.unwrap_or(0))),
+        };
         let canonical = Canonical {
             seq,
             entry_id: &entry_id,
@@ -167,12 +177,12 @@ impl Session<'_> {
             idempotency_key: draft.idempotency_key.as_deref(),
             corrects_entry_id: draft.corrects_entry_id.as_deref(),
             created_at: &self.now_text,
+            total_tokens,
+            stripe_payment_intent_id: None,
+            stripe_charge_id: None,
+            invoice_id: None,
         };
         let hash = canonical.hash(&self.head.hash);
-        let total_tokens = match (draft.prompt_tokens, draft.completion_tokens) {
-            (None, None) => None,
-            (p, c) => Some(i64::from(p.unwrap_or(0)) + i64::from(c.unwrap_or(0))),
-        };
         self.conn
             .prepare_cached(sql::INSERT_ENTRY)?
             .execute(params![

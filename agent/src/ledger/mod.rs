@@ -242,7 +242,9 @@ fn run_op(session: &mut Session<'_>, op: &Op) -> Result<Result<Receipt, LedgerEr
     let result = match result {
         Err(e) => {
             rollback(session, head)?;
-            if e.is_storage() {
+            // A constraint the operation's input broke is that operation's error: SQLite aborts
+            // only the statement, the transaction and the other operations carry on.
+            if e.is_storage() && !is_constraint_violation(&e) {
                 return Err(e);
             }
             Err(e)
@@ -264,6 +266,14 @@ fn run_op(session: &mut Session<'_>, op: &Op) -> Result<Result<Receipt, LedgerEr
         .prepare_cached(sql::RELEASE_SAVEPOINT)?
         .execute([])?;
     Ok(result)
+}
+
+fn is_constraint_violation(e: &LedgerError) -> bool {
+    matches!(
+        e,
+        LedgerError::Storage(rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ErrorCode::ConstraintViolation
+    )
 }
 
 /// Undoes the current operation's writes and the chain head it advanced.

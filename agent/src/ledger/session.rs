@@ -17,7 +17,7 @@ use super::clock::to_text;
 use super::journal::{ChainHead, EntryDraft};
 use super::rules::{self, Account, LiveLot};
 use super::sql;
-use super::types::{CreditKind, EntryType, parse_stored_time};
+use super::types::{CreditKind, EntryType, HoldStatus, parse_stored_time};
 
 /// The state a batch carries from one operation to the next.
 #[derive(Debug)]
@@ -144,15 +144,32 @@ impl<'c> Session<'c> {
             })?
             .collect::<Result<_, _>>()?;
         for (hold_row_id, amount) in expired {
-            self.conn
-                .prepare_cached(sql::DELETE_HOLD)?
-                .execute([hold_row_id])?;
-            user.held = user
-                .held
-                .checked_sub(Credits::from_nanos(amount))
-                .unwrap_or(Credits::ZERO);
-            user.dirty = true;
+            self.close_hold(
+                user,
+                hold_row_id,
+                Credits::from_nanos(amount),
+                HoldStatus::Expired,
+            )?;
         }
+        Ok(())
+    }
+
+    /// Closes an open hold (released or expired): it stops counting in `held`, and its row stays
+    /// to answer a late settle or release of the same request.
+    pub fn close_hold(
+        &mut self,
+        user: &mut UserRow,
+        hold_row_id: i64,
+        amount: Credits,
+        status: HoldStatus,
+    ) -> Result<(), LedgerError> {
+        self.conn.prepare_cached(sql::CLOSE_HOLD)?.execute(params![
+            hold_row_id,
+            status.as_str(),
+            self.now_text
+        ])?;
+        user.held = user.held.checked_sub(amount).unwrap_or(Credits::ZERO);
+        user.dirty = true;
         Ok(())
     }
 

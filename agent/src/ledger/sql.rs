@@ -35,13 +35,17 @@ pub const MOVE_LOT: &str = "UPDATE credit_lots SET remaining = remaining + ?2 WH
 pub const INSERT_MOVEMENT: &str =
     "INSERT INTO lot_movements (entry_id, lot_id, amount) VALUES (?1, ?2, ?3)";
 
-pub const EXPIRED_HOLDS: &str =
-    "SELECT id, request_id, amount FROM holds WHERE user_id = ?1 AND expires_at <= ?2";
+pub const EXPIRED_HOLDS: &str = "SELECT id, request_id, amount FROM holds \
+     WHERE user_id = ?1 AND status = 'open' AND expires_at <= ?2";
 
-pub const COUNT_HOLDS: &str = "SELECT COUNT(*) FROM holds WHERE user_id = ?1";
+pub const COUNT_HOLDS: &str = "SELECT COUNT(*) FROM holds WHERE user_id = ?1 AND status = 'open'";
 
 pub const HOLD_BY_REQUEST: &str =
-    "SELECT id, hold_id, user_id, amount FROM holds WHERE request_id = ?1";
+    "SELECT id, hold_id, user_id, amount, status FROM holds WHERE request_id = ?1";
+
+/// Closes an open hold as `released` or `expired` (?2), at ?3.
+pub const CLOSE_HOLD: &str =
+    "UPDATE holds SET status = ?2, closed_at = ?3 WHERE id = ?1 AND status = 'open'";
 
 pub const INSERT_HOLD: &str = "INSERT INTO holds (hold_id, request_id, user_id, amount, created_at, \
      expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";

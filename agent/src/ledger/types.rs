@@ -106,6 +106,30 @@ text_enum!(
     }
 );
 
+text_enum!(
+    /// Where a hold stands. Settled holds are deleted (their usage entry records them).
+    HoldStatus, "hold status" {
+        Open => "open",
+        Released => "released",
+        Expired => "expired",
+    }
+);
+
+text_enum!(
+    /// Why a request failed, as the usage log records it.
+    UsageErrorType, "error type" {
+        InsufficientCredits => "insufficient_credits",
+        SpendCap => "spend_cap",
+        RateLimit => "rate_limit",
+        Timeout => "timeout",
+        UpstreamError => "upstream_error",
+        ClientDisconnected => "client_disconnected",
+        InvalidRequest => "invalid_request",
+        AuthError => "auth_error",
+        InternalError => "internal_error",
+    }
+);
+
 impl CreditKind {
     /// Burn priority of a lot of this kind: lower burns first. Credit given free or for a period
     /// goes before credit paid for.
@@ -252,7 +276,7 @@ pub struct UsageRecord {
     pub time_to_first_token_ms: Option<u32>,
     pub tokens_per_second: Option<f64>,
     pub http_status: Option<u16>,
-    pub error_type: Option<String>,
+    pub error_type: Option<UsageErrorType>,
     pub error_message: Option<String>,
     pub metadata: Option<serde_json::Value>,
     pub session_id: Option<String>,

@@ -63,7 +63,8 @@ const MISMATCH_CHECKS: &[(&str, &str)] = &[
     (
         "held_matches_open_holds",
         "SELECT u.user_id, u.held, (SELECT COALESCE(SUM(h.amount), 0) FROM holds h \
-         WHERE h.user_id = u.user_id) AS holds FROM user_credits u WHERE u.held <> holds",
+         WHERE h.user_id = u.user_id AND h.status = 'open') AS holds FROM user_credits u \
+         WHERE u.held <> holds",
     ),
     (
         "holds_within_balance",
@@ -103,7 +104,7 @@ fn verify_books(conn: &Connection) -> Result<Report, LedgerError> {
         users: count(conn, "SELECT COUNT(*) FROM user_credits")?,
         entries: count(conn, "SELECT COUNT(*) FROM credit_transactions")?,
         lots: count(conn, "SELECT COUNT(*) FROM credit_lots")?,
-        open_holds: count(conn, "SELECT COUNT(*) FROM holds")?,
+        open_holds: count(conn, "SELECT COUNT(*) FROM holds WHERE status = 'open'")?,
         violations: Vec::new(),
     };
     for (invariant, sql) in MISMATCH_CHECKS {
@@ -182,7 +183,8 @@ fn check_sequence_and_hashes(conn: &Connection, report: &mut Report) -> Result<(
         "SELECT seq, entry_id, user_id, transaction_type, amount, balance_before, balance_after, \
          provider, model, prompt_tokens, completion_tokens, cost_per_token, power_level, is_byok, \
          payment_method, request_id, package_id, metadata, notes, admin_user_id, idempotency_key, \
-         corrects_entry_id, created_at, prev_hash, hash FROM credit_transactions ORDER BY seq",
+         corrects_entry_id, created_at, prev_hash, hash, total_tokens, stripe_payment_intent_id, \
+         stripe_charge_id, invoice_id FROM credit_transactions ORDER BY seq",
     )?;
     let mut rows = stmt.query([])?;
     let mut expected_seq = 1i64;
@@ -218,6 +220,7 @@ fn check_sequence_and_hashes(conn: &Connection, report: &mut Report) -> Result<(
             text(20)?,
             text(21)?,
         );
+        let (stripe_intent, stripe_charge, invoice) = (text(26)?, text(27)?, text(28)?);
         let canonical = Canonical {
             seq,
             entry_id: &entry_id,
@@ -242,6 +245,10 @@ fn check_sequence_and_hashes(conn: &Connection, report: &mut Report) -> Result<(
             idempotency_key: key.as_deref(),
             corrects_entry_id: corrects.as_deref(),
             created_at: &created_at,
+            total_tokens: r.get(25)?,
+            stripe_payment_intent_id: stripe_intent.as_deref(),
+            stripe_charge_id: stripe_charge.as_deref(),
+            invoice_id: invoice.as_deref(),
         };
         if canonical.hash(&stored_prev) != stored_hash {
             report.flag(

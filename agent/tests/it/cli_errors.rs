@@ -211,6 +211,55 @@ const CASES: &[(&[&str], &str)] = &[
         &["credits", "import", "/nonexistent/ops.jsonl"],
         "opening /nonexistent/ops.jsonl",
     ),
+    (
+        &[
+            "credits",
+            "add",
+            "alice",
+            "5",
+            "--type",
+            "bonus",
+            "--note",
+            "paid\nforged line",
+        ],
+        "invalid note: it contains the control character '\\n'",
+    ),
+    (
+        &["credits", "debit", "alice", "1", "--note", "tab\there"],
+        "invalid note: it contains the control character '\\t'",
+    ),
+    (
+        &[
+            "credits",
+            "add",
+            "alice",
+            "5",
+            "--type",
+            "refund",
+            "--refund-of",
+            "nope",
+            "--expires-at",
+            "2999-01-01T00:00:00Z",
+        ],
+        "invalid expiry: a refund of a debit cannot set one",
+    ),
+    (
+        &[
+            "credits",
+            "add",
+            "alice",
+            "-1",
+            "--type",
+            "admin_adjustment",
+            "--expires-at",
+            "2999-01-01T00:00:00Z",
+        ],
+        "invalid expiry: a negative admin_adjustment cannot set one",
+    ),
+    (
+        &["users", "api-key", "create", "alice", "--name", "ci\nkey"],
+        "invalid key name: \"ci\\nkey\" contains the control character '\\n'",
+    ),
 ];
 
 #[test]
@@ -315,5 +364,89 @@ fn the_same_key_and_content_returns_the_original_entry() {
     let second = agent.json(&args);
     assert_eq!(first, second);
     assert_eq!(agent.balance("alice"), "100");
+    agent.assert_verified();
+}
+
+#[test]
+fn a_package_above_the_users_tier_is_refused_naming_both_tiers() {
+    let agent = Agent::init();
+    agent.ok(&["users", "add", "alice", "--tier", "trial"]);
+    let db = agent.data_dir().join(tollgate::config::DATABASE_FILE);
+    let conn = tollgate::ledger::db::open(&db, tollgate::ledger::OpenMode::MustExist).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE credit_packages SET min_tier = 'professional' WHERE name = 'Starter Pack'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+
+    let buy = [
+        "credits",
+        "add",
+        "alice",
+        "100",
+        "--type",
+        "purchase",
+        "--package",
+        "Starter Pack",
+    ];
+    let out = agent.run(&buy);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "bought above the tier");
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    assert!(
+        stderr.contains(
+            "package \"Starter Pack\" needs the professional tier or above; alice is on the trial tier"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(agent.balance("alice"), "0");
+
+    agent.ok(&["users", "set", "alice", "--tier", "enterprise"]);
+    agent.ok(&buy);
+    assert_eq!(agent.balance("alice"), "100");
+    agent.assert_verified();
+}
+
+#[test]
+fn an_over_long_import_line_stops_the_import_after_the_lines_before_it() {
+    let agent = Agent::init();
+    agent.ok(&["users", "add", "alice"]);
+    let add = |key: &str| {
+        format!(
+            r#"{{"op":"add","user":"alice","amount":"1","type":"bonus","idempotency_key":"{key}"}}"#
+        )
+    };
+    // No newline after the long line: it must not be read whole.
+    let long = format!(
+        r#"{{"op":"debit","user":"alice","amount":"1","note":"{}"}}"#,
+        "x".repeat(1 << 20)
+    );
+    let file = agent.data_dir().join("ops.jsonl");
+    std::fs::write(&file, format!("{}\n{}\n{long}", add("i1"), add("i2"))).unwrap();
+
+    let out = agent.run(&[
+        "credits",
+        "import",
+        file.to_str().unwrap(),
+        "--batch-size",
+        "5",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    assert!(
+        stderr.contains("line 3 is longer than 65536 bytes; the import stopped there"),
+        "{stderr}"
+    );
+    let results: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert!(results.iter().all(|r| r["ok"].is_object()), "{results:?}");
+    assert_eq!(agent.balance("alice"), "2");
     agent.assert_verified();
 }

@@ -7,6 +7,7 @@ mod crash;
 mod keys_cli;
 mod ledger_model;
 mod race;
+mod requests;
 mod schema;
 mod support;
 mod vault;

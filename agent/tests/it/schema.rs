@@ -98,6 +98,26 @@ fn migrating_twice_is_a_no_op() {
 }
 
 #[test]
+fn processes_opening_a_fresh_file_at_once_all_succeed() {
+    for _ in 0..10 {
+        let (_dir, path) = fresh();
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    db::open(&path, OpenMode::CreateIfMissing).map(|_| ())
+                })
+            })
+            .collect();
+        for opener in openers {
+            opener.join().unwrap().unwrap();
+        }
+    }
+}
+
+#[test]
 fn a_database_from_a_newer_tollgate_is_refused_untouched() {
     let (_dir, path) = fresh();
     let conn = db::open(&path, OpenMode::CreateIfMissing).unwrap();

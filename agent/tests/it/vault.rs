@@ -79,6 +79,7 @@ impl Vault {
 
     /// A second connection to the database file, as an attacker with write access would have.
     fn raw(&self) -> Connection {
+        #[allow(clippy::disallowed_methods)] // deliberately raw: no pragmas, no migrations
         let conn = Connection::open_with_flags(
             self.path().join(DB_FILE),
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -153,19 +153,24 @@ BEGIN
 END;
 
 -- ---------------------------------------------------------------------------------------------
--- holds: reservations for in-flight requests, visible to every process that opens the file. A
--- hold is deleted when it is settled (the usage entry records it) or released; an expired hold is
--- released lazily by the next operation on its user.
+-- holds: reservations for in-flight requests, visible to every process that opens the file. An
+-- open hold counts in user_credits.held. Settling deletes the hold (the usage entry and usage row
+-- record it). A hold released without charge, or expired (its gateway never came back), stays as
+-- a closed row so that a late settle or release of the same request id is answered correctly:
+-- a released request is never charged, an expired one at most its hold.
 CREATE TABLE holds (
     id          INTEGER PRIMARY KEY,
     hold_id     TEXT    NOT NULL UNIQUE,          -- UUIDv7
     request_id  TEXT    NOT NULL UNIQUE,
     user_id     TEXT    NOT NULL REFERENCES user_credits (user_id),
     amount      INTEGER NOT NULL CHECK (amount > 0),
+    status      TEXT    NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'released', 'expired')),
     created_at  TEXT    NOT NULL,
-    expires_at  TEXT    NOT NULL
+    expires_at  TEXT    NOT NULL,
+    closed_at   TEXT,
+    CHECK ((status = 'open') = (closed_at IS NULL))
 );
-CREATE INDEX idx_holds_user ON holds (user_id, expires_at);
+CREATE INDEX idx_holds_open ON holds (user_id, expires_at) WHERE status = 'open';
 
 -- ---------------------------------------------------------------------------------------------
 -- idempotency_keys: the permanent record of every keyed operation from outside. The same key with
@@ -303,7 +308,7 @@ CREATE TABLE llm_usage_log (
     overage_credits         INTEGER NOT NULL DEFAULT 0 CHECK (overage_credits >= 0),
     cost_per_token          TEXT,
     is_byok                 INTEGER NOT NULL DEFAULT 0 CHECK (is_byok IN (0, 1)),
-    byok_key_id             INTEGER REFERENCES user_provider_keys (id),
+    byok_key_id             INTEGER REFERENCES user_provider_keys (id) ON DELETE SET NULL,
     latency_ms              INTEGER CHECK (latency_ms IS NULL OR latency_ms >= 0),
     time_to_first_token_ms  INTEGER CHECK (time_to_first_token_ms IS NULL OR time_to_first_token_ms >= 0),
     tokens_per_second       REAL,                 -- a rate for dashboards, never money
