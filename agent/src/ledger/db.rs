@@ -48,7 +48,11 @@ pub fn open(path: &Path, mode: OpenMode) -> Result<Connection, LedgerError> {
     // it are not safe to race (SQLite answers "database is locked" without waiting), so a second
     // process waits here, then finds nothing left to do.
     let up_to_date = schema_version(&conn)? == Some(i64::from(LATEST_VERSION));
-    let setup_lock = if up_to_date { None } else { Some(MigrationLock::acquire(path)?) };
+    let setup_lock = if up_to_date {
+        None
+    } else {
+        Some(MigrationLock::acquire(path)?)
+    };
     // journal_mode answers with the mode now in force; anything but WAL is an error.
     let journal_mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !journal_mode.eq_ignore_ascii_case("wal") {

@@ -46,6 +46,17 @@ struct StoredHold {
     status: HoldStatus,
 }
 
+impl StoredHold {
+    /// Where the hold stands once `user` was touched (which may have just expired it).
+    fn status_after(&self, user: &UserRow) -> HoldStatus {
+        if user.expired_holds.contains(&self.row_id) {
+            HoldStatus::Expired
+        } else {
+            self.status
+        }
+    }
+}
+
 impl Session<'_> {
     pub fn hold(&mut self, req: &HoldRequest) -> Result<HoldReceipt, LedgerError> {
         validate_request_id(&req.request_id)?;
@@ -76,7 +87,7 @@ impl Session<'_> {
             // operation's; if it expired this very hold, the request is closed.
             let mut user = self.touch(&req.user_id)?;
             self.save_user(&mut user)?;
-            return match self.hold_status(existing.row_id)? {
+            return match existing.status_after(&user) {
                 HoldStatus::Open => Ok(HoldReceipt {
                     hold_id: existing.hold_id,
                     request_id: req.request_id.clone(),
@@ -165,7 +176,7 @@ impl Session<'_> {
         }
         let mut user = self.touch(&req.user_id)?;
         // touch may have just expired this hold: re-read where it stands.
-        let ceiling = match self.hold_status(hold.row_id)? {
+        let ceiling = match hold.status_after(&user) {
             HoldStatus::Open => {
                 user.held = user.held.checked_sub(hold.amount).unwrap_or(Credits::ZERO);
                 user.dirty = true;
@@ -222,7 +233,7 @@ impl Session<'_> {
         // The user must exist to log the request, and any release brings them up to date.
         let mut user = self.touch(&req.user_id)?;
         if let Some(hold) = hold
-            && self.hold_status(hold.row_id)? == HoldStatus::Open
+            && hold.status_after(&user) == HoldStatus::Open
         {
             self.close_hold(&mut user, hold.row_id, hold.amount, HoldStatus::Released)?;
             released = hold.amount;
@@ -347,14 +358,6 @@ impl Session<'_> {
             })
         })
         .transpose()
-    }
-
-    fn hold_status(&self, row_id: i64) -> Result<HoldStatus, LedgerError> {
-        let status: String = self
-            .conn
-            .prepare_cached("SELECT status FROM holds WHERE id = ?1")?
-            .query_row([row_id], |r| r.get(0))?;
-        status.parse().map_err(LedgerError::Corrupt)
     }
 
     /// (user, charged, overage) of the request's usage row, if it has one.

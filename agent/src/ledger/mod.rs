@@ -2,8 +2,10 @@
 //! are the only code that touches SQLite.
 //!
 //! Shape: [`Ledger`] owns a connection and a [`Clock`]. Writes run as batches ([`Ledger::apply`]):
-//! one `BEGIN IMMEDIATE` transaction, one savepoint per operation, one commit (group commit), each
-//! operation with its own result. Decisions are pure functions in [`rules`]; the SQL modules load
+//! one `BEGIN IMMEDIATE` transaction, one commit (group commit), each operation with its own
+//! result. A batch runs first without savepoints; if any operation fails, that attempt is rolled
+//! back and the batch runs again with a savepoint per operation, so a failed operation never
+//! disturbs the others. Decisions are pure functions in [`rules`]; the SQL modules load
 //! values, ask `rules`, and write what it says.
 //!
 //! Invariants (checked by `tollgate verify`, see [`verify`]):
@@ -86,20 +88,42 @@ impl Ledger {
                 why: format!("{} operations, the limit is {BATCH_OPS_MAX}", ops.len()),
             });
         }
-        let now = self.clock.now();
+        // Most batches succeed whole: run them without per-operation savepoints (the largest
+        // cost measured on the hot path). If any operation fails, nothing of that attempt is
+        // committed and the batch runs again with a savepoint around each operation.
+        if let Some(results) = self.run_batch(ops, Guard::None)? {
+            return Ok(results);
+        }
+        self.run_batch(ops, Guard::Savepoints)?
+            .ok_or_else(|| LedgerError::Corrupt("a guarded batch gave up".to_owned()))
+    }
+
+    /// One attempt at a batch in one transaction. Unguarded, it gives up (`None`, nothing
+    /// committed) at the first operation that fails; guarded, every operation gets its result.
+    fn run_batch(
+        &mut self,
+        ops: &[Op],
+        guard: Guard,
+    ) -> Result<Option<Vec<Result<Receipt, LedgerError>>>, LedgerError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Read the clock once the write lock is held: waiting for it must not date entries in
+        // the past or make created_at disagree with seq.
+        let now = self.clock.now();
         let mut results = Vec::with_capacity(ops.len());
         {
             let mut session = Session::begin(&tx, now)?;
             for op in ops {
-                let result = run_op(&mut session, op)?;
+                let result = run_op(&mut session, op, guard)?;
+                if result.is_err() && guard == Guard::None {
+                    return Ok(None); // dropping `tx` rolls the attempt back
+                }
                 results.push(result);
             }
         }
         tx.commit()?;
-        Ok(results)
+        Ok(Some(results))
     }
 
     /// Runs one write that is not a batchable operation (user management) in its own transaction.
@@ -107,10 +131,10 @@ impl Ledger {
         &mut self,
         f: impl FnOnce(&mut Session<'_>) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
-        let now = self.clock.now();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = self.clock.now();
         let value = {
             let mut session = Session::begin(&tx, now)?;
             f(&mut session)?
@@ -205,9 +229,24 @@ fn unexpected(receipt: &Receipt) -> LedgerError {
     ))
 }
 
-/// Runs one operation in its own savepoint. A storage error is returned as the outer error (the
-/// batch fails); any other error is the operation's own result.
-fn run_op(session: &mut Session<'_>, op: &Op) -> Result<Result<Receipt, LedgerError>, LedgerError> {
+/// Whether each operation of a batch runs inside its own savepoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    /// No savepoints: the caller abandons the whole transaction if any operation fails.
+    None,
+    /// A savepoint per operation: a failed one is rolled back alone.
+    Savepoints,
+}
+
+/// Runs one operation. Guarded, it runs in its own savepoint: a storage error is returned as the
+/// outer error (the batch fails), any other error is the operation's own result, rolled back,
+/// and a refusal of a keyed operation is recorded. Unguarded, an error is returned as is and the
+/// caller must roll the transaction back.
+fn run_op(
+    session: &mut Session<'_>,
+    op: &Op,
+    guard: Guard,
+) -> Result<Result<Receipt, LedgerError>, LedgerError> {
     let keyed = match op {
         Op::AddCredits(a) => a
             .idempotency_key
@@ -231,7 +270,9 @@ fn run_op(session: &mut Session<'_>, op: &Op) -> Result<Result<Receipt, LedgerEr
         }
     }
     let head = session.head;
-    session.conn.prepare_cached(sql::SAVEPOINT)?.execute([])?;
+    if guard == Guard::Savepoints {
+        session.conn.prepare_cached(sql::SAVEPOINT)?.execute([])?;
+    }
     let result = match op {
         Op::AddCredits(a) => session.add_credits(a).map(Receipt::Entry),
         Op::Debit(d) => session.debit(d).map(Receipt::Entry),
@@ -240,6 +281,7 @@ fn run_op(session: &mut Session<'_>, op: &Op) -> Result<Result<Receipt, LedgerEr
         Op::Release(r) => session.release(r).map(Receipt::Release),
     };
     let result = match result {
+        Err(e) if guard == Guard::None => return Ok(Err(e)),
         Err(e) => {
             rollback(session, head)?;
             // A constraint the operation's input broke is that operation's error: SQLite aborts
@@ -261,10 +303,12 @@ fn run_op(session: &mut Session<'_>, op: &Op) -> Result<Result<Receipt, LedgerEr
             session.record_outcome(key, operation, print, &outcome)?;
         }
     }
-    session
-        .conn
-        .prepare_cached(sql::RELEASE_SAVEPOINT)?
-        .execute([])?;
+    if guard == Guard::Savepoints {
+        session
+            .conn
+            .prepare_cached(sql::RELEASE_SAVEPOINT)?
+            .execute([])?;
+    }
     Ok(result)
 }
 

@@ -45,6 +45,8 @@ pub struct UserRow {
     pub lifetime_purchased: Credits,
     pub created_at: String,
     pub lots: Vec<LiveLot>,
+    /// Holds (row ids) this operation's touch found expired and closed.
+    pub expired_holds: Vec<i64>,
     /// Whether the row must be written back.
     pub dirty: bool,
 }
@@ -101,6 +103,7 @@ impl<'c> Session<'c> {
                     lifetime_purchased: Credits::from_nanos(r.get(10)?),
                     created_at: r.get(11)?,
                     lots: Vec::new(),
+                    expired_holds: Vec::new(),
                     dirty: false,
                 })
             })
@@ -150,6 +153,7 @@ impl<'c> Session<'c> {
                 Credits::from_nanos(amount),
                 HoldStatus::Expired,
             )?;
+            user.expired_holds.push(hold_row_id);
         }
         Ok(())
     }

@@ -80,17 +80,20 @@ CREATE TABLE credit_transactions (
     notes                   TEXT,
     admin_user_id           TEXT,
     -- The caller's idempotency key for entries from outside (request id, Stripe session id, admin
-    -- operation id). Unique forever: see idempotency_keys for the recorded outcome.
-    idempotency_key         TEXT UNIQUE,
+    -- operation id). Unique forever (partial index below): see idempotency_keys for the outcome.
+    idempotency_key         TEXT,
     corrects_entry_id       TEXT REFERENCES credit_transactions (entry_id),
     prev_hash               BLOB    NOT NULL CHECK (length(prev_hash) = 32),
-    hash                    BLOB    NOT NULL UNIQUE CHECK (length(hash) = 32),
+    hash                    BLOB    NOT NULL CHECK (length(hash) = 32),
     created_at              TEXT    NOT NULL,
     CHECK (balance_after = balance_before + amount)
 );
 -- History and the per-user chain walk by (user_id, id); this also serves the original's user_id
 -- and (user_id, created_at) indexes, since id grows with created_at.
 CREATE INDEX idx_credit_transactions_user ON credit_transactions (user_id, id);
+-- Partial, so the many entries without a key (every usage entry) cost nothing here.
+CREATE UNIQUE INDEX idx_credit_transactions_idempotency
+    ON credit_transactions (idempotency_key) WHERE idempotency_key IS NOT NULL;
 -- One usage debit per request id (SYNC.md invariant 3), and the lookup that makes settling a
 -- request idempotent.
 CREATE UNIQUE INDEX idx_credit_transactions_usage_request
