@@ -7,8 +7,8 @@
 //! - A settle needs the request's hold and debits at most that hold; metered cost beyond it is
 //!   booked as overage on the usage row, never charged silently and never taking a balance below
 //!   zero. A settle whose hold had expired (the gateway outlived [`HOLD_TTL_MAX`]) charges at most
-//!   the hold and what the user can still afford (credit and cap); a released hold is never
-//!   charged; a request that was never held cannot be settled.
+//!   the hold and what the user can still afford (credit and cap); a released hold (released
+//!   while open, or after it expired) is never charged; a request never held cannot be settled.
 //! - Every operation is idempotent by request id: a hold retried returns the same hold; a settle
 //!   retried with the same cost returns the same charge (another cost is a conflict); a release
 //!   of a hold already closed releases nothing. One usage entry and one usage row per request.
@@ -223,7 +223,12 @@ impl Session<'_> {
         if hold.as_ref().is_some_and(|h| h.user_id != req.user_id) {
             return Err(request_of_another_user(&req.request_id));
         }
-        if hold.is_none() && self.usage_row(&req.request_id)?.is_some() {
+        if hold.is_none()
+            && let Some((owner, _, _)) = self.usage_row(&req.request_id)?
+        {
+            if owner != req.user_id {
+                return Err(request_of_another_user(&req.request_id));
+            }
             // Settled already (or logged by an earlier release): nothing to do.
             return Ok(ReleaseReceipt {
                 request_id: req.request_id.clone(),
@@ -232,11 +237,20 @@ impl Session<'_> {
         }
         // The user must exist to log the request, and any release brings them up to date.
         let mut user = self.touch(&req.user_id)?;
-        if let Some(hold) = hold
-            && hold.status_after(&user) == HoldStatus::Open
-        {
-            self.close_hold(&mut user, hold.row_id, hold.amount, HoldStatus::Released)?;
-            released = hold.amount;
+        if let Some(hold) = hold {
+            match hold.status_after(&user) {
+                HoldStatus::Open => {
+                    self.close_hold(&mut user, hold.row_id, hold.amount, HoldStatus::Released)?;
+                    released = hold.amount;
+                }
+                // The caller gave the request up: a late settle must not charge it any more.
+                HoldStatus::Expired => {
+                    self.conn
+                        .prepare_cached(sql::RELEASE_EXPIRED_HOLD)?
+                        .execute([hold.row_id])?;
+                }
+                HoldStatus::Released => {}
+            }
         }
         self.save_user(&mut user)?;
         if let Some(usage) = &req.usage

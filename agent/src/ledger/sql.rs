@@ -50,6 +50,10 @@ pub const CLOSE_HOLD: &str =
 pub const INSERT_HOLD: &str = "INSERT INTO holds (hold_id, request_id, user_id, amount, created_at, \
      expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
+/// Marks an expired hold released (it no longer counts anywhere; this only closes the request).
+pub const RELEASE_EXPIRED_HOLD: &str =
+    "UPDATE holds SET status = 'released' WHERE id = ?1 AND status = 'expired'";
+
 pub const DELETE_HOLD: &str = "DELETE FROM holds WHERE id = ?1";
 
 pub const USAGE_BY_REQUEST: &str =
