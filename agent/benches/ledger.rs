@@ -8,7 +8,8 @@
 //!
 //! - **ledger**: `Ledger::apply(&[Op::Hold; 100])`, then `Ledger::apply(&[Op::Settle; 100])`.
 //! - **baseline**: the very statements the ledger issues for those requests (from
-//!   `tollgate::ledger::sql`, checked once against a statement trace of the ledger), prepared once
+//!   `tollgate::ledger::sql`: `HOLD_PATH` and `SETTLE_PATH`, which a ledger test pins by tracing
+//!   the ledger; this file replays them in that order by hand), prepared once
 //!   and executed straight through rusqlite with precomputed parameters: no validation, no
 //!   statement cache, no hashing (a unique constant-time stand-in), no UUIDs (counter strings).
 //! - **baseline + original indexes**: the baseline with the seven `llm_usage_log` indexes of the

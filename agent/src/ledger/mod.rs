@@ -329,3 +329,98 @@ fn rollback(session: &mut Session<'_>, head: journal::ChainHead) -> Result<(), L
     session.head = head;
     Ok(())
 }
+
+#[cfg(test)]
+mod hot_path_tests {
+    //! Pins the SQL the ledger issues per metered request to `sql::HOLD_PATH` and
+    //! `sql::SETTLE_PATH`, which the benchmark's baseline replays: if the hot path changes, this
+    //! fails until the lists (and the baseline) follow.
+
+    use std::sync::{Arc, Mutex};
+
+    use rusqlite::trace::{TraceEvent, TraceEventCodes};
+    use tollgate_schema::money::Credits;
+
+    use super::*;
+
+    static TRACED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    fn record(event: TraceEvent<'_>) {
+        // Trigger bodies report themselves as "-- TRIGGER …": not statements the ledger issues.
+        if let TraceEvent::Stmt(stmt, text) = event
+            && !text.starts_with("--")
+        {
+            TRACED.lock().unwrap().push(stmt.sql().into_owned());
+        }
+    }
+
+    fn traced(ledger: &mut Ledger, ops: &[Op]) -> Vec<String> {
+        TRACED.lock().unwrap().clear();
+        ledger
+            .conn
+            .trace_v2(TraceEventCodes::SQLITE_TRACE_STMT, Some(record));
+        let results = ledger.apply(ops).unwrap();
+        ledger.conn.trace_v2(TraceEventCodes::empty(), None);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        std::mem::take(&mut *TRACED.lock().unwrap())
+    }
+
+    fn batch_of(path: &[&str], times: usize) -> Vec<String> {
+        let mut expected = vec!["BEGIN IMMEDIATE".to_owned(), sql::CHAIN_HEAD.to_owned()];
+        for _ in 0..times {
+            expected.extend(path.iter().map(|s| (*s).to_owned()));
+        }
+        expected.push("COMMIT".to_owned());
+        expected
+    }
+
+    #[test]
+    fn a_metered_request_issues_exactly_the_listed_statements() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(
+            &dir.path().join("t.db"),
+            OpenMode::CreateIfMissing,
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        for user in ["a", "b"] {
+            ledger.create_user(&NewUser::new(user)).unwrap();
+            ledger
+                .add_credits(AddCredits::new(
+                    user,
+                    Credits::from_nanos(10_000_000_000),
+                    CreditKind::Purchase,
+                ))
+                .unwrap();
+        }
+        let requests = [("a", "r1"), ("b", "r2")];
+        let holds: Vec<Op> = requests
+            .iter()
+            .map(|(user, id)| {
+                Op::Hold(HoldRequest {
+                    user_id: (*user).into(),
+                    request_id: (*id).into(),
+                    amount: Credits::from_nanos(1_000_000_000),
+                    ttl: HOLD_TTL_DEFAULT,
+                })
+            })
+            .collect();
+        assert_eq!(traced(&mut ledger, &holds), batch_of(sql::HOLD_PATH, 2));
+        let settles: Vec<Op> = requests
+            .iter()
+            .map(|(user, id)| {
+                Op::Settle(Settle {
+                    user_id: (*user).into(),
+                    request_id: (*id).into(),
+                    cost: Credits::from_nanos(123_456_789),
+                    usage: UsageRecord {
+                        endpoint: "/v1/chat/completions".into(),
+                        model: "m".into(),
+                        ..UsageRecord::default()
+                    },
+                })
+            })
+            .collect();
+        assert_eq!(traced(&mut ledger, &settles), batch_of(sql::SETTLE_PATH, 2));
+    }
+}

@@ -66,6 +66,34 @@ pub const INSERT_USAGE: &str = "INSERT INTO llm_usage_log (request_id, session_i
      metadata, user_agent, client_ip, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
      ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)";
 
+/// What one hold issues, in order, in a batch where every operation succeeds. A test traces the
+/// ledger against this list and the benchmark's baseline runs exactly these statements: change
+/// all three together.
+pub const HOLD_PATH: &[&str] = &[
+    HOLD_BY_REQUEST,
+    USAGE_BY_REQUEST,
+    SELECT_USER,
+    LIVE_LOTS,
+    EXPIRED_HOLDS,
+    COUNT_HOLDS,
+    INSERT_HOLD,
+    SAVE_USER,
+];
+
+/// What one settle of an open hold issues (one lot burned), in order; see [`HOLD_PATH`].
+pub const SETTLE_PATH: &[&str] = &[
+    HOLD_BY_REQUEST,
+    SELECT_USER,
+    LIVE_LOTS,
+    EXPIRED_HOLDS,
+    DELETE_HOLD,
+    INSERT_ENTRY,
+    MOVE_LOT,
+    INSERT_MOVEMENT,
+    INSERT_USAGE,
+    SAVE_USER,
+];
+
 pub const SAVEPOINT: &str = "SAVEPOINT ledger_op";
 pub const RELEASE_SAVEPOINT: &str = "RELEASE ledger_op";
 pub const ROLLBACK_SAVEPOINT: &str = "ROLLBACK TO ledger_op";
