@@ -66,7 +66,15 @@ fn new_secret() -> Result<Zeroizing<String>, LedgerError> {
     let mut secret = Zeroizing::new(String::with_capacity(KEY_LEN));
     let reserved = secret.capacity();
     secret.push_str(KEY_TAG);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(raw.as_slice(), &mut secret);
+    // encode_slice writes straight into a buffer we wipe (encode_string would pass the text
+    // through an internal stack buffer that nobody wipes).
+    let mut encoded = Zeroizing::new([0u8; 64]);
+    let written = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode_slice(raw.as_slice(), encoded.as_mut_slice())
+        .map_err(|e| LedgerError::Corrupt(format!("encoding a key: {e}")))?;
+    let text = std::str::from_utf8(&encoded[..written])
+        .map_err(|e| LedgerError::Corrupt(format!("encoding a key: {e}")))?;
+    secret.push_str(text);
     debug_assert_eq!((secret.len(), secret.capacity()), (KEY_LEN, reserved));
     Ok(secret)
 }

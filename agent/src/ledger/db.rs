@@ -47,7 +47,9 @@ pub fn open(path: &Path, mode: OpenMode) -> Result<Connection, LedgerError> {
     // A fresh (or older) file is set up under a lock: switching a new file to WAL and migrating
     // it are not safe to race (SQLite answers "database is locked" without waiting), so a second
     // process waits here, then finds nothing left to do.
-    let up_to_date = schema_version(&conn)? == Some(i64::from(LATEST_VERSION));
+    let current_mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    let up_to_date = schema_version(&conn)? == Some(i64::from(LATEST_VERSION))
+        && current_mode.eq_ignore_ascii_case("wal");
     let setup_lock = if up_to_date {
         None
     } else {
@@ -68,6 +70,8 @@ pub fn open(path: &Path, mode: OpenMode) -> Result<Connection, LedgerError> {
     if setup_lock.is_some() {
         refuse_newer_schema(&conn)?;
         migrate(&mut conn)?;
+    } else {
+        refuse_divergent_schema(&conn)?;
     }
     drop(setup_lock);
     ensure_identity(&conn)?;
@@ -96,6 +100,27 @@ fn refuse_newer_schema(conn: &Connection) -> Result<(), LedgerError> {
         }),
         _ => Ok(()),
     }
+}
+
+/// Refuses a file whose applied migrations are not this build's (same version, other content):
+/// the check refinery makes when migrating, made here too for files that need no migration.
+fn refuse_divergent_schema(conn: &Connection) -> Result<(), LedgerError> {
+    let sql = format!("SELECT version, checksum FROM {HISTORY_TABLE}");
+    let mut stmt = conn.prepare(&sql)?;
+    let applied = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+    let runner = migrations::runner();
+    let embedded = runner.get_migrations();
+    for row in applied {
+        let (version, checksum) = row?;
+        let ours = embedded.iter().find(|m| i64::from(m.version()) == version);
+        if ours.is_none_or(|m| m.checksum().to_string() != checksum) {
+            return Err(LedgerError::Migration(format!(
+                "this database's schema version {version} is not the one this tollgate was built \
+                 with (its migration differs); open it with the tollgate that created it"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {

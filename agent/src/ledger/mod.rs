@@ -284,8 +284,8 @@ fn run_op(
         Err(e) if guard == Guard::None => return Ok(Err(e)),
         Err(e) => {
             rollback(session, head)?;
-            // A constraint the operation's input broke is that operation's error: SQLite aborts
-            // only the statement, the transaction and the other operations carry on.
+            // A foreign key the operation's input named and that does not exist is that
+            // operation's error: SQLite aborts only the statement, the others carry on.
             if e.is_storage() && !is_constraint_violation(&e) {
                 return Err(e);
             }
@@ -312,16 +312,24 @@ fn run_op(
     Ok(result)
 }
 
+/// A foreign key the operation's input named that does not exist (e.g. a usage record's BYOK key
+/// id): that operation's own error. Every other constraint guards an invariant of the books, so
+/// breaking it is a bug and fails the whole batch.
 fn is_constraint_violation(e: &LedgerError) -> bool {
     matches!(
         e,
         LedgerError::Storage(rusqlite::Error::SqliteFailure(f, _))
-            if f.code == rusqlite::ErrorCode::ConstraintViolation
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY
     )
 }
 
 /// Undoes the current operation's writes and the chain head it advanced.
 fn rollback(session: &mut Session<'_>, head: journal::ChainHead) -> Result<(), LedgerError> {
+    if session.conn.is_autocommit() {
+        // SQLite already rolled the whole transaction back (disk full, I/O error): there is no
+        // savepoint left, and the caller's error is the one to report.
+        return Ok(());
+    }
     session
         .conn
         .prepare_cached(sql::ROLLBACK_SAVEPOINT)?

@@ -118,6 +118,56 @@ fn processes_opening_a_fresh_file_at_once_all_succeed() {
 }
 
 #[test]
+fn processes_opening_a_file_not_yet_in_wal_mode_all_succeed() {
+    // As a restored `VACUUM INTO` copy would be: current schema, rollback journal. Each round
+    // puts the file back in that mode and starts several real processes on it at once; the first
+    // to open switches it to WAL, which without the setup lock fails the others at random.
+    let agent = super::support::Agent::init();
+    let database = agent.data_dir().join("tollgate.db");
+    for round in 0..40 {
+        db::open(&database, OpenMode::MustExist)
+            .unwrap()
+            .query_row("PRAGMA journal_mode = DELETE", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .unwrap();
+        let readers: Vec<_> = (0..6)
+            .map(|_| {
+                agent
+                    .command(&["users", "list"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for reader in readers {
+            let out = reader.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_database_whose_migration_differs_from_this_build_is_refused() {
+    let (_dir, path) = fresh();
+    let conn = db::open(&path, OpenMode::CreateIfMissing).unwrap();
+    conn.execute("UPDATE refinery_schema_history SET checksum = '1'", [])
+        .unwrap();
+    drop(conn);
+    let err = Ledger::open(&path, OpenMode::MustExist, Arc::new(SystemClock)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("schema version 1 is not the one this tollgate was built with"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_database_from_a_newer_tollgate_is_refused_untouched() {
     let (_dir, path) = fresh();
     let conn = db::open(&path, OpenMode::CreateIfMissing).unwrap();
