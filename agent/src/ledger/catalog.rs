@@ -146,30 +146,20 @@ pub fn live_lots(
             created_at,
         });
     }
-    // Order them as the burn plan would.
-    let live: Vec<LiveLot> = lots
-        .iter()
+    // Order them as a debit now would burn them.
+    let mut keyed = lots
+        .into_iter()
         .map(|l| {
-            Ok(LiveLot {
+            let live = LiveLot {
                 id: l.id,
                 remaining: l.remaining,
                 priority: l.priority,
                 expires_at: l.expires_at.as_deref().map(parse_stored_time).transpose()?,
-            })
+            };
+            Ok((rules::burn_key(&live, now), l))
         })
-        .collect::<Result<_, LedgerError>>()?;
-    let total = live
-        .iter()
-        .try_fold(Credits::ZERO, |acc, l| acc.checked_add(l.remaining));
-    let order: Vec<i64> = total
-        .and_then(|t| rules::burn_plan(&live, t, now))
-        .map(|plan| plan.into_iter().map(|(id, _)| id).collect())
-        .unwrap_or_default();
-    lots.sort_by_key(|l| {
-        order
-            .iter()
-            .position(|&id| id == l.id)
-            .unwrap_or(usize::MAX)
-    });
+        .collect::<Result<Vec<_>, LedgerError>>()?;
+    keyed.sort_by_key(|(key, _)| *key);
+    let lots: Vec<Lot> = keyed.into_iter().map(|(_, l)| l).collect();
     Ok(lots)
 }

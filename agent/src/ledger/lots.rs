@@ -73,6 +73,6 @@ impl Session<'_> {
 /// Negates every amount of a burn plan, giving the movements that burn it.
 pub fn as_burns(plan: Vec<(i64, Credits)>) -> Vec<(i64, Credits)> {
     plan.into_iter()
-        .map(|(lot, amount)| (lot, amount.checked_neg().unwrap_or(Credits::ZERO)))
+        .map(|(lot, amount)| (lot, super::credits::negate(amount)))
         .collect()
 }

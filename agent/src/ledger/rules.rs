@@ -91,21 +91,27 @@ impl LiveLot {
 /// Which lots a debit of `amount` burns, in order: lots already expired first (what is left of
 /// them only exists to pay for requests reserved before they expired), then by priority, earliest
 /// expiry (no expiry last), oldest. Returns `None` if the lots cannot cover `amount`.
+/// The sort key of the burn order (see [`burn_plan`]): smaller burns first.
+pub fn burn_key(
+    lot: &LiveLot,
+    now: OffsetDateTime,
+) -> (bool, i64, bool, Option<OffsetDateTime>, i64) {
+    (
+        !lot.expired(now),
+        lot.priority,
+        lot.expires_at.is_none(),
+        lot.expires_at,
+        lot.id,
+    )
+}
+
 pub fn burn_plan(
     lots: &[LiveLot],
     amount: Credits,
     now: OffsetDateTime,
 ) -> Option<Vec<(i64, Credits)>> {
     let mut ordered: Vec<&LiveLot> = lots.iter().filter(|l| l.remaining.is_positive()).collect();
-    ordered.sort_by_key(|l| {
-        (
-            !l.expired(now),
-            l.priority,
-            l.expires_at.is_none(),
-            l.expires_at,
-            l.id,
-        )
-    });
+    ordered.sort_by_key(|l| burn_key(l, now));
     let mut left = amount;
     let mut plan = Vec::new();
     for lot in ordered {

@@ -1,10 +1,9 @@
 //! `tollgate keys …` through the real binary: the secret goes in on stdin only, comes out
 //! nowhere, survives a master key rotation, and a wrong master key is a one-line error.
 
-use std::io::Write;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
-use super::support::Agent;
+use super::support::{Agent, spawn_with_stdin};
 
 const SECRET: &str = "sk-test-CLI-CANARY-0123456789abcdef";
 
@@ -22,19 +21,9 @@ fn add_key(agent: &Agent, secret: &str, extra_env: Option<(&str, &str)>) -> Outp
     if let Some((k, v)) = extra_env {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
+    spawn_with_stdin(cmd, format!("{secret}\n").as_bytes())
+        .wait_with_output()
         .unwrap()
-        .write_all(format!("{secret}\n").as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 #[test]

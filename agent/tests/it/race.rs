@@ -2,12 +2,9 @@
 //! must serialise them so that the final balance is exact, nothing goes negative and `verify` is
 //! clean — with some debits refused because the credit ran out mid-race.
 
-use std::io::Write;
-use std::process::Stdio;
-
 use serde_json::Value;
 
-use super::support::Agent;
+use super::support::{Agent, spawn_with_stdin};
 
 const PROCESSES: usize = 4;
 const DEBITS_PER_PROCESS: usize = 40;
@@ -34,20 +31,10 @@ fn racing_processes_keep_the_books_exact() {
                 ));
             }
         }
-        let mut child = agent
-            .command(&["credits", "import", "-", "--batch-size", "1"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(lines.as_bytes())
-            .unwrap();
-        children.push(child);
+        children.push(spawn_with_stdin(
+            agent.command(&["credits", "import", "-", "--batch-size", "1"]),
+            lines.as_bytes(),
+        ));
     }
 
     let (mut debited, mut refused, mut topped_up) = (0usize, 0usize, 0usize);

@@ -1,7 +1,8 @@
 //! Helpers for driving the real `tollgate` binary against a temporary data dir.
 
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
@@ -78,4 +79,17 @@ impl Agent {
             .unwrap()
             .to_owned()
     }
+}
+
+/// Starts `cmd` with its output piped and `input` written to its stdin, which is then closed.
+/// (Inputs here are small: they fit the pipe before the child has to be read.)
+pub fn spawn_with_stdin(mut cmd: Command, input: &[u8]) -> Child {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child
 }
