@@ -46,6 +46,55 @@ pub enum Command {
     Keys(KeysCommand),
     /// Recompute every balance from the journal and check every invariant; exit 1 on a violation.
     Verify,
+    /// Run the metering gateway: an OpenAI-compatible API in front of LiteLLM.
+    Serve(ServeArgs),
+    /// The price table tollgate charges by: list it, import LiteLLM's price map.
+    #[command(subcommand)]
+    Prices(PricesCommand),
+    /// Usage reports from the request log.
+    #[command(subcommand)]
+    Usage(UsageCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The gateway's configuration file (TOML; see tollgate.example.toml) [env: TOLLGATE_CONFIG].
+    #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:4100] [env: TOLLGATE_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// LiteLLM's base URL [default: http://127.0.0.1:4000] [env: TOLLGATE_UPSTREAM]. The upstream
+    /// key comes from the config file or TOLLGATE_UPSTREAM_KEY, never from a flag.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PricesCommand {
+    /// The active price table: per model, provider and USD per input / output token.
+    List,
+    /// Import LiteLLM's price map (model_prices_and_context_window.json) as a new table version.
+    Import { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsageCommand {
+    /// Requests, tokens, credits and latency, grouped.
+    Report {
+        /// Only this user's requests.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only requests newer than this (e.g. 30m, 24h, 7d) [default: all].
+        #[arg(long, value_name = "DUR")]
+        since: Option<String>,
+        /// model, provider, day or level.
+        #[arg(long, default_value = "model")]
+        by: String,
+        /// table, json or csv (--json is the same as --format json).
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,3 +10,4 @@ pub mod commands;
 pub mod config;
 pub mod keys;
 pub mod ledger;
+pub mod prices;

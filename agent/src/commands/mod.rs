@@ -7,6 +7,9 @@ mod demo;
 mod init;
 mod keys;
 pub mod output;
+mod prices;
+mod serve;
+mod usage;
 mod users;
 mod verify;
 
@@ -54,6 +57,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::PowerLevels(ListOnly::List) => catalog::power_levels(&ctx),
         Command::Keys(cmd) => keys::run(&ctx, cmd),
         Command::Verify => verify::run(&ctx),
+        Command::Serve(args) => serve::run(&ctx, args),
+        Command::Prices(cmd) => prices::run(&ctx, cmd),
+        Command::Usage(cmd) => usage::run(&ctx, cmd),
     }
 }
 

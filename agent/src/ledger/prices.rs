@@ -1,0 +1,1 @@
+//! Imported price tables in SQLite (being written).

@@ -1,0 +1,1 @@
+//! Usage reports over llm_usage_log (being written).

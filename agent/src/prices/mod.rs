@@ -1,0 +1,1 @@
+//! The price table tollgate charges by (being written).

@@ -1,0 +1,1 @@
+//! A mock LLM provider speaking OpenAI's API (placeholder; being written).
