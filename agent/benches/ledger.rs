@@ -509,6 +509,7 @@ impl<'a> LedgerRunner<'a> {
                 user_id: user_id.clone(),
                 request_id: request_id.clone(),
                 amount: Credits::from_nanos(HOLD_NANOS),
+                min_amount: None,
                 ttl: HOLD_TTL_DEFAULT,
             }));
             settles.push(Op::Settle(Settle {

@@ -152,6 +152,7 @@ fn run_request(ledger: &mut Ledger, r: &DemoRequest) -> anyhow::Result<String> {
         user_id: USER.to_owned(),
         request_id: r.id.to_owned(),
         amount: credits(r.reserve)?,
+        min_amount: None,
         ttl: HOLD_TTL_DEFAULT,
     };
     match ledger.hold(hold) {

@@ -57,6 +57,17 @@ impl StoredHold {
     }
 }
 
+impl HoldRequest {
+    /// Whether an existing hold of `amount` answers this request (a retry): the same amount, or
+    /// for a flexible hold any amount between its floor and its ceiling.
+    fn accepts(&self, amount: Credits) -> bool {
+        match self.min_amount {
+            Some(floor) => floor <= amount && amount <= self.amount,
+            None => amount == self.amount,
+        }
+    }
+}
+
 impl Session<'_> {
     pub fn hold(&mut self, req: &HoldRequest) -> Result<HoldReceipt, LedgerError> {
         validate_request_id(&req.request_id)?;
@@ -64,6 +75,14 @@ impl Session<'_> {
             return Err(LedgerError::InvalidAmount {
                 amount: req.amount,
                 why: "a hold must be positive",
+            });
+        }
+        if let Some(floor) = req.min_amount
+            && (!floor.is_positive() || floor > req.amount)
+        {
+            return Err(LedgerError::InvalidAmount {
+                amount: floor,
+                why: "a hold's floor must be positive and at most its amount",
             });
         }
         if req.ttl <= time::Duration::ZERO || req.ttl > HOLD_TTL_MAX {
@@ -76,7 +95,7 @@ impl Session<'_> {
             if existing.user_id != req.user_id {
                 return Err(request_of_another_user(&req.request_id));
             }
-            if existing.amount != req.amount {
+            if !req.accepts(existing.amount) {
                 return Err(LedgerError::HoldConflict {
                     request_id: req.request_id.clone(),
                     existing: existing.amount,
@@ -125,7 +144,19 @@ impl Session<'_> {
                 limit: OPEN_HOLDS_PER_USER_MAX,
             });
         }
-        user.account().admit(&user.user_id, req.amount)?;
+        let amount = match req.min_amount {
+            // Reserve what the user can afford, between the floor and the ceiling; below the
+            // floor the refusal names the floor (the least this request could run with).
+            Some(floor) => {
+                let account = user.account();
+                account.admit(&user.user_id, floor)?;
+                req.amount.min(account.affordable())
+            }
+            None => {
+                user.account().admit(&user.user_id, req.amount)?;
+                req.amount
+            }
+        };
         let hold_id = uuid::Uuid::now_v7().to_string();
         self.conn
             .prepare_cached(sql::INSERT_HOLD)?
@@ -133,18 +164,18 @@ impl Session<'_> {
                 hold_id,
                 req.request_id,
                 req.user_id,
-                req.amount.nanos(),
+                amount.nanos(),
                 self.now_text,
                 expires_at,
             ])?;
-        user.held = user.held.checked_add(req.amount).unwrap_or(Credits::MAX);
+        user.held = user.held.checked_add(amount).unwrap_or(Credits::MAX);
         user.dirty = true;
         self.save_user(&mut user)?;
         Ok(HoldReceipt {
             hold_id,
             request_id: req.request_id.clone(),
             user_id: req.user_id.clone(),
-            amount: req.amount,
+            amount,
             available_after: user.account().available(),
         })
     }

@@ -411,6 +411,7 @@ mod hot_path_tests {
                     user_id: (*user).into(),
                     request_id: (*id).into(),
                     amount: Credits::from_nanos(1_000_000_000),
+                    min_amount: None,
                     ttl: HOLD_TTL_DEFAULT,
                 })
             })

@@ -256,6 +256,10 @@ pub struct HoldRequest {
     /// Unique per request; a retry with the same id and amount returns the same hold.
     pub request_id: String,
     pub amount: Credits,
+    /// A flexible hold: if `amount` is more than the user can afford, reserve what they can
+    /// afford instead, as long as that is at least this much (the gateway then caps the request's
+    /// output to what was reserved). `None`: all of `amount` or nothing.
+    pub min_amount: Option<Credits>,
     /// How long the hold lives if never settled (a crashed gateway): then released lazily.
     pub ttl: time::Duration,
 }

@@ -1722,6 +1722,7 @@ impl Harness {
                 user_id: self.user_name(*user),
                 request_id: format!("req-{request}"),
                 amount: cr(*amount),
+                min_amount: None,
                 ttl: Duration::minutes(*ttl_minutes),
             }),
             GOp::Settle {
@@ -1782,6 +1783,7 @@ impl Harness {
                     user_id,
                     request_id,
                     amount: cr(amount.max(NANO)),
+                    min_amount: None,
                     ttl: Duration::minutes(10),
                 })
             }
@@ -1923,6 +1925,7 @@ impl Harness {
                     user_id: user_id.clone(),
                     request_id: request_id.clone(),
                     amount: cr(amount),
+                    min_amount: None,
                     ttl: Duration::minutes(*ttl_minutes),
                 }))?;
                 self.advance(Duration::minutes(ttl_minutes + 1));
@@ -1943,6 +1946,7 @@ impl Harness {
                         user_id: user_id.clone(),
                         request_id: request_id.clone(),
                         amount: cr(amount + more),
+                        min_amount: None,
                         ttl: Duration::minutes(*ttl_minutes),
                     }))?;
                 }
@@ -1971,6 +1975,7 @@ impl Harness {
                     user_id: user_id.clone(),
                     request_id: request_id.clone(),
                     amount: cr(amount),
+                    min_amount: None,
                     ttl: Duration::minutes(10),
                 });
                 // Retried at once, then given up.
@@ -2337,6 +2342,7 @@ fn hold(user: &str, request: &str, whole: i64, ttl_minutes: i64) -> Op {
         user_id: user.to_owned(),
         request_id: request.to_owned(),
         amount: credits(whole),
+        min_amount: None,
         ttl: Duration::minutes(ttl_minutes),
     })
 }

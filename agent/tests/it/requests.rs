@@ -6,7 +6,7 @@ use std::sync::Arc;
 use time::macros::datetime;
 use tollgate::ledger::{
     AddCredits, CreditKind, Debit, HoldRequest, HoldStatus, Ledger, LedgerError, ManualClock,
-    NewUser, Op, OpenMode, Receipt, Release, Settle, UsageRecord,
+    NewUser, Op, OpenMode, Receipt, Refusal, Release, Settle, UsageRecord,
 };
 use tollgate_schema::money::Credits;
 
@@ -37,8 +37,58 @@ fn hold(id: &str, amount: &str) -> HoldRequest {
         user_id: "alice".into(),
         request_id: id.into(),
         amount: c(amount),
+        min_amount: None,
         ttl: time::Duration::minutes(5),
     }
+}
+
+#[test]
+fn a_flexible_hold_reserves_what_the_user_can_afford_down_to_its_floor() {
+    let (_dir, mut ledger, _clock) = setup(None);
+    // alice has 100 credits: a flexible hold of 150 with a floor of 10 reserves 100.
+    let wide = HoldRequest {
+        min_amount: Some(c("10")),
+        ..hold("r1", "150")
+    };
+    let receipt = ledger.hold(wide.clone()).unwrap();
+    assert_eq!(receipt.amount, c("100"));
+    assert_eq!(receipt.available_after, c("0"));
+    // A retry of the same request returns the same hold, not a conflict.
+    assert_eq!(ledger.hold(wide).unwrap().amount, c("100"));
+    // Nothing is left: a floor above what is available is refused, naming the floor.
+    let err = ledger
+        .hold(HoldRequest {
+            min_amount: Some(c("1")),
+            ..hold("r2", "50")
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, LedgerError::Refused(Refusal::InsufficientCredit { needed, .. }) if *needed == c("1")),
+        "{err}"
+    );
+    // A floor above the amount is bad input.
+    let err = ledger
+        .hold(HoldRequest {
+            min_amount: Some(c("60")),
+            ..hold("r3", "50")
+        })
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::InvalidAmount { .. }), "{err}");
+    ledger
+        .release(Release {
+            user_id: "alice".into(),
+            request_id: "r1".into(),
+            usage: None,
+        })
+        .unwrap();
+    // With credit back, the full amount is reserved when affordable.
+    let receipt = ledger
+        .hold(HoldRequest {
+            min_amount: Some(c("10")),
+            ..hold("r4", "40")
+        })
+        .unwrap();
+    assert_eq!(receipt.amount, c("40"));
 }
 
 fn settle(id: &str, cost: &str) -> Settle {
