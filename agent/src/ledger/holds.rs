@@ -227,14 +227,7 @@ impl Session<'_> {
         } else {
             None
         };
-        self.insert_usage(
-            &req.request_id,
-            &user.user_id,
-            &req.usage,
-            charged,
-            overage,
-            true,
-        )?;
+        self.insert_usage(&req.request_id, &user.user_id, &req.usage, charged, overage)?;
         self.save_user(&mut user)?;
         Ok(SettleReceipt {
             request_id: req.request_id.clone(),
@@ -293,7 +286,6 @@ impl Session<'_> {
                 usage,
                 Credits::ZERO,
                 Credits::ZERO,
-                false,
             )?;
         }
         Ok(ReleaseReceipt {
@@ -430,9 +422,10 @@ impl Session<'_> {
         usage: &UsageRecord,
         charged: Credits,
         overage: Credits,
-        settled: bool,
     ) -> Result<(), LedgerError> {
-        let success = settled && usage.error_type.is_none();
+        // A request succeeded unless it carries an error type (a release without one is a free
+        // success, e.g. a BYOK request at a 0 % fee).
+        let success = usage.error_type.is_none();
         let metadata = usage.metadata.as_ref().map(serde_json::Value::to_string);
         self.conn
             .prepare_cached(sql::INSERT_USAGE)?

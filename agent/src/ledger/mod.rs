@@ -20,6 +20,7 @@ pub mod clock;
 mod credits;
 pub mod db;
 mod error;
+pub mod health;
 mod holds;
 mod idempotency;
 pub mod journal;

@@ -304,7 +304,8 @@ pub struct Settle {
 pub struct Release {
     pub user_id: String,
     pub request_id: String,
-    /// The failed request's usage row, if one should be logged.
+    /// The request's usage row, if one should be logged: a failure when it has an error type,
+    /// else a success that cost nothing.
     pub usage: Option<UsageRecord>,
 }
 

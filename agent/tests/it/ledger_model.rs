@@ -968,7 +968,7 @@ impl Model {
                         charged: 0,
                         overage: 0,
                         entry: None,
-                        success: false,
+                        success: usage.error_type.is_none(),
                         at: self.now,
                     },
                 );

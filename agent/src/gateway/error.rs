@@ -1,0 +1,198 @@
+//! Every refusal and failure the gateway answers with, in OpenAI's error shape
+//! (`{"error": {"message", "type", "param", "code"}}`) and with the statuses OpenAI's SDKs map to
+//! their own error types (401 AuthenticationError, 402/429 with `insufficient_quota`, 403
+//! PermissionDeniedError, 404 NotFoundError, …). Messages are for the client: they name what was
+//! wrong and never carry a key or an internal error's details (those go to the log).
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tollgate_schema::money::Credits;
+
+use crate::ledger::{PowerLevel, UsageErrorType};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error(
+        "insufficient credit: this request needs up to {needed} credits, the balance available is {available}"
+    )]
+    InsufficientCredit { available: Credits, needed: Credits },
+    #[error(
+        "monthly spend cap of {cap} credits reached: {used} used, {held} held by requests in flight"
+    )]
+    SpendCap {
+        cap: Credits,
+        used: Credits,
+        held: Credits,
+    },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{message}")]
+    ModelNotAllowed {
+        message: String,
+        allowed_levels: Vec<PowerLevel>,
+    },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("request body over {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    TooManyInFlight(String),
+    #[error("{message}")]
+    UpstreamRejected { status: u16, message: String },
+    #[error("{0}")]
+    UpstreamFailed(String),
+    #[error("{0}")]
+    UpstreamTimeout(String),
+    #[error("{0}")]
+    Overloaded(String),
+    #[error("internal error (request {request_id}); the gateway's log has the details")]
+    Internal { request_id: String },
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::InsufficientCredit { .. } => StatusCode::PAYMENT_REQUIRED,
+            ApiError::SpendCap { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::ModelNotAllowed { .. } | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyInFlight(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UpstreamRejected { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
+            ApiError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's `type` field.
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "invalid_request_error",
+            ApiError::InsufficientCredit { .. } | ApiError::SpendCap { .. } => "insufficient_quota",
+            ApiError::BadRequest(_) | ApiError::NotFound(_) | ApiError::TooLarge { .. } => {
+                "invalid_request_error"
+            }
+            ApiError::ModelNotAllowed { .. } | ApiError::Forbidden(_) => "permission_denied",
+            ApiError::TooManyInFlight(_) => "rate_limit_error",
+            ApiError::UpstreamRejected { .. }
+            | ApiError::UpstreamFailed(_)
+            | ApiError::UpstreamTimeout(_) => "upstream_error",
+            ApiError::Overloaded(_) | ApiError::Internal { .. } => "server_error",
+        }
+    }
+
+    /// OpenAI's `code` field: stable, for programs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "invalid_api_key",
+            ApiError::InsufficientCredit { .. } => "insufficient_quota",
+            ApiError::SpendCap { .. } => "monthly_spend_cap_reached",
+            ApiError::BadRequest(_) => "invalid_request",
+            ApiError::ModelNotAllowed { .. } => "model_not_allowed_at_power_level",
+            ApiError::Forbidden(_) => "permission_denied",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::TooLarge { .. } => "request_too_large",
+            ApiError::TooManyInFlight(_) => "too_many_requests_in_flight",
+            ApiError::UpstreamRejected { .. } => "upstream_refused",
+            ApiError::UpstreamFailed(_) => "upstream_error",
+            ApiError::UpstreamTimeout(_) => "upstream_timeout",
+            ApiError::Overloaded(_) => "overloaded",
+            ApiError::Internal { .. } => "internal_error",
+        }
+    }
+
+    /// The usage log's error type for a request that ended with this error.
+    pub fn usage_error_type(&self) -> UsageErrorType {
+        match self {
+            ApiError::Unauthorized(_)
+            | ApiError::Forbidden(_)
+            | ApiError::ModelNotAllowed { .. } => UsageErrorType::AuthError,
+            ApiError::InsufficientCredit { .. } => UsageErrorType::InsufficientCredits,
+            ApiError::SpendCap { .. } => UsageErrorType::SpendCap,
+            ApiError::BadRequest(_) | ApiError::NotFound(_) | ApiError::TooLarge { .. } => {
+                UsageErrorType::InvalidRequest
+            }
+            ApiError::TooManyInFlight(_) => UsageErrorType::RateLimit,
+            ApiError::UpstreamRejected { status: 429, .. } => UsageErrorType::RateLimit,
+            ApiError::UpstreamRejected { .. } | ApiError::UpstreamFailed(_) => {
+                UsageErrorType::UpstreamError
+            }
+            ApiError::UpstreamTimeout(_) => UsageErrorType::Timeout,
+            ApiError::Overloaded(_) => UsageErrorType::RateLimit,
+            ApiError::Internal { .. } => UsageErrorType::InternalError,
+        }
+    }
+
+    /// The metric label for a refusal's reason.
+    pub fn reason(&self) -> &'static str {
+        self.code()
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        let mut error = json!({
+            "message": self.to_string(),
+            "type": self.kind(),
+            "param": null,
+            "code": self.code(),
+        });
+        match self {
+            ApiError::InsufficientCredit { available, needed } => {
+                error["balance_available"] = json!(available.to_string());
+                error["estimated_cost"] = json!(needed.to_string());
+            }
+            ApiError::ModelNotAllowed { allowed_levels, .. } => {
+                error["allowed_power_levels"] = json!(
+                    allowed_levels
+                        .iter()
+                        .map(|l| l.as_str())
+                        .collect::<Vec<_>>()
+                );
+            }
+            _ => {}
+        }
+        json!({ "error": error })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
+        if matches!(self, ApiError::Overloaded(_)) {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_402_carries_the_balance_and_the_estimate_in_openais_shape() {
+        let e = ApiError::InsufficientCredit {
+            available: Credits::from_nanos(1_500_000_000),
+            needed: Credits::from_nanos(2_000_000_000),
+        };
+        assert_eq!(e.status(), StatusCode::PAYMENT_REQUIRED);
+        let body = e.body();
+        assert_eq!(body["error"]["type"], "insufficient_quota");
+        assert_eq!(body["error"]["code"], "insufficient_quota");
+        assert_eq!(body["error"]["balance_available"], "1.5");
+        assert_eq!(body["error"]["estimated_cost"], "2");
+        assert!(body["error"]["message"].as_str().unwrap().contains("1.5"));
+    }
+}

@@ -1,0 +1,304 @@
+//! The metering gateway: an OpenAI-compatible HTTP API in front of LiteLLM that authenticates
+//! each caller, reserves their credit, forwards the request, meters what comes back and settles
+//! exactly that (PRODUCT.md, "the agent's request path").
+//!
+//! Shape: [`serve`] takes a ready [`GatewayConfig`], an open [`Ledger`] and a bound listener
+//! (tests bind port 0 and read the address before serving) and runs until `shutdown` resolves.
+//! The ledger is owned by one writer thread ([`writer`]) that group-commits every request's
+//! hold and settle; everything else is async. Modules: [`config`] (file < env < flags),
+//! [`auth`] (API keys, cached briefly), [`routing`] (levels and models, pure), [`pricing`]
+//! (credits, pure), [`usage`] and [`sse`] (reading bodies and streams, pure), [`proxy`] (the
+//! request path), [`stream`] (the metered SSE body), [`health`] (latency and provider health),
+//! [`alerts`] (low-balance webhooks), [`metrics`] (Prometheus).
+//!
+//! Guarantees: no route forwards anything unmetered (unknown routes get a 404 in OpenAI's
+//! shape); every authenticated metered request leaves exactly one usage-log row; the ledger
+//! work of a request is durable before its response's last byte; the request path never waits
+//! on anything but the ledger and the upstream (health, catalog reloads and alerts run in
+//! background tasks).
+
+pub mod alerts;
+mod auth;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod pricing;
+mod proxy;
+pub mod routing;
+pub mod sse;
+mod stream;
+pub mod usage;
+pub mod writer;
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+use crate::keys::crypto::MasterKey;
+use crate::ledger::catalog::PowerLevelConfig;
+use crate::ledger::{Ledger, LedgerError};
+use crate::prices::PriceTable;
+
+pub use config::GatewayConfig;
+use error::ApiError;
+use health::Observations;
+use metrics::Metrics;
+use writer::LedgerWriter;
+
+/// How often the background task reloads the catalog (a new price import, changed levels) and
+/// writes provider health.
+pub const BACKGROUND_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The price table and power levels a request is routed and priced by.
+#[derive(Debug)]
+pub struct Catalog {
+    pub prices: Arc<PriceTable>,
+    /// The imported table's version (`None`: the built-in table).
+    pub imported_version: Option<i64>,
+    pub levels: Vec<PowerLevelConfig>,
+}
+
+/// Everything the request path shares.
+#[derive(Debug)]
+pub struct Gateway {
+    pub config: GatewayConfig,
+    writer: LedgerWriter,
+    /// Forwards to the upstream and to BYOK providers (connection pools are kept per host).
+    http: reqwest::Client,
+    catalog: RwLock<Arc<Catalog>>,
+    observations: Observations,
+    metrics: Arc<Metrics>,
+    auth_cache: auth::AuthCache,
+    /// Opens users' BYOK keys; `None` when the vault holds no key and no master key is set.
+    master: Option<Arc<MasterKey>>,
+    alerts: Option<alerts::AlertSender>,
+}
+
+impl Gateway {
+    fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// What [`serve`] needs besides the config.
+#[derive(Debug)]
+pub struct ServeParts {
+    pub ledger: Ledger,
+    /// The vault's master key, if BYOK keys may be used.
+    pub master: Option<MasterKey>,
+}
+
+/// Loads the catalog through the ledger: the latest imported price table, else the built-in one.
+fn load_catalog(ledger: &Ledger) -> Result<Catalog, LedgerError> {
+    let imported = ledger.price_table()?;
+    let imported_version = ledger.price_table_version()?;
+    Ok(Catalog {
+        prices: Arc::new(imported.unwrap_or_else(PriceTable::builtin)),
+        imported_version,
+        levels: crate::ledger::catalog::power_levels(ledger.conn())?,
+    })
+}
+
+/// Runs the gateway on `listener` until `shutdown` resolves; in-flight requests finish first.
+pub async fn serve(
+    config: GatewayConfig,
+    parts: ServeParts,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let catalog = load_catalog(&parts.ledger)?;
+    let metrics = Arc::new(Metrics::new());
+    let observer = {
+        let metrics = metrics.clone();
+        Arc::new(move |ops: usize, took: Duration| {
+            metrics.ledger_commit.observe(took.as_secs_f64());
+            metrics.ledger_batch_ops.observe(ops as f64);
+        })
+    };
+    let (writer, writer_thread) =
+        LedgerWriter::start(parts.ledger, config.limits.write_queue_max, observer)?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()?;
+    let alerts = alerts::start(&config.alerts, http.clone(), metrics.clone());
+    let gateway = Arc::new(Gateway {
+        auth_cache: auth::AuthCache::new(config.auth_cache_ttl()),
+        config,
+        writer,
+        http,
+        catalog: RwLock::new(Arc::new(catalog)),
+        observations: Observations::default(),
+        metrics,
+        master: parts.master.map(Arc::new),
+        alerts,
+    });
+    let background = tokio::spawn(background(gateway.clone()));
+    let app = router(gateway.clone());
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    background.abort();
+    // Last provider health, then let the writer finish what is queued and stop.
+    flush_health(&gateway).await;
+    drop(gateway);
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    Ok(served?)
+}
+
+/// The routes: the metered OpenAI API, health, readiness, metrics; 404 for everything else.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(proxy::chat))
+        .route("/v1/completions", post(proxy::completions))
+        .route("/v1/embeddings", post(proxy::embeddings))
+        .route("/v1/models", get(proxy::models))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .with_state(gateway)
+}
+
+async fn not_found(uri: axum::http::Uri, method: axum::http::Method) -> Response {
+    ApiError::NotFound(format!(
+        "{method} {} is not a route of this gateway; it serves POST /v1/chat/completions, \
+         POST /v1/completions, POST /v1/embeddings and GET /v1/models",
+        uri.path()
+    ))
+    .into_response()
+}
+
+async fn metrics_text(State(gw): State<Arc<Gateway>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        gw.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Ready when the database answers and the upstream accepts a connection and answers HTTP.
+async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    let database = match gw.writer.read(|l| l.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let url = format!(
+        "{}/health/liveliness",
+        gw.config.upstream.url.trim_end_matches('/')
+    );
+    let upstream = match gw
+        .http
+        .get(&url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+    {
+        Ok(r) if !r.status().is_server_error() => Ok(()),
+        Ok(r) => Err(format!("upstream answered {}", r.status())),
+        Err(e) => Err(format!("upstream unreachable: {}", error_chain(&e))),
+    };
+    let ready = database.is_ok() && upstream.is_ok();
+    let body = serde_json::json!({
+        "ready": ready,
+        "database": database.err().unwrap_or_else(|| "ok".into()),
+        "upstream": upstream.err().unwrap_or_else(|| "ok".into()),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Reloads the catalog when a new price table was imported (or levels changed) and writes
+/// provider health, every [`BACKGROUND_INTERVAL`].
+async fn background(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(BACKGROUND_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let known = gw.catalog().imported_version;
+        // Levels are re-read every time; the price table only when a new version was imported.
+        let reloaded = gw
+            .writer
+            .read(move |l| -> Result<_, LedgerError> {
+                let version = l.price_table_version()?;
+                let levels = crate::ledger::catalog::power_levels(l.conn())?;
+                let prices = if version == known {
+                    None
+                } else {
+                    Some(l.price_table()?.unwrap_or_else(PriceTable::builtin))
+                };
+                Ok((version, levels, prices))
+            })
+            .await;
+        match reloaded {
+            Ok(Ok((imported_version, levels, prices))) => {
+                let prices = match prices {
+                    Some(p) => {
+                        tracing::info!(version = %p.version, "price table reloaded");
+                        Arc::new(p)
+                    }
+                    None => gw.catalog().prices.clone(),
+                };
+                *gw.catalog
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Catalog {
+                    prices,
+                    imported_version,
+                    levels,
+                });
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not reload the catalog"),
+            Err(_) => return,
+        }
+        flush_health(&gw).await;
+    }
+}
+
+async fn flush_health(gw: &Gateway) {
+    let rows = gw.observations.provider_rows();
+    if rows.is_empty() {
+        return;
+    }
+    if let Ok(Err(e)) = gw
+        .writer
+        .read(move |l| l.record_provider_health(&rows))
+        .await
+    {
+        tracing::warn!(error = %e, "could not write provider health");
+    }
+}
+
+/// An error and its sources on one line (reqwest's top-level message alone says little).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,356 @@
+//! The gateway end to end over real HTTP: a client → `gateway::serve` → the mock upstream, with
+//! the books checked after each request through a second connection to the same SQLite file.
+
+use serde_json::{Value, json};
+use tollgate::ledger::{PowerLevel, Tier};
+
+use crate::gateway_support::{
+    Gateway, User, assert_books_balance, c, chat_body, mini_cost, usage_rows,
+};
+
+/// The mock counts the words of the messages: "hello there" is two prompt tokens.
+const HELLO: &str = "hello there";
+
+#[tokio::test]
+async fn a_json_chat_is_charged_exactly_its_usage_and_says_so_in_headers() {
+    let (gw, keys) = Gateway::start(&[User::new("alice", "10")], |_| {}).await;
+    let response = gw.chat(&keys[0], chat_body("gpt-4o-mini", HELLO)).await;
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["usage"]["prompt_tokens"], 2);
+    assert_eq!(body["usage"]["completion_tokens"], 16);
+    let expected = mini_cost(2, 16);
+    let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
+    assert_eq!(c(&header("x-tollgate-credits-charged")), expected);
+    let balance = c("10").checked_sub(expected).unwrap();
+    assert_eq!(c(&header("x-tollgate-balance")), balance);
+    assert!(header("x-tollgate-request-id").starts_with("req_"));
+    assert_eq!(gw.balance("alice"), balance);
+    // Held nothing after: the hold was settled.
+    assert_eq!(gw.ledger().account("alice").unwrap().held, c("0"));
+    // The upstream got the gateway's key, never the client's.
+    let stats = gw.mock.stats();
+    assert_eq!(
+        stats.last_authorization.as_deref(),
+        Some("Bearer sk-litellm-test")
+    );
+    let rows = usage_rows(gw.dir.path());
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!((row.prompt_tokens, row.completion_tokens), (2, 16));
+    assert_eq!(row.credits_charged, expected);
+    assert!(row.success);
+    assert_eq!(row.metadata["usage_estimated"], false);
+    assert_eq!(row.metadata["litellm_call_id"], "mock-call-1");
+    assert!(row.metadata["litellm_response_cost"].is_string());
+    assert_eq!(row.metadata["price_table"], "builtin-2026-11");
+    let dir = gw.stop().await;
+    assert_books_balance(dir.path());
+}
+
+/// The events of an SSE body, as their data strings.
+fn sse_data(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_stream_passes_through_with_usage_hidden_unless_asked_and_settles_before_done() {
+    let (gw, keys) = Gateway::start(&[User::new("alice", "10")], |_| {}).await;
+    let mut body = chat_body("gpt-4o-mini", &format!("{HELLO} mock:tokens=5"));
+    body["stream"] = json!(true);
+    let response = gw.chat(&keys[0], body.clone()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let events = sse_data(&response.text().await.unwrap());
+    // role chunk, 5 tokens, finish chunk, [DONE]; no usage chunk: the client did not ask.
+    assert_eq!(events.len(), 8, "{events:?}");
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    assert!(
+        events.iter().all(|e| !e.contains("\"usage\"")),
+        "{events:?}"
+    );
+    // The upstream was asked for usage anyway, and the charge is exact.
+    let asked = gw.mock.stats().last_body.unwrap();
+    assert_eq!(asked["stream_options"]["include_usage"], true);
+    let rows = usage_rows(gw.dir.path());
+    assert_eq!(rows[0].credits_charged, mini_cost(3, 5));
+    assert_eq!(rows[0].metadata["usage_estimated"], false);
+
+    // A client that asks for usage gets the usage chunk before [DONE].
+    body["stream_options"] = json!({"include_usage": true});
+    let events = sse_data(&gw.chat(&keys[0], body).await.text().await.unwrap());
+    assert_eq!(events.len(), 9);
+    let usage: Value = serde_json::from_str(&events[7]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 5);
+    let dir = gw.stop().await;
+    assert_books_balance(dir.path());
+}
+
+#[tokio::test]
+async fn without_reported_usage_the_charge_is_an_estimate_and_marked_so() {
+    let (gw, keys) = Gateway::start(&[User::new("alice", "10")], |_| {}).await;
+    let response = gw
+        .chat(&keys[0], chat_body("gpt-4o-mini", "hi mock:no_usage"))
+        .await;
+    assert_eq!(response.status(), 200);
+    let charged = c(response.headers()["x-tollgate-credits-charged"]
+        .to_str()
+        .unwrap());
+    assert!(charged.is_positive());
+    let rows = usage_rows(gw.dir.path());
+    assert_eq!(rows[0].metadata["usage_estimated"], true);
+    assert_eq!(rows[0].credits_charged, charged);
+    let mut body = chat_body("gpt-4o-mini", "hi mock:no_usage mock:tokens=7");
+    body["stream"] = json!(true);
+    let response = gw.chat(&keys[0], body).await;
+    assert!(response.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    let rows = usage_rows(gw.dir.path());
+    // One token per content chunk.
+    assert_eq!(rows[1].completion_tokens, 7);
+    assert_eq!(rows[1].metadata["usage_estimated"], true);
+    let dir = gw.stop().await;
+    assert_books_balance(dir.path());
+}
+
+#[tokio::test]
+async fn upstream_failures_release_the_hold_and_charge_nothing() {
+    let (gw, keys) = Gateway::start(&[User::new("alice", "10")], |config| {
+        config.upstream.response_timeout_secs = 1;
+    })
+    .await;
+    let cases = [
+        ("mock:status=500", 502, "upstream_error"),
+        ("mock:status=503", 502, "upstream_error"),
+        ("mock:malformed", 502, "upstream_error"),
+        ("mock:status=429", 429, "rate_limit"),
+        ("mock:status=400", 400, "upstream_error"),
+        ("mock:hang", 504, "timeout"),
+    ];
+    for (i, (directive, status, error_type)) in cases.iter().enumerate() {
+        let response = gw.chat(&keys[0], chat_body("gpt-4o-mini", directive)).await;
+        assert_eq!(response.status().as_u16(), *status, "{directive}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"]["message"].is_string(), "{directive}: {body}");
+        let rows = usage_rows(gw.dir.path());
+        assert_eq!(rows.len(), i + 1, "{directive}: one usage row per request");
+        let row = rows.last().unwrap();
+        assert_eq!(row.error_type.as_deref(), Some(*error_type), "{directive}");
+        assert!(!row.success);
+        assert_eq!(row.credits_charged, c("0"));
+    }
+    let account = gw.ledger().account("alice").unwrap();
+    assert_eq!((account.balance, account.held), (c("10"), c("0")));
+    // An upstream that is not there at all.
+    let (gw2, keys2) = Gateway::start(&[User::new("bob", "10")], |config| {
+        config.upstream.url = "http://127.0.0.1:9".into();
+    })
+    .await;
+    let response = gw2.chat(&keys2[0], chat_body("gpt-4o-mini", HELLO)).await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(gw2.balance("bob"), c("10"));
+    for gw in [gw, gw2] {
+        let dir = gw.stop().await;
+        assert_books_balance(dir.path());
+    }
+}
+
+#[tokio::test]
+async fn a_stream_the_upstream_cuts_is_charged_for_what_was_streamed() {
+    let (gw, keys) = Gateway::start(&[User::new("alice", "10")], |_| {}).await;
+    let mut body = chat_body("gpt-4o-mini", "go mock:cut_after=3");
+    body["stream"] = json!(true);
+    let response = gw.chat(&keys[0], body).await;
+    let text = response.text().await.unwrap_or_default();
+    assert!(text.contains("upstream_error"), "{text}");
+    let rows = usage_rows(gw.dir.path());
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].completion_tokens, 3);
+    assert_eq!(rows[0].error_type.as_deref(), Some("upstream_error"));
+    assert_eq!(rows[0].metadata["usage_estimated"], true);
+    assert!(rows[0].credits_charged.is_positive());
+    let dir = gw.stop().await;
+    assert_books_balance(dir.path());
+}
+
+#[tokio::test]
+async fn refusals_come_in_openais_shape_with_the_right_status() {
+    let mut poor = User::new("poor", "0.000001");
+    poor.tier = Tier::Professional;
+    let mut capped = User::new("capped", "10");
+    capped.cap = Some("0.000001");
+    let mut eco = User::new("eco", "10");
+    eco.tier = Tier::Trial;
+    eco.level = PowerLevel::Eco;
+    let (gw, keys) = Gateway::start(&[poor, capped, eco], |_| {}).await;
+
+    let r = gw.chat(&keys[0], chat_body("gpt-4o-mini", HELLO)).await;
+    assert_eq!(r.status(), 402);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+    assert_eq!(body["error"]["balance_available"], "0.000001");
+    assert!(c(body["error"]["estimated_cost"].as_str().unwrap()) > c("0.000001"));
+
+    let r = gw.chat(&keys[1], chat_body("gpt-4o-mini", HELLO)).await;
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "monthly_spend_cap_reached");
+
+    let r = gw.chat(&keys[2], chat_body("gpt-4o-mini", HELLO)).await;
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "model \"gpt-4o-mini\" (provider openai) is not available at power level eco; levels that allow it: balanced, precision"
+    );
+
+    let r = gw
+        .chat("tg_not_a_key", chat_body("gpt-4o-mini", HELLO))
+        .await;
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+
+    // Every authenticated refusal left a usage row; nothing was charged.
+    let rows = usage_rows(gw.dir.path());
+    let types: Vec<_> = rows.iter().map(|r| r.error_type.clone().unwrap()).collect();
+    assert_eq!(types, ["insufficient_credits", "spend_cap", "auth_error"]);
+    assert_eq!(gw.mock.stats().requests, 0, "nothing reached the upstream");
+    let dir = gw.stop().await;
+    assert_books_balance(dir.path());
+}
+
+#[tokio::test]
+async fn output_is_capped_at_what_the_user_can_afford() {
+    // 0.01 credits: the prompt costs ~nothing, each output token 6e-6 credits → ~1,600 tokens.
+    let (gw, keys) = Gateway::start(&[User::new("alice", "0.01")], |_| {}).await;
+    let mut body = chat_body("gpt-4o-mini", HELLO);
+    body["max_tokens"] = json!(100_000);
+    let response = gw.chat(&keys[0], body).await;
+    assert_eq!(response.status(), 200);
+    let capped: u64 = response.headers()["x-tollgate-max-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let sent = gw.mock.stats().last_body.unwrap();
+    assert_eq!(sent["max_tokens"], capped);
+    assert!(capped > 1_000 && capped < 1_700, "{capped}");
+    // Without max_tokens, the gateway sets one all the same.
+    gw.chat(&keys[0], chat_body("gpt-4o-mini", HELLO)).await;
+    let sent = gw.mock.stats().last_body.unwrap();
+    assert!(sent["max_tokens"].as_u64().unwrap() < 1_700);
+    let dir = gw.stop().await;
+    assert_books_balance(dir.path());
+}
+
+#[tokio::test]
+async fn embeddings_and_completions_are_metered_too() {
+    let (gw, keys) = Gateway::start(&[User::new("alice", "10")], |_| {}).await;
+    let r = gw
+        .post(
+            "/v1/embeddings",
+            &keys[0],
+            &json!({"model": "text-embedding-3-small", "input": ["one two three", "four"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    // 4 words × 0.02 USD per million × 10 credits per USD.
+    assert_eq!(
+        c(r.headers()["x-tollgate-credits-charged"].to_str().unwrap()),
+        c("0.0000008")
+    );
+    let r = gw
+        .post(
+            "/v1/completions",
+            &keys[0],
+            &json!({"model": "gpt-3.5-turbo-instruct", "prompt": "say hi", "max_tokens": 4}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["usage"]["completion_tokens"], 4);
+    let rows = usage_rows(gw.dir.path());
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter()
+            .all(|r| r.success && r.credits_charged.is_positive())
+    );
+    let dir = gw.stop().await;
+    assert_books_balance(dir.path());
+}
+
+#[tokio::test]
+async fn aliases_route_through_the_catalog_and_models_lists_the_level() {
+    let (gw, keys) = Gateway::start(&[User::new("alice", "10")], |_| {}).await;
+    let r = gw.chat(&keys[0], chat_body("balanced", HELLO)).await;
+    assert_eq!(r.status(), 200);
+    let sent = gw.mock.stats().last_body.unwrap();
+    let chosen = sent["model"].as_str().unwrap().to_owned();
+    assert_ne!(chosen, "balanced");
+    let rows = usage_rows(gw.dir.path());
+    assert_eq!(rows[0].model, chosen);
+    assert_eq!(rows[0].metadata["alias"], "balanced");
+    let models: Value = gw
+        .http
+        .get(gw.url("/v1/models"))
+        .bearer_auth(&keys[0])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"gpt-4o-mini") && ids.contains(&"auto"),
+        "{ids:?}"
+    );
+    assert!(
+        !ids.contains(&"together/meta-llama/Llama-3.3-70B-Instruct-Turbo"),
+        "{ids:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let (gw, keys) = Gateway::start(&[User::new("alice", "10")], |_| {}).await;
+    gw.chat(&keys[0], chat_body("gpt-4o-mini", HELLO)).await;
+    let get = |path: &'static str| gw.http.get(gw.url(path)).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    let ready = get("/readyz").await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    for needle in [
+        "tollgate_requests_total{route=\"/v1/chat/completions\",status=\"200\",model=\"gpt-4o-mini\",level=\"balanced\"} 1",
+        "tollgate_credits_charged_nanocredits_total 99000",
+        "tollgate_ledger_commit_seconds_count",
+        "tollgate_upstream_latency_seconds_count{route=\"/v1/chat/completions\"} 1",
+        "tollgate_open_holds 0",
+    ] {
+        assert!(metrics.contains(needle), "{needle} not in\n{metrics}");
+    }
+    gw.stop().await;
+    // An upstream that is not there: not ready.
+    let (gw, _) = Gateway::start(&[], |config| {
+        config.upstream.url = "http://127.0.0.1:9".into();
+    })
+    .await;
+    let ready = gw.http.get(gw.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert!(
+        body["upstream"].as_str().unwrap().contains("unreachable"),
+        "{body}"
+    );
+    gw.stop().await;
+}
