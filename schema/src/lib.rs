@@ -12,11 +12,14 @@ pub mod money;
 pub mod sqlite {
     //! The agent's SQLite migrations (refinery). [`LATEST_VERSION`] is the newest schema this
     //! build knows; a database carrying a newer one must be refused, not opened.
+    //!
+    //! Versions: 1 — the core books (`V1__core.sql`); 2 — imported price tables
+    //! (`V2__prices.sql`).
 
     refinery::embed_migrations!("migrations/sqlite");
 
     /// The newest migration version embedded in this build.
-    pub const LATEST_VERSION: i32 = 1;
+    pub const LATEST_VERSION: i32 = 2;
 
     /// refinery's history table, which records the applied versions.
     pub const HISTORY_TABLE: &str = "refinery_schema_history";

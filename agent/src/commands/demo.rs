@@ -1,67 +1,82 @@
 //! `tollgate demo`: a newcomer's first look, with nothing else installed. In a temporary data dir
-//! it creates a user, buys the Starter Pack, runs metered requests through the ledger exactly as
-//! the gateway does (reserve the worst case, settle the metered cost, release on failure, refuse
-//! what cannot be afforded), then prints the balance, the journal, the lots and `verify`.
+//! it starts the real gateway on a loopback port in front of the built-in mock upstream (which
+//! speaks OpenAI's API), gives a user the Starter Pack's credit, sends a handful of requests over
+//! HTTP — JSON, streamed, embeddings, an alias, an upstream failure, and one too big for the
+//! user's credit — and prints what each cost, the balance, the journal, the usage report and
+//! `verify`. Exit status 1 if `verify` finds anything.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
 use serde::Serialize;
-use tollgate_schema::money::Credits;
+use serde_json::{Value, json};
+use tollgate_mock_upstream::MockUpstream;
 
 use super::output;
-use crate::ledger::{
-    AddCredits, CreditKind, HOLD_TTL_DEFAULT, HoldRequest, Ledger, LedgerError, NewUser, OpenMode,
-    PowerLevel, Release, Settle, SystemClock, Tier, UsageErrorType, UsageRecord,
-};
+use crate::gateway::config::{GatewayConfig, Secret};
+use crate::gateway::{self, ServeParts};
+use crate::ledger::reports::{GroupBy, UsageFilter};
+use crate::ledger::{AddCredits, CreditKind, Ledger, NewUser, OpenMode, SystemClock, Tier};
 
 const USER: &str = "demo-user";
 
-/// One simulated request: its id, worst-case reservation and metered cost (`None`: it failed
-/// upstream).
+/// One request the demo sends.
 struct DemoRequest {
-    id: &'static str,
-    model: &'static str,
-    reserve: &'static str,
-    cost: Option<&'static str>,
+    what: &'static str,
+    path: &'static str,
+    body: Value,
 }
 
-const REQUESTS: &[DemoRequest] = &[
-    DemoRequest {
-        id: "req-1",
-        model: "gpt-4o-mini",
-        reserve: "2.5",
-        cost: Some("0.183"),
-    },
-    DemoRequest {
-        id: "req-2",
-        model: "claude-3-5-sonnet",
-        reserve: "12",
-        cost: Some("7.0425"),
-    },
-    DemoRequest {
-        id: "req-3",
-        model: "gpt-4o",
-        reserve: "6",
-        cost: None,
-    },
-    DemoRequest {
-        id: "req-4",
-        model: "gpt-4o",
-        reserve: "500",
-        cost: Some("480"),
-    },
-];
+fn requests() -> Vec<DemoRequest> {
+    let chat = |model: &str, text: &str| json!({"model": model, "messages": [{"role": "user", "content": text}]});
+    let mut streamed = chat(
+        "claude-sonnet-4",
+        "Write a haiku about metering mock:tokens=40",
+    );
+    streamed["stream"] = json!(true);
+    // A prompt of ~700,000 bytes to the priciest model: its worst case is more than 100 credits.
+    let huge = "word ".repeat(140_000);
+    vec![
+        DemoRequest {
+            what: "chat, gpt-4o-mini",
+            path: "/v1/chat/completions",
+            body: chat("gpt-4o-mini", "Explain prepaid credits in one line."),
+        },
+        DemoRequest {
+            what: "chat, streamed, claude-sonnet-4",
+            path: "/v1/chat/completions",
+            body: streamed,
+        },
+        DemoRequest {
+            what: "embeddings, text-embedding-3-small",
+            path: "/v1/embeddings",
+            body: json!({"model": "text-embedding-3-small", "input": ["tollgate meters tokens"]}),
+        },
+        DemoRequest {
+            what: "chat, alias \"auto\"",
+            path: "/v1/chat/completions",
+            body: chat("auto", "Pick a model for me."),
+        },
+        DemoRequest {
+            what: "chat, the upstream fails (503)",
+            path: "/v1/chat/completions",
+            body: chat("gpt-4o", "mock:status=503"),
+        },
+        DemoRequest {
+            what: "chat, a 700 KB prompt to claude-opus-4",
+            path: "/v1/chat/completions",
+            body: chat("claude-opus-4", &huge),
+        },
+    ]
+}
 
 #[derive(Debug, Serialize)]
-struct RequestOutcome {
-    request_id: &'static str,
-    model: &'static str,
-    outcome: String,
-}
-
-fn credits(text: &str) -> anyhow::Result<Credits> {
-    Ok(text.parse()?)
+struct Sent {
+    request: &'static str,
+    status: u16,
+    charged: String,
+    note: String,
 }
 
 pub fn run(json: bool) -> anyhow::Result<ExitCode> {
@@ -80,121 +95,164 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
         package: Some("Starter Pack".to_owned()),
         idempotency_key: Some("demo-checkout-1".to_owned()),
         note: Some("Starter Pack, paid".to_owned()),
-        ..AddCredits::new(USER, credits("100")?, CreditKind::Purchase)
+        ..AddCredits::new(USER, "100".parse()?, CreditKind::Purchase)
+    })?;
+    let key = ledger.create_api_key(USER, Some("demo"))?.secret;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (sent, gateway_url) = runtime.block_on(async move {
+        let mock = MockUpstream::spawn().await?;
+        let mut config = GatewayConfig::default();
+        config.upstream.url = mock.url();
+        config.upstream.api_key = Some(Secret::new("sk-demo-upstream".into()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(gateway::serve(
+            config,
+            ServeParts {
+                ledger,
+                master: None,
+            },
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let client = reqwest::Client::new();
+        let mut sent = Vec::new();
+        for r in requests() {
+            sent.push(send(&client, &url, key.as_str(), r).await?);
+        }
+        let _ = stop.send(());
+        server.await??;
+        anyhow::Ok((sent, url))
     })?;
 
-    let mut outcomes = Vec::new();
-    for r in REQUESTS {
-        outcomes.push(RequestOutcome {
-            request_id: r.id,
-            model: r.model,
-            outcome: run_request(&mut ledger, r)?,
-        });
-    }
+    let mut ledger = Ledger::open(
+        &dir.path().join("tollgate.db"),
+        OpenMode::MustExist,
+        Arc::new(SystemClock),
+    )?;
     let account = ledger.account(USER)?;
     let journal = ledger.history(USER, 100)?;
-    let lots = ledger.live_lots(USER)?;
-    let report = ledger.verify()?;
+    let report = ledger.usage_report(&UsageFilter::default(), GroupBy::Model)?;
+    let verify = ledger.verify()?;
 
     if json {
-        output::json(&serde_json::json!({
+        output::json(&json!({
             "data_dir": dir.path().display().to_string(),
-            "requests": outcomes,
+            "gateway": gateway_url,
+            "requests": sent,
             "account": account,
             "journal": journal,
-            "lots": lots,
-            "verify": report,
+            "usage": report,
+            "verify": verify,
         }))?;
     } else {
         output::line(&format!(
-            "tollgate demo — a throwaway ledger in {}\n",
+            "tollgate demo: the gateway on {gateway_url}, in front of a mock OpenAI-compatible \
+             upstream,\nwith a throwaway ledger in {}\n",
             dir.path().display()
         ))?;
         output::line(&format!(
-            "{USER} bought the Starter Pack (100 credits). Metered requests:"
+            "{USER} bought the Starter Pack (100 credits) and sent these requests:"
         ))?;
-        let rows: Vec<Vec<String>> = outcomes
+        let rows: Vec<Vec<String>> = sent
             .iter()
-            .map(|o| {
+            .map(|s| {
                 vec![
-                    o.request_id.to_owned(),
-                    o.model.to_owned(),
-                    o.outcome.clone(),
+                    s.request.to_owned(),
+                    s.status.to_string(),
+                    s.charged.clone(),
+                    s.note.clone(),
                 ]
             })
             .collect();
-        output::table(&["REQUEST", "MODEL", "OUTCOME"], &rows)?;
+        output::table(&["REQUEST", "HTTP", "CHARGED", "NOTE"], &rows)?;
         output::line(&format!(
             "\nBalance: {} credits ({} held, {} available)\n\nJournal (newest first):",
             account.balance, account.held, account.available
         ))?;
         super::credits::journal_table(&journal)?;
+        output::line("\nUsage by model:")?;
+        super::usage::print_table(&report)?;
         output::line(&format!(
             "\nverify: {} ({} entries, {} violations)",
-            if report.is_clean() { "ok" } else { "FAILED" },
-            report.entries,
-            report.violations.len()
+            if verify.is_clean() { "ok" } else { "FAILED" },
+            verify.entries,
+            verify.violations.len()
         ))?;
         output::line(
-            "\nNext: `tollgate init`, then `tollgate users add`, `tollgate credits add` (see README).",
+            "\nNext: `tollgate init`, `tollgate users add`, `tollgate credits add`, then \
+             `tollgate serve` in front of LiteLLM (see README).",
         )?;
     }
-    Ok(if report.is_clean() {
+    Ok(if verify.is_clean() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-/// Reserve, then settle or release, as the gateway does; a refusal is an outcome, not an error.
-fn run_request(ledger: &mut Ledger, r: &DemoRequest) -> anyhow::Result<String> {
-    let hold = HoldRequest {
-        user_id: USER.to_owned(),
-        request_id: r.id.to_owned(),
-        amount: credits(r.reserve)?,
-        min_amount: None,
-        ttl: HOLD_TTL_DEFAULT,
-    };
-    match ledger.hold(hold) {
-        Ok(_) => {}
-        Err(LedgerError::Refused(refusal)) => return Ok(format!("refused (HTTP 402): {refusal}")),
-        Err(e) => return Err(e.into()),
-    }
-    let usage = UsageRecord {
-        endpoint: "/v1/chat/completions".to_owned(),
-        model: r.model.to_owned(),
-        provider: Some("demo".to_owned()),
-        power_level: Some(PowerLevel::Balanced),
-        ..UsageRecord::default()
-    };
-    match r.cost {
-        Some(cost) => {
-            let settled = ledger.settle(Settle {
-                user_id: USER.to_owned(),
-                request_id: r.id.to_owned(),
-                cost: credits(cost)?,
-                usage,
-            })?;
-            Ok(format!(
-                "reserved {}, charged {}",
-                r.reserve, settled.charged
-            ))
+/// Sends one request through the gateway and says what happened.
+async fn send(
+    client: &reqwest::Client,
+    gateway: &str,
+    key: &str,
+    r: DemoRequest,
+) -> anyhow::Result<Sent> {
+    let response = client
+        .post(format!("{gateway}{}", r.path))
+        .bearer_auth(key)
+        .json(&r.body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let charged = response
+        .headers()
+        .get("x-tollgate-credits-charged")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let streamed = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let text = response.text().await?;
+    let note = if streamed {
+        format!(
+            "{} events streamed; charged at [DONE] (see the journal)",
+            text.matches("data: ").count()
+        )
+    } else if status == 200 {
+        let body: Value = serde_json::from_str(&text).unwrap_or_default();
+        match body["usage"]["completion_tokens"].as_u64() {
+            Some(completion) => format!(
+                "{} prompt + {completion} completion tokens",
+                body["usage"]["prompt_tokens"]
+            ),
+            None => format!("{} input tokens", body["usage"]["prompt_tokens"]),
         }
-        None => {
-            let usage = UsageRecord {
-                error_type: Some(UsageErrorType::UpstreamError),
-                http_status: Some(502),
-                ..usage
-            };
-            let released = ledger.release(Release {
-                user_id: USER.to_owned(),
-                request_id: r.id.to_owned(),
-                usage: Some(usage),
-            })?;
-            Ok(format!(
-                "upstream failed: released {}, charged nothing",
-                released.released
-            ))
-        }
-    }
+    } else {
+        let body: Value = serde_json::from_str(&text).unwrap_or_default();
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("(no message)")
+            .to_owned()
+    };
+    Ok(Sent {
+        request: r.what,
+        status,
+        charged: charged.unwrap_or_else(|| {
+            if status == 200 {
+                "-".into()
+            } else {
+                "0".into()
+            }
+        }),
+        note,
+    })
 }

@@ -80,17 +80,38 @@ async fn handle(
     let mut response = match auth::authenticate(&gw.auth_cache, &gw.writer, &parts.headers).await {
         Err(e) => refusal(&gw, e),
         Ok(caller) => {
-            let mut meter = Meter::new(gw.clone(), caller, endpoint, request_id.clone());
-            meter.user_agent = header_text(&parts.headers, header::USER_AGENT.as_str());
-            meter.client_ip = Some(client.ip().to_string());
-            let outcome = meter.run(&parts.headers, body).await;
-            labels.model = gw.model_label(&meter.model);
-            labels.level = meter.level.map_or("-", PowerLevel::as_str);
-            match outcome {
-                Ok(response) => response,
+            // The request's ledger path runs in its own task: a client that hangs up cannot
+            // cancel it between the hold and the settle.
+            let task_gw = gw.clone();
+            let id = request_id.clone();
+            let task = tokio::spawn(async move {
+                let mut meter = Meter::new(task_gw.clone(), caller, endpoint, id);
+                meter.user_agent = header_text(&parts.headers, header::USER_AGENT.as_str());
+                meter.client_ip = Some(client.ip().to_string());
+                let outcome = meter.run(&parts.headers, body).await;
+                let model = task_gw.model_label(&meter.model);
+                let level = meter.level.map_or("-", PowerLevel::as_str);
+                let response = match outcome {
+                    Ok(response) => response,
+                    Err(e) => {
+                        meter.fail(&e, None).await;
+                        refusal(&task_gw, e)
+                    }
+                };
+                (response, model, level)
+            });
+            match task.await {
+                Ok((response, model, level)) => {
+                    labels.model = model;
+                    labels.level = level;
+                    response
+                }
                 Err(e) => {
-                    meter.fail(&e, None).await;
-                    refusal(&gw, e)
+                    tracing::error!(request_id = %request_id, error = %e, "request task failed");
+                    ApiError::Internal {
+                        request_id: request_id.clone(),
+                    }
+                    .into_response()
                 }
             }
         }
@@ -453,26 +474,27 @@ impl Meter {
         drop(byok);
         let timeout = config.response_timeout();
         let started = Instant::now();
-        let response = match tokio::time::timeout(timeout, request.send()).await {
-            Err(_) => {
-                return Err(ApiError::UpstreamTimeout(format!(
-                    "the upstream did not answer within {} s",
-                    timeout.as_secs()
-                )));
+        let failed = match tokio::time::timeout(timeout, request.send()).await {
+            Ok(Ok(r)) => Ok(r),
+            Err(_) => Err(ApiError::UpstreamTimeout(format!(
+                "the upstream did not answer within {} s",
+                timeout.as_secs()
+            ))),
+            Ok(Err(e)) if e.is_timeout() => Err(ApiError::UpstreamTimeout(format!(
+                "the upstream timed out: {}",
+                super::error_chain(&e)
+            ))),
+            Ok(Err(e)) => Err(ApiError::UpstreamFailed(format!(
+                "the upstream could not be reached: {}",
+                super::error_chain(&e)
+            ))),
+        };
+        let response = match failed {
+            Ok(r) => r,
+            Err(e) => {
+                self.observe(started, false, Some(&e.to_string()));
+                return Err(e);
             }
-            Ok(Err(e)) if e.is_timeout() => {
-                return Err(ApiError::UpstreamTimeout(format!(
-                    "the upstream timed out: {}",
-                    super::error_chain(&e)
-                )));
-            }
-            Ok(Err(e)) => {
-                return Err(ApiError::UpstreamFailed(format!(
-                    "the upstream could not be reached: {}",
-                    super::error_chain(&e)
-                )));
-            }
-            Ok(Ok(r)) => r,
         };
         if response.status().is_success() {
             return Ok(response);

@@ -172,15 +172,19 @@ fn choose_alias<'t>(
     } else {
         fast_enough
     };
+    // Every strategy starts from the level's provider preference; within it, `next_available`
+    // takes the cheapest qualifying model, `fastest` the lowest observed p95, and `cheapest`
+    // ranks by price before preference.
     let key = |m: &&ModelPrice| {
         let pref = preference(&m.provider).unwrap_or(usize::MAX);
-        let quality = std::cmp::Reverse(m.quality_score.unwrap_or(0));
         let price = m.input_usd_per_token + m.output_usd_per_token;
         let latency = observed.p95_latency_ms(&m.model).unwrap_or(u32::MAX);
+        let quality = std::cmp::Reverse(m.quality_score.unwrap_or(0));
+        let zero = rust_decimal::Decimal::ZERO;
         match config.fallback_strategy.as_str() {
-            "cheapest" => (price, 0, pref, quality),
-            "fastest" => (rust_decimal::Decimal::ZERO, latency, pref, quality),
-            _ => (rust_decimal::Decimal::ZERO, 0, pref, quality),
+            "cheapest" => (price, 0, 0, zero, quality),
+            "fastest" => (zero, latency, pref, price, quality),
+            _ => (zero, 0, pref, price, quality),
         }
     };
     pool.into_iter().min_by_key(key).ok_or_else(|| {

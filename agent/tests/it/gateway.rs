@@ -354,3 +354,39 @@ async fn health_readiness_and_metrics_answer() {
     );
     gw.stop().await;
 }
+
+#[test]
+fn the_demo_runs_requests_through_the_gateway_and_its_books_balance() {
+    let output = std::process::Command::new(crate::support::binary())
+        .args(["demo", "--json"])
+        .env_remove("TOLLGATE_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let demo: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let statuses: Vec<u64> = demo["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 502, 402]);
+    assert_eq!(demo["verify"]["violations"].as_array().unwrap().len(), 0);
+    // The balance is the Starter Pack less exactly what the usage report says was charged.
+    let charged = c(demo["usage"]["total"]["credits_charged"].as_str().unwrap());
+    let balance = c(demo["account"]["balance"].as_str().unwrap());
+    assert_eq!(c("100").checked_sub(charged).unwrap(), balance);
+    assert!(charged.is_positive());
+    // The streamed request was charged: one usage entry per successful request.
+    let usage_entries = demo["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["transaction_type"] == "usage")
+        .count();
+    assert_eq!(usage_entries, 4);
+}

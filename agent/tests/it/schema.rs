@@ -10,6 +10,7 @@ use tollgate::ledger::{
     AddCredits, CreditKind, Ledger, LedgerError, NewUser, SystemClock, catalog,
 };
 use tollgate_schema::money::Credits;
+use tollgate_schema::sqlite::LATEST_VERSION;
 
 /// A package as (sort, name, credits, cents, discount %, badge, featured, description).
 type PackageRow = (i64, String, String, i64, i64, Option<String>, bool, String);
@@ -83,7 +84,10 @@ fn migrating_twice_is_a_no_op() {
     drop(first);
     let second = db::open(&path, OpenMode::CreateIfMissing).unwrap();
     assert_eq!(schema(&second), before);
-    assert_eq!(db::schema_version(&second).unwrap(), Some(1));
+    assert_eq!(
+        db::schema_version(&second).unwrap(),
+        Some(i64::from(LATEST_VERSION))
+    );
     let count: i64 = second
         .query_row("SELECT COUNT(*) FROM credit_packages", [], |r| r.get(0))
         .unwrap();
@@ -183,14 +187,14 @@ fn a_database_from_a_newer_tollgate_is_refused_untouched() {
             err,
             LedgerError::SchemaTooNew {
                 found: 7,
-                supported: 1
+                supported: 2
             }
         ),
         "{err:?}"
     );
     assert_eq!(
         err.to_string(),
-        "this database has schema version 7, newer than this tollgate supports (1); upgrade tollgate"
+        "this database has schema version 7, newer than this tollgate supports (2); upgrade tollgate"
     );
 }
 
