@@ -72,6 +72,7 @@ fn init_logging(config: &GatewayConfig) -> anyhow::Result<()> {
         .with_context(|| format!("invalid log.level {:?}", config.log.level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let installed = if config.log.format == "json" {
         builder.json().try_init()

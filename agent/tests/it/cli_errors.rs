@@ -260,6 +260,18 @@ const CASES: &[(&[&str], &str)] = &[
         &["users", "api-key", "create", "alice", "--name", "ci\nkey"],
         "invalid key name: \"ci\\nkey\" contains the control character '\\n'",
     ),
+    (
+        &["serve", "--listen", "nowhere"],
+        "invalid listen: \"nowhere\" is not an address",
+    ),
+    (
+        &["serve", "--upstream", "ftp://litellm"],
+        "invalid upstream.url: \"ftp://litellm\": use http or https",
+    ),
+    (
+        &["serve", "--config", "/nonexistent/tollgate.toml"],
+        "cannot read config file /nonexistent/tollgate.toml",
+    ),
 ];
 
 #[test]
