@@ -168,10 +168,20 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), axum::Json(self.body())).into_response();
-        if matches!(self, ApiError::Overloaded(_)) {
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
+        match self {
+            ApiError::Overloaded(_) => {
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
+            }
+            // Retrying cannot help until credit arrives or the month turns: tell OpenAI's SDKs,
+            // which would otherwise retry a 429.
+            ApiError::InsufficientCredit { .. } | ApiError::SpendCap { .. } => {
+                response
+                    .headers_mut()
+                    .insert("x-should-retry", HeaderValue::from_static("false"));
+            }
+            _ => {}
         }
         response
     }

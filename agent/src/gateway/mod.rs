@@ -167,6 +167,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/completions", post(proxy::completions))
         .route("/v1/embeddings", post(proxy::embeddings))
         .route("/v1/models", get(proxy::models))
+        .route("/v1/models/{*id}", get(proxy::model))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

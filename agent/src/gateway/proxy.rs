@@ -119,6 +119,8 @@ async fn handle(
     labels.status = response.status().as_u16();
     gw.metrics.requests.get_or_create(&labels).inc();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
+        // Also under the name OpenAI's SDKs read (`_request_id`).
+        response.headers_mut().insert("x-request-id", v.clone());
         response.headers_mut().insert("x-tollgate-request-id", v);
     }
     response
@@ -313,15 +315,24 @@ impl Meter {
         } else {
             0
         };
-        let worst = rate.cost(self.prompt_bound, output_wanted);
-        let floor = rate.cost(self.prompt_bound, u64::from(self.endpoint.has_output()));
+        let choices = if self.endpoint.has_output() {
+            usage::choices(&json).map_err(|e| ApiError::BadRequest(e.0))?
+        } else {
+            1
+        };
+        // Each choice may produce the whole output cap.
+        let worst = rate.cost(self.prompt_bound, output_wanted.saturating_mul(choices));
+        let floor = rate.cost(
+            self.prompt_bound,
+            choices * u64::from(self.endpoint.has_output()),
+        );
         if worst.is_positive() {
             self.hold(worst, floor.max(Credits::from_nanos(1)).min(worst))
                 .await?;
         }
         if self.endpoint.has_output() {
             let affordable = if self.held.is_positive() {
-                rate.output_tokens_affordable(self.held, self.prompt_bound)
+                rate.output_tokens_affordable(self.held, self.prompt_bound) / choices
             } else {
                 u64::MAX
             };
@@ -829,10 +840,37 @@ async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<B
 
 /// `GET /v1/models`: the models the caller's level may use, and the aliases.
 pub async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    match auth::authenticate(&gw.auth_cache, &gw.writer, &headers).await {
+        Ok(caller) => axum::Json(json!({"object": "list", "data": available_models(&gw, &caller)}))
+            .into_response(),
+        Err(e) => refusal(&gw, e),
+    }
+}
+
+/// `GET /v1/models/{id}`: one model, if the caller's level may use it.
+pub async fn model(
+    State(gw): State<Arc<Gateway>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let caller = match auth::authenticate(&gw.auth_cache, &gw.writer, &headers).await {
         Ok(c) => c,
         Err(e) => return refusal(&gw, e),
     };
+    match available_models(&gw, &caller)
+        .into_iter()
+        .find(|m| m["id"] == id.as_str())
+    {
+        Some(m) => axum::Json(m).into_response(),
+        None => ApiError::NotFound(format!(
+            "model {id:?} is not available at power level {}",
+            caller.power_level
+        ))
+        .into_response(),
+    }
+}
+
+fn available_models(gw: &Gateway, caller: &Caller) -> Vec<Value> {
     let catalog = gw.catalog();
     let level = caller.power_level;
     let allowed: Vec<&str> = catalog
@@ -852,7 +890,7 @@ pub async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respo
             .iter()
             .map(|a| json!({"id": a, "object": "model", "created": 0, "owned_by": "tollgate"})),
     );
-    axum::Json(json!({"object": "list", "data": data})).into_response()
+    data
 }
 
 impl Gateway {

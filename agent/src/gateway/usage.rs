@@ -134,6 +134,32 @@ pub fn output_cap(body: &Value) -> Result<Option<(CapField, u64)>, BodyError> {
     Ok(None)
 }
 
+/// Most choices (`n`, `best_of`) one request may ask for.
+pub const CHOICES_MAX: u64 = 128;
+
+/// How many completions the request generates (`n`, and `best_of` for completions): each can
+/// produce up to the output cap, so the reservation multiplies by this.
+pub fn choices(body: &Value) -> Result<u64, BodyError> {
+    let mut most = 1;
+    for field in ["n", "best_of"] {
+        match body.get(field) {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                let n = v
+                    .as_u64()
+                    .filter(|n| (1..=CHOICES_MAX).contains(n))
+                    .ok_or_else(|| {
+                        BodyError(format!(
+                            "{field:?} must be an integer from 1 to {CHOICES_MAX}"
+                        ))
+                    })?;
+                most = most.max(n);
+            }
+        }
+    }
+    Ok(most)
+}
+
 /// Token counts as the upstream reported them (or as estimated).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
@@ -271,6 +297,19 @@ mod tests {
         ] {
             assert!(
                 output_cap(&bad).unwrap_err().0.contains("max_tokens"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn choices_multiply_the_output_and_are_bounded() {
+        assert_eq!(choices(&json!({})).unwrap(), 1);
+        assert_eq!(choices(&json!({"n": 3})).unwrap(), 3);
+        assert_eq!(choices(&json!({"n": 2, "best_of": 5})).unwrap(), 5);
+        for bad in [json!({"n": 0}), json!({"n": 129}), json!({"best_of": "2"})] {
+            assert!(
+                choices(&bad).unwrap_err().0.contains("must be an integer"),
                 "{bad}"
             );
         }

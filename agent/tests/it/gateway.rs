@@ -189,6 +189,12 @@ async fn refusals_come_in_openais_shape_with_the_right_status() {
 
     let r = gw.chat(&keys[0], chat_body("gpt-4o-mini", HELLO)).await;
     assert_eq!(r.status(), 402);
+    // OpenAI's SDKs must not retry what only new credit can fix.
+    assert_eq!(r.headers()["x-should-retry"], "false");
+    assert_eq!(
+        r.headers()["x-request-id"],
+        r.headers()["x-tollgate-request-id"]
+    );
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "insufficient_quota");
     assert_eq!(body["error"]["balance_available"], "0.000001");
@@ -239,6 +245,20 @@ async fn output_is_capped_at_what_the_user_can_afford() {
     let sent = gw.mock.stats().last_body.unwrap();
     assert_eq!(sent["max_tokens"], capped);
     assert!(capped > 1_000 && capped < 1_700, "{capped}");
+    // Four choices share the reservation: each gets a quarter of the output.
+    let mut body = chat_body("gpt-4o-mini", HELLO);
+    body["max_tokens"] = json!(100_000);
+    body["n"] = json!(4);
+    let response = gw.chat(&keys[0], body).await;
+    let per_choice: u64 = response.headers()["x-tollgate-max-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        per_choice * 4 <= capped && per_choice * 4 > capped - 40,
+        "{per_choice} vs {capped}"
+    );
     // Without max_tokens, the gateway sets one all the same.
     gw.chat(&keys[0], chat_body("gpt-4o-mini", HELLO)).await;
     let sent = gw.mock.stats().last_body.unwrap();
@@ -318,6 +338,17 @@ async fn aliases_route_through_the_catalog_and_models_lists_the_level() {
         !ids.contains(&"together/meta-llama/Llama-3.3-70B-Instruct-Turbo"),
         "{ids:?}"
     );
+    let one = |id: &'static str| {
+        gw.http
+            .get(gw.url(&format!("/v1/models/{id}")))
+            .bearer_auth(&keys[0])
+            .send()
+    };
+    assert_eq!(one("gpt-4o-mini").await.unwrap().status(), 200);
+    let r = one("together/meta-llama/Llama-3.3-70B-Instruct-Turbo")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     gw.stop().await;
 }
 

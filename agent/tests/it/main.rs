@@ -4,10 +4,17 @@
 
 mod cli_errors;
 mod crash;
+mod gateway;
+mod gateway_crash;
+mod gateway_edges;
+mod gateway_support;
 mod keys_cli;
 mod ledger_model;
+mod openai_sdk;
+mod prices;
 mod race;
 mod requests;
 mod schema;
 mod support;
+mod usage_report;
 mod vault;
