@@ -353,7 +353,12 @@ impl Meter {
         let upstream = self.forward(&json, byok).await?;
         self.litellm_call_id = header_text(upstream.headers(), "x-litellm-call-id");
         self.litellm_response_cost = header_text(upstream.headers(), "x-litellm-response-cost");
-        if self.stream {
+        // An upstream that answered a stream request with a plain body is metered as one.
+        let is_sse = upstream
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if self.stream && is_sse {
             return Ok(stream::respond(StreamMeter::new(
                 std::mem::replace(self, self.detached()),
                 upstream,
