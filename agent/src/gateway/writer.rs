@@ -3,8 +3,9 @@
 //! commits are taken together into the next one (group commit: one fsync for up to
 //! [`GROUP_OPS_MAX`] requests), so the ledger's durability costs little per request.
 //!
-//! Guarantees: a receipt is sent only after its transaction committed (durable: the ledger runs
-//! synchronous=FULL); an operation's result is its own (the ledger isolates failures within a
+//! Guarantees: a receipt is sent only after its transaction committed — fsync'd (the ledger runs
+//! synchronous=FULL), except a batch of holds only, which is fsync'd with the next settle's
+//! commit (`Ledger::apply_with`); an operation's result is its own (the ledger isolates failures within a
 //! batch); a full queue is refused at once ([`WriterError::Overloaded`]) instead of growing;
 //! reads (`read`) run on the same thread between batches, never inside a write transaction.
 
@@ -13,7 +14,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ledger::{Ledger, LedgerError, Op, Receipt};
+use crate::ledger::{Durability, Ledger, LedgerError, Op, Receipt};
 
 /// Most operations committed in one transaction.
 pub const GROUP_OPS_MAX: usize = 512;
@@ -133,8 +134,16 @@ fn run(
         if ops.is_empty() {
             continue;
         }
+        // A batch of nothing but holds commits without waiting for an fsync: the next batch with
+        // a settle (synced) makes it durable, and a hold lost with the machine belongs to a
+        // request that died with it (see `Ledger::apply_with`).
+        let durability = if ops.iter().all(|op| matches!(op, Op::Hold(_))) {
+            Durability::Deferred
+        } else {
+            Durability::Synced
+        };
         let started = Instant::now();
-        let outcome = ledger.apply(&ops);
+        let outcome = ledger.apply_with(&ops, durability);
         observe(ops.len(), started.elapsed());
         match outcome {
             Ok(results) => {

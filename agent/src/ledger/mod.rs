@@ -101,6 +101,27 @@ impl Ledger {
             .ok_or_else(|| LedgerError::Corrupt("a guarded batch gave up".to_owned()))
     }
 
+    /// [`Ledger::apply`] with a choice of durability. `Durability::Deferred` commits without an
+    /// fsync (`synchronous=NORMAL` for that transaction only): the batch survives the process
+    /// being killed, and the next synced commit on this file makes it durable against power loss
+    /// too (its fsync of the WAL covers every earlier frame). The gateway defers its holds: a hold
+    /// lost with the machine belongs to a request that died with it, and its settle, which is
+    /// synced, could only come after.
+    pub fn apply_with(
+        &mut self,
+        ops: &[Op],
+        durability: Durability,
+    ) -> Result<Vec<Result<Receipt, LedgerError>>, LedgerError> {
+        if durability == Durability::Synced {
+            return self.apply(ops);
+        }
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = self.apply(ops);
+        // Restored whatever happened: every other write of this connection stays synced.
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        result
+    }
+
     /// One attempt at a batch in one transaction. Unguarded, it gives up (`None`, nothing
     /// committed) at the first operation that fails; guarded, every operation gets its result.
     fn run_batch(
@@ -230,6 +251,16 @@ fn unexpected(receipt: &Receipt) -> LedgerError {
     LedgerError::Corrupt(format!(
         "an operation returned the wrong receipt: {receipt:?}"
     ))
+}
+
+/// When a committed batch must be on stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync'd before `apply` returns (the default for every write).
+    Synced,
+    /// Committed (it survives the process being killed) but fsync'd only with the next synced
+    /// commit; see [`Ledger::apply_with`].
+    Deferred,
 }
 
 /// Whether each operation of a batch runs inside its own savepoint.
@@ -434,5 +465,69 @@ mod hot_path_tests {
             })
             .collect();
         assert_eq!(traced(&mut ledger, &settles), batch_of(sql::SETTLE_PATH, 2));
+    }
+}
+
+#[cfg(test)]
+mod durability_tests {
+    use std::sync::Arc;
+
+    use tollgate_schema::money::Credits;
+
+    use super::*;
+
+    fn synchronous(ledger: &Ledger) -> i64 {
+        ledger
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_deferred_batch_commits_and_leaves_the_connection_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut ledger =
+            Ledger::open(&path, OpenMode::CreateIfMissing, Arc::new(SystemClock)).unwrap();
+        ledger.create_user(&NewUser::new("a")).unwrap();
+        ledger
+            .add_credits(AddCredits::new(
+                "a",
+                Credits::from_nanos(5_000_000_000),
+                CreditKind::Purchase,
+            ))
+            .unwrap();
+        assert_eq!(synchronous(&ledger), 2, "FULL after open");
+        let hold = |id: &str, amount: i64| {
+            Op::Hold(HoldRequest {
+                user_id: "a".into(),
+                request_id: id.into(),
+                amount: Credits::from_nanos(amount),
+                min_amount: None,
+                ttl: HOLD_TTL_DEFAULT,
+            })
+        };
+        let results = ledger
+            .apply_with(&[hold("r1", 1_000_000_000)], Durability::Deferred)
+            .unwrap();
+        assert!(results[0].is_ok());
+        assert_eq!(synchronous(&ledger), 2, "FULL again after a deferred batch");
+        // A refused operation in a deferred batch restores it too.
+        let results = ledger
+            .apply_with(&[hold("r2", 9_000_000_000)], Durability::Deferred)
+            .unwrap();
+        assert!(results[0].is_err());
+        assert_eq!(synchronous(&ledger), 2);
+        // The deferred hold is committed: another connection sees it.
+        let other = Ledger::open(&path, OpenMode::MustExist, Arc::new(SystemClock)).unwrap();
+        let held: i64 = other
+            .conn
+            .query_row(
+                "SELECT held FROM user_credits WHERE user_id = 'a'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(held, 1_000_000_000);
     }
 }
