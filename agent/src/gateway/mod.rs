@@ -293,7 +293,7 @@ async fn flush_health(gw: &Gateway) {
 }
 
 /// An error and its sources on one line (reqwest's top-level message alone says little).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
