@@ -95,7 +95,7 @@ async fn deliver(
             Ok(r) if r.status().is_success() => return true,
             Ok(r) => tracing::warn!(attempt, status = %r.status(), "low-balance webhook refused"),
             Err(e) => {
-                tracing::warn!(attempt, error = %super::error_chain(&e), "low-balance webhook failed")
+                tracing::warn!(attempt, error = %super::error_chain(&e.without_url()), "low-balance webhook failed")
             }
         }
         if attempt < attempts {

@@ -84,6 +84,9 @@ pub struct UpstreamConfig {
     pub response_timeout_secs: u64,
     /// Longest silence between two pieces of a streamed body.
     pub stream_idle_timeout_secs: u64,
+    /// Longest a streamed response may last in all; it is ended (and charged for what was
+    /// streamed) after this.
+    pub stream_max_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +168,7 @@ impl Default for UpstreamConfig {
             connect_timeout_ms: 2_000,
             response_timeout_secs: 600,
             stream_idle_timeout_secs: 120,
+            stream_max_secs: 1_800,
         }
     }
 }
@@ -370,6 +374,18 @@ impl GatewayConfig {
             "upstream.stream_idle_timeout_secs",
             self.upstream.stream_idle_timeout_secs,
         )?;
+        positive("upstream.stream_max_secs", self.upstream.stream_max_secs)?;
+        let life = self
+            .upstream
+            .response_timeout_secs
+            .saturating_add(self.upstream.stream_max_secs);
+        if life > 23 * 3600 {
+            return Err(invalid(
+                "upstream.stream_max_secs",
+                "response_timeout_secs + stream_max_secs must stay under 23 hours \
+                 (a hold lives at most 24)",
+            ));
+        }
         positive("limits.body_bytes_max", self.limits.body_bytes_max as u64)?;
         positive(
             "limits.response_bytes_max",
@@ -436,6 +452,18 @@ impl GatewayConfig {
     pub fn stream_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.upstream.stream_idle_timeout_secs)
     }
+    pub fn stream_max(&self) -> Duration {
+        Duration::from_secs(self.upstream.stream_max_secs)
+    }
+
+    /// How long a request's hold lives: its longest possible life (the wait for the response's
+    /// headers plus the longest stream) and a minute, so it never expires under a live request,
+    /// while a crashed gateway's holds free their credit soon after.
+    pub fn hold_ttl(&self) -> time::Duration {
+        let secs = self.upstream.response_timeout_secs + self.upstream.stream_max_secs + 60;
+        time::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX))
+    }
+
     pub fn auth_cache_ttl(&self) -> Duration {
         Duration::from_millis(self.limits.auth_cache_ttl_ms)
     }

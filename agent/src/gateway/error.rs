@@ -16,9 +16,16 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(String),
     #[error(
-        "insufficient credit: this request needs up to {needed} credits, the balance available is {available}"
+        "insufficient credit: this request needs at least {needed} credits (its prompt and one \
+         output token) and up to {estimate} for its full output; the balance available is {available}"
     )]
-    InsufficientCredit { available: Credits, needed: Credits },
+    InsufficientCredit {
+        available: Credits,
+        /// The least the request could run with.
+        needed: Credits,
+        /// The worst case it would reserve in full.
+        estimate: Credits,
+    },
     #[error(
         "monthly spend cap of {cap} credits reached: {used} used, {held} held by requests in flight"
     )]
@@ -147,9 +154,14 @@ impl ApiError {
             "code": self.code(),
         });
         match self {
-            ApiError::InsufficientCredit { available, needed } => {
+            ApiError::InsufficientCredit {
+                available,
+                needed,
+                estimate,
+            } => {
                 error["balance_available"] = json!(available.to_string());
-                error["estimated_cost"] = json!(needed.to_string());
+                error["minimum_cost"] = json!(needed.to_string());
+                error["estimated_cost"] = json!(estimate.to_string());
             }
             ApiError::ModelNotAllowed { allowed_levels, .. } => {
                 error["allowed_power_levels"] = json!(
@@ -196,13 +208,15 @@ mod tests {
         let e = ApiError::InsufficientCredit {
             available: Credits::from_nanos(1_500_000_000),
             needed: Credits::from_nanos(2_000_000_000),
+            estimate: Credits::from_nanos(3_000_000_000),
         };
         assert_eq!(e.status(), StatusCode::PAYMENT_REQUIRED);
         let body = e.body();
         assert_eq!(body["error"]["type"], "insufficient_quota");
         assert_eq!(body["error"]["code"], "insufficient_quota");
         assert_eq!(body["error"]["balance_available"], "1.5");
-        assert_eq!(body["error"]["estimated_cost"], "2");
+        assert_eq!(body["error"]["minimum_cost"], "2");
+        assert_eq!(body["error"]["estimated_cost"], "3");
         assert!(body["error"]["message"].as_str().unwrap().contains("1.5"));
     }
 }

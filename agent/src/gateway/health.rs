@@ -3,11 +3,14 @@
 //! failures), kept in memory over a bounded window and written to `provider_health` by a
 //! background task, never on the request path.
 //!
-//! A provider is `down` after [`DOWN_AFTER_FAILURES`] consecutive failures (alias routing then
-//! skips it until a success), `degraded` when under 95 % of its recent requests succeeded.
+//! A provider is `down` after [`DOWN_AFTER_FAILURES`] consecutive failures: alias routing skips
+//! it for [`DOWN_RETRY_AFTER`], then tries it again (a success clears it). It is `degraded` when
+//! under 95 % of its recent requests succeeded. Only the upstream's own failures count (5xx,
+//! timeouts, unreachable): a client's bad request says nothing about the provider.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::ledger::health::ProviderHealth;
 
@@ -17,6 +20,9 @@ use super::routing::Observed;
 pub const WINDOW: usize = 256;
 /// Consecutive failures after which a provider counts as down.
 pub const DOWN_AFTER_FAILURES: u32 = 5;
+/// How long a down provider is skipped by alias routing before it is tried again (one more
+/// failure marks it down for as long again; a success clears it).
+pub const DOWN_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Distinct models and providers tracked (label-like values from traffic are bounded).
 pub const TRACKED_MAX: usize = 10_000;
 
@@ -26,6 +32,7 @@ struct Window {
     outcomes: VecDeque<(u32, bool)>,
     consecutive_failures: u32,
     last_error: Option<String>,
+    last_failure: Option<Instant>,
 }
 
 impl Window {
@@ -38,6 +45,7 @@ impl Window {
             self.consecutive_failures = 0;
         } else {
             self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+            self.last_failure = Some(Instant::now());
             self.last_error = error.map(|e| e.chars().take(500).collect());
         }
     }
@@ -143,7 +151,11 @@ impl Observed for Observations {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(provider)
-            .is_some_and(|w| w.consecutive_failures >= DOWN_AFTER_FAILURES)
+            .is_some_and(|w| {
+                w.consecutive_failures >= DOWN_AFTER_FAILURES
+                    && w.last_failure
+                        .is_some_and(|at| at.elapsed() < DOWN_RETRY_AFTER)
+            })
     }
 }
 

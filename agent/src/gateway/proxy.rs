@@ -21,8 +21,8 @@ use zeroize::Zeroizing;
 
 use crate::keys::vault;
 use crate::ledger::{
-    HOLD_TTL_DEFAULT, HoldRequest, LedgerError, Op, PowerLevel, Provider, Receipt, Refusal,
-    Release, Settle, UsageErrorType, UsageRecord,
+    HoldRequest, LedgerError, Op, PowerLevel, Provider, Receipt, Refusal, Release, Settle,
+    UsageErrorType, UsageRecord,
 };
 use crate::prices::ModelPrice;
 
@@ -39,6 +39,8 @@ use super::usage::{self, CapField, Endpoint, Usage};
 pub const LEVEL_HEADER: &str = "x-tollgate-power-level";
 /// Largest upstream error body read (its message is passed on).
 const ERROR_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Attempts at a settle or release whose batch failed as a whole.
+const SETTLE_ATTEMPTS: u32 = 4;
 /// Longest error message kept in the usage log.
 const ERROR_MESSAGE_LEN_MAX: usize = 500;
 
@@ -213,9 +215,21 @@ impl Meter {
 
     async fn run(&mut self, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
         let limit = self.gw.config.limits.body_bytes_max;
-        let bytes = axum::body::to_bytes(body, limit)
-            .await
-            .map_err(|_| ApiError::TooLarge { limit })?;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::TooLarge { limit });
+        }
+        let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+            // A chunked body that outgrows the limit, or a client that broke off the upload.
+            if super::error_chain(&e).contains("length limit exceeded") {
+                ApiError::TooLarge { limit }
+            } else {
+                ApiError::BadRequest(format!("could not read the request body: {e}"))
+            }
+        })?;
         let mut json: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::BadRequest(format!("the request body is not valid JSON: {e}"))
         })?;
@@ -306,21 +320,27 @@ impl Meter {
         );
         self.rate = Some(rate);
 
-        // Reserve the worst case, at most what the user can afford.
+        // Reserve the worst case, at most what the user can afford. Without a client cap the
+        // output is capped at the configured default (never more than the model's maximum), so
+        // one uncapped request does not lock a user's whole balance.
         let output_wanted = if self.endpoint.has_output() {
-            client_cap
-                .map(|(_, n)| n)
-                .or(price.max_output_tokens.map(u64::from))
-                .unwrap_or(u64::from(config.limits.default_max_output_tokens))
+            let default = u64::from(config.limits.default_max_output_tokens);
+            client_cap.unwrap_or_else(|| {
+                price
+                    .max_output_tokens
+                    .map_or(default, |m| default.min(u64::from(m)))
+            })
         } else {
             0
         };
+        // Each choice of each prompt may produce the whole output cap.
         let choices = if self.endpoint.has_output() {
-            usage::choices(&json).map_err(|e| ApiError::BadRequest(e.0))?
+            usage::choices(&json)
+                .map_err(|e| ApiError::BadRequest(e.0))?
+                .saturating_mul(usage::prompt_count(self.endpoint, &json))
         } else {
             1
         };
-        // Each choice may produce the whole output cap.
         let worst = rate.cost(self.prompt_bound, output_wanted.saturating_mul(choices));
         let floor = rate.cost(
             self.prompt_bound,
@@ -337,17 +357,27 @@ impl Meter {
                 u64::MAX
             };
             let send = output_wanted.min(affordable);
-            let field = client_cap.map_or(CapField::MaxTokens, |(f, _)| f);
-            if client_cap.is_none_or(|(_, n)| send < n) {
-                json[field.name()] = json!(send);
-                if send < output_wanted || client_cap.is_some() {
-                    self.max_tokens_capped = Some(send);
-                }
+            if client_cap.is_none_or(|n| send < n) {
+                let default_field = match self.endpoint {
+                    Endpoint::ChatCompletions => CapField::MaxCompletionTokens,
+                    _ => CapField::MaxTokens,
+                };
+                usage::set_output_cap(&mut json, send, default_field);
+                self.max_tokens_capped = Some(send);
             }
         }
         if self.stream {
-            json["stream_options"] = json!({ "include_usage": true });
+            match json
+                .get_mut("stream_options")
+                .and_then(Value::as_object_mut)
+            {
+                Some(options) => {
+                    options.insert("include_usage".into(), Value::Bool(true));
+                }
+                None => json["stream_options"] = json!({ "include_usage": true }),
+            }
         }
+        usage::strip_upstream_controls(&mut json);
 
         // Forward.
         let upstream = self.forward(&json, byok).await?;
@@ -359,11 +389,20 @@ impl Meter {
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         if self.stream && is_sse {
-            return Ok(stream::respond(StreamMeter::new(
+            let capped = self.max_tokens_capped;
+            let mut response = stream::respond(StreamMeter::new(
                 std::mem::replace(self, self.detached()),
                 upstream,
                 !usage_asked,
-            )));
+            ));
+            if let Some(n) = capped {
+                insert_text(
+                    response.headers_mut(),
+                    "x-tollgate-max-tokens",
+                    &n.to_string(),
+                );
+            }
+            return Ok(response);
         }
         self.respond_json(upstream).await
     }
@@ -431,7 +470,7 @@ impl Meter {
             request_id: self.request_id.clone(),
             amount,
             min_amount: Some(floor),
-            ttl: HOLD_TTL_DEFAULT,
+            ttl: self.gw.config.hold_ttl(),
         });
         match self.gw.writer.apply(op).await {
             Err(e) => Err(ApiError::Overloaded(e.to_string())),
@@ -445,7 +484,11 @@ impl Meter {
                 available,
                 needed,
                 ..
-            }))) => Err(ApiError::InsufficientCredit { available, needed }),
+            }))) => Err(ApiError::InsufficientCredit {
+                available,
+                needed,
+                estimate: amount,
+            }),
             Ok(Err(LedgerError::Refused(Refusal::SpendCapReached {
                 cap, used, held, ..
             }))) => Err(ApiError::SpendCap { cap, used, held }),
@@ -498,17 +541,17 @@ impl Meter {
             ))),
             Ok(Err(e)) if e.is_timeout() => Err(ApiError::UpstreamTimeout(format!(
                 "the upstream timed out: {}",
-                super::error_chain(&e)
+                super::error_chain(&e.without_url())
             ))),
             Ok(Err(e)) => Err(ApiError::UpstreamFailed(format!(
                 "the upstream could not be reached: {}",
-                super::error_chain(&e)
+                super::error_chain(&e.without_url())
             ))),
         };
         let response = match failed {
             Ok(r) => r,
             Err(e) => {
-                self.observe(started, false, Some(&e.to_string()));
+                self.observe(started.elapsed(), false, Some(&e.to_string()));
                 return Err(e);
             }
         };
@@ -527,13 +570,24 @@ impl Meter {
                     .map(str::to_owned)
             })
             .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect());
-        self.observe(started, false, Some(&format!("{status}: {message}")));
-        Err(upstream_status_error(status, &message))
+        let error = upstream_status_error(
+            status,
+            &message,
+            self.byok_key_id.is_some(),
+            self.provider.as_deref(),
+        );
+        // Only the upstream's own failures count against its health: a client's bad request or
+        // a user's bad BYOK key says nothing about the provider.
+        if status.is_server_error() {
+            self.observe(started.elapsed(), false, Some(&error.to_string()));
+        }
+        Err(error)
     }
 
     /// Records one upstream call's outcome for routing and provider health.
-    pub fn observe(&self, started: Instant, success: bool, error: Option<&str>) {
-        let latency = started.elapsed();
+    /// `latency`: to the last byte for a JSON response, to the first token for a stream (what
+    /// alias routing compares against a level's maximum).
+    pub fn observe(&self, latency: std::time::Duration, success: bool, error: Option<&str>) {
         let ms = u32::try_from(latency.as_millis()).unwrap_or(u32::MAX);
         if let Some(provider) = &self.provider {
             self.gw
@@ -557,10 +611,19 @@ impl Meter {
         let content_type = upstream.headers().get(header::CONTENT_TYPE).cloned();
         let forwarded_at = self.started;
         let limit = self.gw.config.limits.response_bytes_max;
-        let body = match read_bounded(upstream, limit).await {
+        let timeout = self.gw.config.response_timeout();
+        let read = tokio::time::timeout(timeout, read_bounded(upstream, limit))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the upstream's body did not arrive within {} s",
+                    timeout.as_secs()
+                ))
+            });
+        let body = match read {
             Ok(body) => body,
             Err(e) => {
-                self.observe(forwarded_at, false, Some(&e));
+                self.observe(forwarded_at.elapsed(), false, Some(&e));
                 return Err(ApiError::UpstreamFailed(e));
             }
         };
@@ -568,11 +631,11 @@ impl Meter {
             Ok(v) => v,
             Err(e) => {
                 let why = format!("the upstream sent a malformed JSON body: {e}");
-                self.observe(forwarded_at, false, Some(&why));
+                self.observe(forwarded_at.elapsed(), false, Some(&why));
                 return Err(ApiError::UpstreamFailed(why));
             }
         };
-        self.observe(forwarded_at, true, None);
+        self.observe(forwarded_at.elapsed(), true, None);
         let (usage, estimated) = match usage::reported_usage(&parsed) {
             Some(u) => (u, false),
             None => (
@@ -676,7 +739,6 @@ impl Meter {
         let user_id = self.caller.user_id.clone();
         let request_id = self.request_id.clone();
         let op = if self.held.is_positive() {
-            self.gw.metrics.open_holds.dec();
             Op::Settle(Settle {
                 user_id,
                 request_id,
@@ -690,12 +752,17 @@ impl Meter {
                 usage: Some(usage),
             })
         };
-        let result = self
-            .gw
-            .writer
-            .apply_waiting(op)
-            .await
-            .map_err(|e| self.internal(&e.to_string()))?;
+        let result = match self.apply_retrying(op).await {
+            Ok(result) => result,
+            Err(e) => {
+                // Not settled: let `fail` release the hold and log the request.
+                self.closed = false;
+                return Err(self.internal(&e.to_string()));
+            }
+        };
+        if result.is_ok() && self.held.is_positive() {
+            self.gw.metrics.open_holds.dec();
+        }
         let charged = match result {
             Ok(Receipt::Settle(s)) => {
                 if let Some(entry) = &s.entry {
@@ -709,7 +776,10 @@ impl Meter {
             }
             Ok(Receipt::Release(_)) => Credits::ZERO,
             Ok(other) => return Err(self.internal(&format!("a settle returned {other:?}"))),
-            Err(e) => return Err(self.internal(&format!("settling failed: {e}"))),
+            Err(e) => {
+                self.closed = false;
+                return Err(self.internal(&format!("settling failed: {e}")));
+            }
         };
         let user = self.caller.user_id.clone();
         let balance = self
@@ -721,6 +791,26 @@ impl Meter {
             .and_then(Result::ok)
             .unwrap_or(Credits::ZERO);
         Ok(Settled { charged, balance })
+    }
+
+    /// Applies a settle or release, retrying a batch that failed as a whole (both are idempotent
+    /// by request id, so a retry never charges twice).
+    async fn apply_retrying(
+        &self,
+        op: Op,
+    ) -> Result<Result<Receipt, LedgerError>, super::writer::WriterError> {
+        let mut wait = std::time::Duration::from_millis(20);
+        for _ in 1..SETTLE_ATTEMPTS {
+            match self.gw.writer.apply_waiting(op.clone()).await? {
+                Err(LedgerError::BatchFailed(why)) => {
+                    tracing::warn!(request_id = %self.request_id, %why, "retrying a settle");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                result => return Ok(result),
+            }
+        }
+        self.gw.writer.apply_waiting(op).await
     }
 
     /// Counts the charge and sends a low-balance alert if this charge crossed the threshold.
@@ -766,7 +856,7 @@ impl Meter {
             request_id: self.request_id.clone(),
             usage: Some(usage),
         });
-        match self.gw.writer.apply_waiting(op).await {
+        match self.apply_retrying(op).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 tracing::error!(request_id = %self.request_id, error = %e, "could not release a failed request");
@@ -803,13 +893,26 @@ fn insert_text(headers: &mut HeaderMap, name: &'static str, value: &str) {
 }
 
 /// An upstream's refusal: its client errors pass through with their message (the client's own
-/// mistake, e.g. an invalid parameter, or a provider rate limit); the upstream refusing tollgate's
-/// own key and every 5xx become 502.
-fn upstream_status_error(status: StatusCode, message: &str) -> ApiError {
+/// mistake, e.g. an invalid parameter, or a provider rate limit); a refused key is named without
+/// echoing the upstream's text (which may quote part of the key): the user's own BYOK key is
+/// their 400, tollgate's LiteLLM key a 502; every 5xx is a 502.
+fn upstream_status_error(
+    status: StatusCode,
+    message: &str,
+    byok: bool,
+    provider: Option<&str>,
+) -> ApiError {
     match status.as_u16() {
-        401 | 403 => ApiError::UpstreamFailed(format!(
-            "the upstream refused the gateway's credentials ({status}): {message}"
+        401 | 403 if byok => ApiError::BadRequest(format!(
+            "{} refused your own API key for it ({status}); replace it with `tollgate keys add`",
+            provider.unwrap_or("the provider")
         )),
+        401 | 403 => {
+            tracing::error!(%status, upstream_message = %message, "the upstream refused the gateway's key");
+            ApiError::UpstreamFailed(format!(
+                "the upstream refused the gateway's credentials ({status}); the gateway's log has its answer"
+            ))
+        }
         408 | 504 => {
             ApiError::UpstreamTimeout(format!("the upstream timed out ({status}): {message}"))
         }
@@ -836,7 +939,7 @@ async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<B
             Err(e) => {
                 return Err(format!(
                     "the upstream's response broke off: {}",
-                    super::error_chain(&e)
+                    super::error_chain(&e.without_url())
                 ));
             }
         }

@@ -172,9 +172,9 @@ fn choose_alias<'t>(
     } else {
         fast_enough
     };
-    // Every strategy starts from the level's provider preference; within it, `next_available`
-    // takes the cheapest qualifying model, `fastest` the lowest observed p95, and `cheapest`
-    // ranks by price before preference.
+    // `next_available` takes the most preferred provider's cheapest qualifying model, `fastest`
+    // the lowest observed p95 (preference breaks ties), `cheapest` the lowest price overall
+    // (quality breaks ties).
     let key = |m: &&ModelPrice| {
         let pref = preference(&m.provider).unwrap_or(usize::MAX);
         let price = m.input_usd_per_token + m.output_usd_per_token;

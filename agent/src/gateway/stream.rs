@@ -41,12 +41,19 @@ pub struct StreamMeter {
     first_token_ms: Option<u32>,
     out: VecDeque<Bytes>,
     done: bool,
+    /// The upstream sent `[DONE]`.
+    saw_done: bool,
+    /// The upstream sent an error event (LiteLLM's way to fail after the 200 headers).
+    upstream_error: Option<String>,
     idle: Duration,
+    /// When the stream must end, whatever the upstream does.
+    deadline: tokio::time::Instant,
 }
 
 impl StreamMeter {
     pub fn new(meter: Meter, upstream: reqwest::Response, hide_usage: bool) -> StreamMeter {
         let idle = meter.gw.config.stream_idle_timeout();
+        let deadline = tokio::time::Instant::now() + meter.gw.config.stream_max();
         StreamMeter {
             meter: Some(meter),
             upstream,
@@ -57,7 +64,10 @@ impl StreamMeter {
             first_token_ms: None,
             out: VecDeque::new(),
             done: false,
+            saw_done: false,
+            upstream_error: None,
             idle,
+            deadline,
         }
     }
 
@@ -70,23 +80,43 @@ impl StreamMeter {
             if self.done {
                 return None;
             }
-            match tokio::time::timeout(self.idle, self.upstream.chunk()).await {
+            let now = tokio::time::Instant::now();
+            let wait = self.idle.min(self.deadline.saturating_duration_since(now));
+            match tokio::time::timeout(wait, self.upstream.chunk()).await {
                 Err(_) => {
-                    let why = format!(
-                        "the upstream stream was silent for {} s",
-                        self.idle.as_secs()
-                    );
+                    let why = if tokio::time::Instant::now() >= self.deadline {
+                        "the stream reached the gateway's stream_max_secs limit".to_owned()
+                    } else {
+                        format!(
+                            "the upstream stream was silent for {} s",
+                            self.idle.as_secs()
+                        )
+                    };
                     self.end_early(UsageErrorType::Timeout, why).await;
                 }
                 Ok(Err(e)) => {
-                    let why = format!("the upstream stream broke off: {}", super::error_chain(&e));
+                    let why = format!(
+                        "the upstream stream broke off: {}",
+                        super::error_chain(&e.without_url())
+                    );
                     self.end_early(UsageErrorType::UpstreamError, why).await;
                 }
                 Ok(Ok(None)) => {
                     if let Some(rest) = self.splitter.finish() {
                         self.pass(rest);
                     }
-                    self.finish().await;
+                    match self.upstream_error.take() {
+                        Some(why) => self.end_early(UsageErrorType::UpstreamError, why).await,
+                        // Ended without [DONE] and without a token: nothing was served.
+                        None if !self.saw_done
+                            && self.content_chunks == 0
+                            && self.reported.is_none() =>
+                        {
+                            let why = "the upstream stream ended before any output".to_owned();
+                            self.end_early(UsageErrorType::UpstreamError, why).await;
+                        }
+                        None => self.finish().await,
+                    }
                 }
                 Ok(Ok(Some(bytes))) => match self.splitter.push(&bytes) {
                     Err(e) => {
@@ -96,8 +126,14 @@ impl StreamMeter {
                     Ok(events) => {
                         for event in events {
                             if Event::read(&event) == Event::Done {
+                                self.saw_done = true;
                                 // Settle first: the last byte goes out only once it is durable.
-                                self.finish().await;
+                                match self.upstream_error.take() {
+                                    Some(why) => {
+                                        self.end_early(UsageErrorType::UpstreamError, why).await;
+                                    }
+                                    None => self.finish().await,
+                                }
                                 self.out.push_back(event);
                                 break;
                             }
@@ -115,6 +151,7 @@ impl StreamMeter {
         if let Event::Chunk {
             generated_bytes,
             usage,
+            is_error,
             ..
         } = &read
         {
@@ -131,6 +168,13 @@ impl StreamMeter {
             }
             if let Some(u) = usage {
                 self.reported = Some(*u);
+            }
+            if *is_error && self.upstream_error.is_none() {
+                let text = String::from_utf8_lossy(&event);
+                self.upstream_error = Some(format!(
+                    "the upstream sent an error mid-stream: {}",
+                    text.trim().chars().take(300).collect::<String>()
+                ));
             }
         }
         let forwarded = if self.hide_usage {
@@ -164,7 +208,11 @@ impl StreamMeter {
         let Some(meter) = self.meter.take() else {
             return;
         };
-        meter.observe(meter.started, true, None);
+        let to_first_token = self.first_token_ms.map_or_else(
+            || meter.started.elapsed(),
+            |ms| Duration::from_millis(u64::from(ms)),
+        );
+        meter.observe(to_first_token, true, None);
         let (usage, estimated) = self.usage_so_far(meter.prompt_bound);
         let outcome = Outcome {
             usage,
@@ -182,11 +230,14 @@ impl StreamMeter {
     /// The upstream failed mid-stream: charge what was generated, tell the client.
     async fn end_early(&mut self, error: UsageErrorType, why: String) {
         self.done = true;
-        self.out.push_back(sse::error_event(&why, "upstream_error"));
+        // The upstream's own error event was forwarded already; otherwise tell the client.
+        if !why.starts_with("the upstream sent an error") {
+            self.out.push_back(sse::error_event(&why, "upstream_error"));
+        }
         let Some(mut meter) = self.meter.take() else {
             return;
         };
-        meter.observe(meter.started, false, Some(&why));
+        meter.observe(meter.started.elapsed(), false, Some(&why));
         let (usage, estimated) = self.usage_so_far(meter.prompt_bound);
         if self.reported.is_none() && self.content_chunks == 0 {
             // Nothing generated: release, charge nothing.
@@ -227,8 +278,12 @@ impl Drop for StreamMeter {
 
 /// Settles in a spawned task (it completes even if the caller is dropped) and waits for it.
 async fn settle_in_task(mut meter: Meter, outcome: Outcome) -> Result<(), ApiError> {
+    let request_id = meter.request_id.clone();
     let task = tokio::spawn(async move { meter.settle(outcome).await.map(|_| ()) });
-    task.await.unwrap_or(Ok(()))
+    task.await.unwrap_or_else(|e| {
+        tracing::error!(request_id = %request_id, error = %e, "a settle task failed");
+        Err(ApiError::Internal { request_id })
+    })
 }
 
 /// The streamed response: headers now, events as they come.

@@ -118,8 +118,10 @@ impl CapField {
     }
 }
 
-/// The client's output cap and the field it used (`max_completion_tokens` wins, as at OpenAI).
-pub fn output_cap(body: &Value) -> Result<Option<(CapField, u64)>, BodyError> {
+/// The client's output cap: the larger of `max_completion_tokens` and `max_tokens` (either may
+/// be what the upstream obeys), or `None` when neither is set.
+pub fn output_cap(body: &Value) -> Result<Option<u64>, BodyError> {
+    let mut cap = None;
     for field in [CapField::MaxCompletionTokens, CapField::MaxTokens] {
         match body.get(field.name()) {
             None | Some(Value::Null) => {}
@@ -127,11 +129,68 @@ pub fn output_cap(body: &Value) -> Result<Option<(CapField, u64)>, BodyError> {
                 let n = v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
                     BodyError(format!("{:?} must be a positive integer", field.name()))
                 })?;
-                return Ok(Some((field, n)));
+                cap = Some(cap.map_or(n, |c: u64| c.max(n)));
             }
         }
     }
-    Ok(None)
+    Ok(cap)
+}
+
+/// Writes `cap` into every output-cap field the request uses, or into `default_field` if it
+/// uses none, so no field the upstream might obey asks for more than was reserved.
+pub fn set_output_cap(body: &mut Value, cap: u64, default_field: CapField) {
+    let mut set = false;
+    for field in [CapField::MaxCompletionTokens, CapField::MaxTokens] {
+        if body.get(field.name()).is_some_and(|v| !v.is_null()) {
+            body[field.name()] = Value::from(cap);
+            set = true;
+        }
+    }
+    if !set {
+        body[default_field.name()] = Value::from(cap);
+    }
+}
+
+/// Request fields LiteLLM's proxy acts on that would let a client change what is served or
+/// billed behind tollgate's back (fallback models, mock responses, other keys or endpoints):
+/// removed before forwarding, with every field named `litellm_*` or `mock_*`.
+pub const UPSTREAM_CONTROL_FIELDS: &[&str] = &[
+    "fallbacks",
+    "context_window_fallback_dict",
+    "content_policy_fallbacks",
+    "api_key",
+    "api_base",
+    "base_url",
+    "api_version",
+    "user_config",
+    "num_retries",
+    "model_list",
+    "metadata",
+    "guardrails",
+];
+
+/// Removes [`UPSTREAM_CONTROL_FIELDS`] and `litellm_*` / `mock_*` fields from the body.
+pub fn strip_upstream_controls(body: &mut Value) {
+    if let Some(map) = body.as_object_mut() {
+        map.retain(|key, _| {
+            !UPSTREAM_CONTROL_FIELDS.contains(&key.as_str())
+                && !key.starts_with("litellm_")
+                && !key.starts_with("mock_")
+        });
+    }
+}
+
+/// How many prompts a `/v1/completions` request carries (each gets its own completions): an
+/// array of strings or of token arrays counts its items; a string or a flat token array is one.
+pub fn prompt_count(endpoint: Endpoint, body: &Value) -> u64 {
+    match (endpoint, body.get("prompt")) {
+        (Endpoint::Completions, Some(Value::Array(items)))
+            if items.iter().any(|i| i.is_string() || i.is_array()) =>
+        {
+            items.len().max(1) as u64
+        }
+        _ => 1,
+    }
 }
 
 /// Most choices (`n`, `best_of`) one request may ask for.
@@ -280,16 +339,20 @@ mod tests {
     }
 
     #[test]
-    fn output_caps_prefer_max_completion_tokens_and_must_be_positive() {
+    fn output_caps_take_the_larger_field_and_must_be_positive() {
         assert_eq!(output_cap(&json!({})).unwrap(), None);
         assert_eq!(
-            output_cap(&json!({"max_tokens": 5, "max_completion_tokens": 7})).unwrap(),
-            Some((CapField::MaxCompletionTokens, 7))
+            output_cap(&json!({"max_tokens": 100000, "max_completion_tokens": 7})).unwrap(),
+            Some(100000)
         );
-        assert_eq!(
-            output_cap(&json!({"max_tokens": 5})).unwrap(),
-            Some((CapField::MaxTokens, 5))
-        );
+        assert_eq!(output_cap(&json!({"max_tokens": 5})).unwrap(), Some(5));
+        // A cap is written into every field the request uses.
+        let mut both = json!({"max_tokens": 9, "max_completion_tokens": 7});
+        set_output_cap(&mut both, 3, CapField::MaxTokens);
+        assert_eq!(both, json!({"max_tokens": 3, "max_completion_tokens": 3}));
+        let mut none = json!({});
+        set_output_cap(&mut none, 3, CapField::MaxCompletionTokens);
+        assert_eq!(none, json!({"max_completion_tokens": 3}));
         for bad in [
             json!({"max_tokens": 0}),
             json!({"max_tokens": -1}),
@@ -300,6 +363,27 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn litellm_controls_are_stripped_and_prompts_counted() {
+        let mut body = json!({"model": "m", "messages": [], "fallbacks": ["claude-opus-4"],
+            "mock_testing_fallbacks": true, "litellm_logging_obj": 1, "api_base": "http://x",
+            "temperature": 0.2, "user": "u"});
+        strip_upstream_controls(&mut body);
+        assert_eq!(
+            body,
+            json!({"model": "m", "messages": [], "temperature": 0.2, "user": "u"})
+        );
+        let c = Endpoint::Completions;
+        assert_eq!(prompt_count(c, &json!({"prompt": "one"})), 1);
+        assert_eq!(prompt_count(c, &json!({"prompt": [1, 2, 3]})), 1);
+        assert_eq!(prompt_count(c, &json!({"prompt": ["a", "b", "c"]})), 3);
+        assert_eq!(prompt_count(c, &json!({"prompt": [[1], [2]]})), 2);
+        assert_eq!(
+            prompt_count(Endpoint::ChatCompletions, &json!({"prompt": ["a", "b"]})),
+            1
+        );
     }
 
     #[test]

@@ -157,9 +157,13 @@ fn run(
                 tracing::error!(error = %e, ops = ops.len(), "ledger batch failed");
                 let text = e.to_string();
                 for reply in replies.drain(..) {
-                    let _ = reply.send(Err(LedgerError::Corrupt(format!(
-                        "the ledger could not commit: {text}"
-                    ))));
+                    let _ = reply.send(Err(LedgerError::BatchFailed(text.clone())));
+                }
+                if matches!(e, LedgerError::Pragma(_)) {
+                    // The connection can no longer promise durability: stop, so every request
+                    // from now on is refused (503) instead of being metered unsafely.
+                    tracing::error!("the ledger writer stops: its connection is unusable");
+                    return;
                 }
             }
         }

@@ -111,6 +111,10 @@ pub enum LedgerError {
     Pragma(String),
     #[error("the database holds a value this tollgate cannot read: {0}")]
     Corrupt(String),
+    /// A group-committed batch failed as a whole (storage): none of its operations was
+    /// committed, and each may be retried (they are idempotent by request id or key).
+    #[error("the ledger could not commit: {0}")]
+    BatchFailed(String),
     /// Not a `#[source]`: SQLite's message is already in the text, and `{:#}` would print it
     /// again for each error in the chain.
     #[error("database error: {}", one_line(&.0.to_string()))]

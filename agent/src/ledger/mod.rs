@@ -117,8 +117,14 @@ impl Ledger {
         }
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
         let result = self.apply(ops);
-        // Restored whatever happened: every other write of this connection stays synced.
-        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        // Restored whatever happened: every other write of this connection stays synced. If it
+        // cannot be, the connection must not be used again (its writes would not be synced).
+        if let Err(e) = self.conn.pragma_update(None, "synchronous", "FULL") {
+            return Err(LedgerError::Pragma(format!(
+                "could not restore synchronous=FULL after a deferred batch ({e}); \
+                 the connection is unusable"
+            )));
+        }
         result
     }
 

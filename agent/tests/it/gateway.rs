@@ -259,10 +259,98 @@ async fn output_is_capped_at_what_the_user_can_afford() {
         per_choice * 4 <= capped && per_choice * 4 > capped - 40,
         "{per_choice} vs {capped}"
     );
-    // Without max_tokens, the gateway sets one all the same.
+    // Without a cap, the gateway sets one all the same (chat's current field).
     gw.chat(&keys[0], chat_body("gpt-4o-mini", HELLO)).await;
     let sent = gw.mock.stats().last_body.unwrap();
-    assert!(sent["max_tokens"].as_u64().unwrap() < 1_700);
+    assert!(
+        sent["max_completion_tokens"].as_u64().unwrap() < 1_700,
+        "{sent}"
+    );
+    // Both fields set: the larger is reserved and both are lowered, so neither can overrun.
+    let mut body = chat_body("gpt-4o-mini", HELLO);
+    body["max_tokens"] = json!(100_000);
+    body["max_completion_tokens"] = json!(5);
+    gw.chat(&keys[0], body).await;
+    let sent = gw.mock.stats().last_body.unwrap();
+    assert!(sent["max_tokens"].as_u64().unwrap() < 1_700, "{sent}");
+    assert_eq!(sent["max_tokens"], sent["max_completion_tokens"]);
+    // A completion of four prompts shares the reservation four ways.
+    let r = gw
+        .post(
+            "/v1/completions",
+            &keys[0],
+            &json!({"model": "gpt-3.5-turbo-instruct", "prompt": ["a", "b", "c", "d"], "max_tokens": 100_000}),
+        )
+        .await;
+    let per_prompt: u64 = r.headers()["x-tollgate-max-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let r = gw
+        .post(
+            "/v1/completions",
+            &keys[0],
+            &json!({"model": "gpt-3.5-turbo-instruct", "prompt": "a", "max_tokens": 100_000}),
+        )
+        .await;
+    let single: u64 = r.headers()["x-tollgate-max-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // (The second request ran on a balance the first had lowered a little.)
+    assert!(
+        per_prompt * 4 <= single + 16 && per_prompt * 4 > single * 9 / 10,
+        "{per_prompt} vs {single}"
+    );
+    let dir = gw.stop().await;
+    assert_books_balance(dir.path());
+}
+
+#[tokio::test]
+async fn litellm_control_fields_never_reach_the_upstream() {
+    let (gw, keys) = Gateway::start(&[User::new("alice", "10")], |_| {}).await;
+    let mut body = chat_body("gpt-4o-mini", HELLO);
+    body["fallbacks"] = json!(["claude-opus-4"]);
+    body["mock_testing_fallbacks"] = json!(true);
+    body["api_base"] = json!("http://elsewhere");
+    body["litellm_metadata"] = json!({"x": 1});
+    body["temperature"] = json!(0.5);
+    let r = gw.chat(&keys[0], body).await;
+    assert_eq!(r.status(), 200);
+    let sent = gw.mock.stats().last_body.unwrap();
+    for field in [
+        "fallbacks",
+        "mock_testing_fallbacks",
+        "api_base",
+        "litellm_metadata",
+    ] {
+        assert!(sent.get(field).is_none(), "{field} was forwarded: {sent}");
+    }
+    assert_eq!(sent["temperature"], 0.5);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_is_ended_at_its_time_limit_and_charged_for_what_was_streamed() {
+    let (gw, keys) = Gateway::start(&[User::new("alice", "10")], |config| {
+        config.upstream.stream_max_secs = 1;
+    })
+    .await;
+    let mut body = chat_body("gpt-4o-mini", "go mock:endless mock:slow=20");
+    body["stream"] = json!(true);
+    let text = gw.chat(&keys[0], body).await.text().await.unwrap();
+    assert!(text.contains("stream_max_secs"), "{text}");
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        gw.mock.wait_streams_cancelled(1),
+    )
+    .await
+    .expect("the upstream stream was not cut");
+    let rows = usage_rows(gw.dir.path());
+    assert_eq!(rows[0].error_type.as_deref(), Some("timeout"));
+    assert!(rows[0].completion_tokens > 0 && rows[0].credits_charged.is_positive());
     let dir = gw.stop().await;
     assert_books_balance(dir.path());
 }
