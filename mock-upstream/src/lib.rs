@@ -17,7 +17,8 @@
 //!
 //! Scenarios: directives `mock:NAME[=VALUE]` in the last chat message, in any prompt string, or
 //! in the first embedding input: `tokens=N`, `no_usage`, `status=CODE` (200..=599),
-//! `malformed`, `slow=MS`, `endless`, `hang`, `stall_after=K`, `cut_after=K`; see the
+//! `malformed`, `slow=MS`, `endless`, `hang`, `stall_after=K`, `cut_after=K`,
+//! `error_after=K`; see the
 //! `scenario` and `stream` modules for the exact behaviour of each.
 //!
 //! Modules: `scenario` (directives, token and cost arithmetic; pure), `wire` (OpenAI's shapes),

@@ -80,6 +80,9 @@ pub struct Scenario {
     pub stall_after: Option<u64>,
     /// `mock:cut_after=K`: a stream that is broken off after K tokens.
     pub cut_after: Option<u64>,
+    /// `mock:error_after=K`: a stream that sends an error event after K tokens and ends there,
+    /// without `[DONE]` (how LiteLLM reports a provider failing after its 200 headers).
+    pub error_after: Option<u64>,
 }
 
 impl Scenario {
@@ -114,6 +117,7 @@ impl Scenario {
             ("hang", _) => self.hang = true,
             ("stall_after", Some(k)) => self.stall_after = Some(k),
             ("cut_after", Some(k)) => self.cut_after = Some(k),
+            ("error_after", Some(k)) => self.error_after = Some(k),
             _ => {}
         }
     }
@@ -319,10 +323,11 @@ mod tests {
                 },
             ),
             (
-                "mock:stall_after=2 mock:cut_after=3",
+                "mock:stall_after=2 mock:cut_after=3 mock:error_after=4",
                 Scenario {
                     stall_after: Some(2),
                     cut_after: Some(3),
+                    error_after: Some(4),
                     ..Default::default()
                 },
             ),

@@ -89,6 +89,8 @@ enum Phase {
     Stalled,
     /// `cut_after`: the break, one poll after the last token so the server flushes that first.
     Cut,
+    /// `error_after`: an error event, and the end.
+    ErrorEvent,
     Over,
 }
 
@@ -352,6 +354,10 @@ impl Stream for SseStream {
                         this.phase = Phase::Stalled;
                         continue;
                     }
+                    if scenario.error_after.is_some_and(|k| sent >= k) {
+                        this.phase = Phase::ErrorEvent;
+                        continue;
+                    }
                     if scenario.cut_after.is_some_and(|k| sent >= k) {
                         // hyper drops what it has buffered when a body fails; returning
                         // `Pending` once lets it flush the tokens sent so far.
@@ -395,6 +401,11 @@ impl Stream for SseStream {
                     return this.emit(chunk);
                 }
                 Phase::Cut => return this.complete(Err(StreamEnd::Cut)),
+                Phase::ErrorEvent => {
+                    return this.complete(Ok(Bytes::from_static(
+                        b"data: {\"error\":{\"message\":\"mock upstream error mid-stream\",\"type\":\"upstream_error\",\"code\":500}}\n\n",
+                    )));
+                }
                 Phase::Done => return this.complete(Ok(Bytes::from_static(b"data: [DONE]\n\n"))),
                 // Woken only by the shutdown future polled above (or dropped by the client).
                 Phase::Stalled => return Poll::Pending,

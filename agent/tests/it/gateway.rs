@@ -509,3 +509,28 @@ fn the_demo_runs_requests_through_the_gateway_and_its_books_balance() {
         .count();
     assert_eq!(usage_entries, 4);
 }
+
+#[tokio::test]
+async fn an_error_event_mid_stream_charges_what_was_streamed_and_logs_the_failure() {
+    let (gw, keys) = Gateway::start(&[User::new("alice", "10")], |_| {}).await;
+    let mut body = chat_body("gpt-4o-mini", "go mock:error_after=3");
+    body["stream"] = json!(true);
+    let text = gw.chat(&keys[0], body.clone()).await.text().await.unwrap();
+    assert!(text.contains("mock upstream error mid-stream"), "{text}");
+    let rows = usage_rows(gw.dir.path());
+    assert_eq!(rows[0].error_type.as_deref(), Some("upstream_error"));
+    assert!(!rows[0].success);
+    assert_eq!(rows[0].completion_tokens, 3);
+    assert!(rows[0].credits_charged.is_positive());
+    // Before any token: released, nothing charged.
+    body["messages"][0]["content"] = json!("go mock:error_after=0");
+    let before = gw.balance("alice");
+    let text = gw.chat(&keys[0], body).await.text().await.unwrap();
+    assert!(text.contains("mock upstream error mid-stream"), "{text}");
+    let rows = usage_rows(gw.dir.path());
+    assert_eq!(rows[1].error_type.as_deref(), Some("upstream_error"));
+    assert_eq!(rows[1].credits_charged, c("0"));
+    assert_eq!(gw.balance("alice"), before);
+    let dir = gw.stop().await;
+    assert_books_balance(dir.path());
+}
