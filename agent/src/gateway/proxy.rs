@@ -993,9 +993,15 @@ fn available_models(gw: &Gateway, caller: &Caller) -> Vec<Value> {
         .filter(|m| allowed.contains(&m.provider.as_str()))
         .map(|m| json!({"id": m.model, "object": "model", "created": 0, "owned_by": m.provider}))
         .collect();
+    // `auto`, and the level aliases the caller's tier may ask for.
+    let tier_levels = super::config::levels_allowed(caller.tier);
     data.extend(
         routing::ALIASES
             .iter()
+            .filter(|a| {
+                a.parse::<PowerLevel>()
+                    .map_or(true, |level| tier_levels.contains(&level))
+            })
             .map(|a| json!({"id": a, "object": "model", "created": 0, "owned_by": "tollgate"})),
     );
     data

@@ -47,6 +47,16 @@ async fn a_json_chat_is_charged_exactly_its_usage_and_says_so_in_headers() {
     assert_eq!(row.metadata["price_table"], "builtin-2026-11");
     let dir = gw.stop().await;
     assert_books_balance(dir.path());
+    // The request fed provider health (written at the latest when the gateway stops).
+    let health = crate::gateway_support::open_ledger(dir.path())
+        .provider_health()
+        .unwrap();
+    assert_eq!(health.len(), 1);
+    assert_eq!(
+        (health[0].provider.as_str(), health[0].status),
+        ("openai", "healthy")
+    );
+    assert_eq!(health[0].success_rate_permille, Some(1000));
 }
 
 /// The events of an SSE body, as their data strings.
