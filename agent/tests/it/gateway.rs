@@ -223,6 +223,29 @@ async fn refusals_come_in_openais_shape_with_the_right_status() {
         "model \"gpt-4o-mini\" (provider openai) is not available at power level eco; levels that allow it: balanced, precision"
     );
 
+    // The trial user's model list: eco's providers, and only the aliases their tier allows.
+    let models: Value = gw
+        .http
+        .get(gw.url("/v1/models"))
+        .bearer_auth(&keys[2])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"auto") && ids.contains(&"eco"), "{ids:?}");
+    assert!(
+        !ids.contains(&"balanced") && !ids.contains(&"gpt-4o-mini"),
+        "{ids:?}"
+    );
+
     let r = gw
         .chat("tg_not_a_key", chat_body("gpt-4o-mini", HELLO))
         .await;
