@@ -3,7 +3,8 @@
 //! BYOK providers).
 //!
 //! Lookups are cached for the configured TTL (1 s by default) so a busy key costs one database
-//! read a second; a revoked key, a changed tier or a new BYOK key takes effect within the TTL.
+//! read a second (which also records the key's `last_used_at`); a revoked key, a changed tier or
+//! a new BYOK key takes effect within the TTL.
 //! Only successes are cached (unknown keys cannot fill the cache), and the cache is bounded by
 //! [`AUTH_CACHE_MAX`]. The key itself is never logged or kept: only its hash is a cache key.
 
@@ -140,6 +141,7 @@ fn lookup(ledger: &mut Ledger, key: &str) -> Result<Option<Caller>, LedgerError>
     let Some(user_id) = ledger.authenticate(key)? else {
         return Ok(None);
     };
+    ledger.mark_api_key_used(key)?;
     let account = ledger.account(&user_id)?;
     let byok_providers = ledger
         .provider_keys(&user_id)?

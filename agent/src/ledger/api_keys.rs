@@ -180,6 +180,18 @@ impl Ledger {
             .optional()?)
     }
 
+    /// Records that a live key was just used (`last_used_at`). The gateway calls this when it
+    /// looks a key up, so the time is exact to its auth cache's TTL.
+    pub fn mark_api_key_used(&mut self, secret: &str) -> Result<(), LedgerError> {
+        let now = super::clock::to_text(self.clock.now());
+        self.conn()
+            .prepare_cached(
+                "UPDATE api_keys SET last_used_at = ?2 WHERE key_hash = ?1 AND revoked_at IS NULL",
+            )?
+            .execute(params![hash_key(secret).as_slice(), now])?;
+        Ok(())
+    }
+
     pub fn user_exists(&self, user_id: &str) -> Result<bool, LedgerError> {
         Ok(self
             .conn()

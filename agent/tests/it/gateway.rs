@@ -27,6 +27,9 @@ async fn a_json_chat_is_charged_exactly_its_usage_and_says_so_in_headers() {
     assert_eq!(c(&header("x-tollgate-balance")), balance);
     assert!(header("x-tollgate-request-id").starts_with("req_"));
     assert_eq!(gw.balance("alice"), balance);
+    // The key's last use is recorded.
+    let keys_listed = gw.ledger().api_keys("alice").unwrap();
+    assert!(keys_listed[0].last_used_at.is_some());
     // Held nothing after: the hold was settled.
     assert_eq!(gw.ledger().account("alice").unwrap().held, c("0"));
     // The upstream got the gateway's key, never the client's.
