@@ -43,14 +43,13 @@ pub(crate) async fn track(State(shared): AppState, request: Request, next: Next)
 }
 
 pub(crate) async fn chat(State(shared): AppState, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
+    let body = match recorded(&shared, body) {
         Ok(body) => body,
-        Err(rejection) => return rejected(&rejection),
+        Err(response) => return response,
     };
-    shared.record_body(body.clone());
-    let request: ChatRequest = match serde_json::from_slice(&body) {
+    let request: ChatRequest = match parse(&body, "chat completion") {
         Ok(request) => request,
-        Err(e) => return invalid_request(&format!("invalid chat completion request: {e}")),
+        Err(response) => return response,
     };
     let prompt_tokens = request
         .messages
@@ -78,14 +77,13 @@ pub(crate) async fn completions(
     State(shared): AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
+    let body = match recorded(&shared, body) {
         Ok(body) => body,
-        Err(rejection) => return rejected(&rejection),
+        Err(response) => return response,
     };
-    shared.record_body(body.clone());
-    let request: CompletionRequest = match serde_json::from_slice(&body) {
+    let request: CompletionRequest = match parse(&body, "completion") {
         Ok(request) => request,
-        Err(e) => return invalid_request(&format!("invalid completion request: {e}")),
+        Err(response) => return response,
     };
     let mut scenario = Scenario::default();
     let mut prompt_tokens = 0;
@@ -109,14 +107,13 @@ pub(crate) async fn embeddings(
     State(shared): AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
+    let body = match recorded(&shared, body) {
         Ok(body) => body,
-        Err(rejection) => return rejected(&rejection),
+        Err(response) => return response,
     };
-    shared.record_body(body.clone());
-    let request: EmbeddingRequest = match serde_json::from_slice(&body) {
+    let request: EmbeddingRequest = match parse(&body, "embeddings") {
         Ok(request) => request,
-        Err(e) => return invalid_request(&format!("invalid embeddings request: {e}")),
+        Err(response) => return response,
     };
     let mut scenario = Scenario::default();
     if let Some(first) = request.input.0.first() {
@@ -341,6 +338,20 @@ fn openai_error(status: StatusCode, message: &str) -> Response {
         status,
         json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}}),
     )
+}
+
+/// The body of a POST, recorded for [`crate::Stats::last_body`]; a body that could not be read
+/// is answered at once.
+fn recorded(shared: &Shared, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
+    let body = body.map_err(|rejection| rejected(&rejection))?;
+    shared.record_body(body.clone());
+    Ok(body)
+}
+
+/// The request parsed from `body` (borrowing from it), or a 400 naming the `what` request.
+fn parse<'a, T: serde::Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, Response> {
+    serde_json::from_slice(body)
+        .map_err(|e| invalid_request(&format!("invalid {what} request: {e}")))
 }
 
 fn invalid_request(message: &str) -> Response {

@@ -99,7 +99,7 @@ impl ApiError {
         }
     }
 
-    /// OpenAI's `code` field: stable, for programs.
+    /// OpenAI's `code` field: stable, for programs (and the refusal metric's `reason` label).
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(_) => "invalid_api_key",
@@ -139,11 +139,6 @@ impl ApiError {
             ApiError::Overloaded(_) => UsageErrorType::RateLimit,
             ApiError::Internal { .. } => UsageErrorType::InternalError,
         }
-    }
-
-    /// The metric label for a refusal's reason.
-    pub fn reason(&self) -> &'static str {
-        self.code()
     }
 
     pub fn body(&self) -> serde_json::Value {

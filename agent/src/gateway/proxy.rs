@@ -132,7 +132,7 @@ fn refusal(gw: &Gateway, e: ApiError) -> Response {
     if e.status().is_client_error() {
         gw.metrics
             .refusals
-            .get_or_create(&ReasonLabels { reason: e.reason() })
+            .get_or_create(&ReasonLabels { reason: e.code() })
             .inc();
     }
     e.into_response()
@@ -288,10 +288,7 @@ impl Meter {
         }
         self.model = price.model.clone();
         self.provider = Some(price.provider.clone());
-        let level_multiplier = catalog
-            .levels
-            .iter()
-            .find(|c| c.power_level == level.as_str())
+        let level_multiplier = routing::level_config(&catalog.levels, level)
             .map_or(rust_decimal::Decimal::ONE, |c| c.cost_multiplier);
         drop(catalog);
 
@@ -980,11 +977,7 @@ pub async fn model(
 
 fn available_models(gw: &Gateway, caller: &Caller) -> Vec<Value> {
     let catalog = gw.catalog();
-    let level = caller.power_level;
-    let allowed: Vec<&str> = catalog
-        .levels
-        .iter()
-        .find(|c| c.power_level == level.as_str() && c.is_active)
+    let allowed: Vec<&str> = routing::level_config(&catalog.levels, caller.power_level)
         .map(|c| c.preferred_providers.iter().map(String::as_str).collect())
         .unwrap_or_default();
     let mut data: Vec<Value> = catalog

@@ -70,7 +70,8 @@ pub fn serves(mode: ModelMode, endpoint: Endpoint) -> bool {
     )
 }
 
-fn config_of(levels: &[PowerLevelConfig], level: PowerLevel) -> Option<&PowerLevelConfig> {
+/// The active config of `level`.
+pub fn level_config(levels: &[PowerLevelConfig], level: PowerLevel) -> Option<&PowerLevelConfig> {
     levels
         .iter()
         .find(|c| c.power_level == level.as_str() && c.is_active)
@@ -94,7 +95,7 @@ pub fn choose<'t>(
     endpoint: Endpoint,
     observed: &dyn Observed,
 ) -> Result<&'t ModelPrice, ApiError> {
-    let config = config_of(levels, level).ok_or_else(|| {
+    let config = level_config(levels, level).ok_or_else(|| {
         ApiError::Forbidden(format!("power level {level} is not active on this gateway"))
     })?;
     if ALIASES.contains(&requested) {

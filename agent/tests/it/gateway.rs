@@ -62,6 +62,15 @@ async fn a_json_chat_is_charged_exactly_its_usage_and_says_so_in_headers() {
     assert_eq!(health[0].success_rate_permille, Some(1000));
 }
 
+/// The output cap the gateway set, from its `x-tollgate-max-tokens` header.
+fn max_tokens_header(response: &reqwest::Response) -> u64 {
+    response.headers()["x-tollgate-max-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// The events of an SSE body, as their data strings.
 fn sse_data(text: &str) -> Vec<String> {
     text.split("\n\n")
@@ -227,22 +236,8 @@ async fn refusals_come_in_openais_shape_with_the_right_status() {
     );
 
     // The trial user's model list: eco's providers, and only the aliases their tier allows.
-    let models: Value = gw
-        .http
-        .get(gw.url("/v1/models"))
-        .bearer_auth(&keys[2])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<&str> = models["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
+    let ids = gw.model_ids(&keys[2]).await;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     assert!(ids.contains(&"auto") && ids.contains(&"eco"), "{ids:?}");
     assert!(
         !ids.contains(&"balanced") && !ids.contains(&"gpt-4o-mini"),
@@ -273,11 +268,7 @@ async fn output_is_capped_at_what_the_user_can_afford() {
     body["max_tokens"] = json!(100_000);
     let response = gw.chat(&keys[0], body).await;
     assert_eq!(response.status(), 200);
-    let capped: u64 = response.headers()["x-tollgate-max-tokens"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let capped: u64 = max_tokens_header(&response);
     let sent = gw.mock.stats().last_body.unwrap();
     assert_eq!(sent["max_tokens"], capped);
     assert!(capped > 1_000 && capped < 1_700, "{capped}");
@@ -286,11 +277,7 @@ async fn output_is_capped_at_what_the_user_can_afford() {
     body["max_tokens"] = json!(100_000);
     body["n"] = json!(4);
     let response = gw.chat(&keys[0], body).await;
-    let per_choice: u64 = response.headers()["x-tollgate-max-tokens"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let per_choice: u64 = max_tokens_header(&response);
     assert!(
         per_choice * 4 <= capped && per_choice * 4 > capped - 40,
         "{per_choice} vs {capped}"
@@ -318,11 +305,7 @@ async fn output_is_capped_at_what_the_user_can_afford() {
             &json!({"model": "gpt-3.5-turbo-instruct", "prompt": ["a", "b", "c", "d"], "max_tokens": 100_000}),
         )
         .await;
-    let per_prompt: u64 = r.headers()["x-tollgate-max-tokens"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let per_prompt: u64 = max_tokens_header(&r);
     let r = gw
         .post(
             "/v1/completions",
@@ -330,11 +313,7 @@ async fn output_is_capped_at_what_the_user_can_afford() {
             &json!({"model": "gpt-3.5-turbo-instruct", "prompt": "a", "max_tokens": 100_000}),
         )
         .await;
-    let single: u64 = r.headers()["x-tollgate-max-tokens"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let single: u64 = max_tokens_header(&r);
     // (The second request ran on a balance the first had lowered a little.)
     assert!(
         per_prompt * 4 <= single + 16 && per_prompt * 4 > single * 9 / 10,
@@ -438,22 +417,8 @@ async fn aliases_route_through_the_catalog_and_models_lists_the_level() {
     let rows = usage_rows(gw.dir.path());
     assert_eq!(rows[0].model, chosen);
     assert_eq!(rows[0].metadata["alias"], "balanced");
-    let models: Value = gw
-        .http
-        .get(gw.url("/v1/models"))
-        .bearer_auth(&keys[0])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<&str> = models["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
+    let ids = gw.model_ids(&keys[0]).await;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     assert!(
         ids.contains(&"gpt-4o-mini") && ids.contains(&"auto"),
         "{ids:?}"

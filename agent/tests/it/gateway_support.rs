@@ -155,6 +155,26 @@ impl Gateway {
         self.post("/v1/chat/completions", key, &body).await
     }
 
+    /// The model ids `GET /v1/models` lists for `key`.
+    pub async fn model_ids(&self, key: &str) -> Vec<String> {
+        let models: Value = self
+            .http
+            .get(self.url("/v1/models"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// Stops serving (in-flight requests finish) and waits for the writer to drain.
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.shutdown.take() {
