@@ -45,11 +45,11 @@ pub(crate) async fn track(State(shared): AppState, request: Request, next: Next)
 pub(crate) async fn chat(State(shared): AppState, body: Result<Bytes, BytesRejection>) -> Response {
     let body = match recorded(&shared, body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let request: ChatRequest = match parse(&body, "chat completion") {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let prompt_tokens = request
         .messages
@@ -79,11 +79,11 @@ pub(crate) async fn completions(
 ) -> Response {
     let body = match recorded(&shared, body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let request: CompletionRequest = match parse(&body, "completion") {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mut scenario = Scenario::default();
     let mut prompt_tokens = 0;
@@ -109,11 +109,11 @@ pub(crate) async fn embeddings(
 ) -> Response {
     let body = match recorded(&shared, body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let request: EmbeddingRequest = match parse(&body, "embeddings") {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mut scenario = Scenario::default();
     if let Some(first) = request.input.0.first() {
@@ -342,16 +342,16 @@ fn openai_error(status: StatusCode, message: &str) -> Response {
 
 /// The body of a POST, recorded for [`crate::Stats::last_body`]; a body that could not be read
 /// is answered at once.
-fn recorded(shared: &Shared, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
-    let body = body.map_err(|rejection| rejected(&rejection))?;
+fn recorded(shared: &Shared, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Box<Response>> {
+    let body = body.map_err(|rejection| Box::new(rejected(&rejection)))?;
     shared.record_body(body.clone());
     Ok(body)
 }
 
 /// The request parsed from `body` (borrowing from it), or a 400 naming the `what` request.
-fn parse<'a, T: serde::Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, Response> {
+fn parse<'a, T: serde::Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, Box<Response>> {
     serde_json::from_slice(body)
-        .map_err(|e| invalid_request(&format!("invalid {what} request: {e}")))
+        .map_err(|e| Box::new(invalid_request(&format!("invalid {what} request: {e}"))))
 }
 
 fn invalid_request(message: &str) -> Response {
