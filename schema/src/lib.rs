@@ -3,10 +3,13 @@
 //! - [`money`]: the exact credit amount type used on every money path.
 //! - [`sqlite`] (feature `sqlite`): the agent database's refinery migrations, embedded at build
 //!   time from `migrations/sqlite/`. Migration files are never edited once landed, only added.
-//!
-//! The sync wire types and the PostgreSQL migrations join this crate with the central server.
+//! - [`wire`]: the agent ↔ server sync protocol: messages, the journal entry's canonical bytes
+//!   and hash, the protocol version and its limits (golden fixtures in `tests/fixtures/wire/`).
+//! - [`postgres`] (feature `postgres`): the central server's refinery migrations, from
+//!   `migrations/postgres/`.
 
 pub mod money;
+pub mod wire;
 
 #[cfg(feature = "sqlite")]
 pub mod sqlite {

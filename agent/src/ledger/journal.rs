@@ -10,8 +10,6 @@
 //!   the previous entry's hash (32 zero bytes for the first). `tollgate verify` recomputes it.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tollgate_schema::money::Credits;
 
 use super::LedgerError;
@@ -20,7 +18,7 @@ use super::sql;
 use super::types::{EntryReceipt, EntryType, JournalEntry, PowerLevel};
 
 /// The hash that precedes the first entry.
-pub const GENESIS_HASH: [u8; 32] = [0; 32];
+pub use tollgate_schema::wire::GENESIS_HASH;
 
 /// The newest entry's seq and hash: where the next entry chains on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,50 +74,9 @@ pub struct EntryDraft {
     pub metadata: Option<String>,
 }
 
-/// The bytes an entry's hash covers, in this field order. Changing this is a wire change.
-#[derive(Debug, Serialize)]
-pub struct Canonical<'a> {
-    pub seq: i64,
-    pub entry_id: &'a str,
-    pub user_id: &'a str,
-    pub transaction_type: &'a str,
-    pub amount: Credits,
-    pub balance_before: Credits,
-    pub balance_after: Credits,
-    pub provider: Option<&'a str>,
-    pub model: Option<&'a str>,
-    pub prompt_tokens: Option<u32>,
-    pub completion_tokens: Option<u32>,
-    pub cost_per_token: Option<&'a str>,
-    pub power_level: Option<&'a str>,
-    pub is_byok: bool,
-    pub payment_method: Option<&'a str>,
-    pub request_id: Option<&'a str>,
-    pub package_id: Option<i64>,
-    pub metadata: Option<&'a str>,
-    pub notes: Option<&'a str>,
-    pub admin_user_id: Option<&'a str>,
-    pub idempotency_key: Option<&'a str>,
-    pub corrects_entry_id: Option<&'a str>,
-    pub created_at: &'a str,
-    pub total_tokens: Option<i64>,
-    /// Not written by the agent yet (Stripe purchases arrive through sync); covered so that a
-    /// value slipped in later is caught.
-    pub stripe_payment_intent_id: Option<&'a str>,
-    pub stripe_charge_id: Option<&'a str>,
-    pub invoice_id: Option<&'a str>,
-}
-
-impl Canonical<'_> {
-    pub fn hash(&self, prev_hash: &[u8; 32]) -> [u8; 32] {
-        let mut hasher = Sha256::new();
-        hasher.update(prev_hash);
-        // Serializing a struct of strings and integers to a Vec cannot fail.
-        let bytes = serde_json::to_vec(self).unwrap_or_default();
-        hasher.update(&bytes);
-        hasher.finalize().into()
-    }
-}
+/// The bytes an entry's hash covers: defined once, in the wire protocol, so the agent and the
+/// server hash identically.
+pub use tollgate_schema::wire::Canonical;
 
 /// An entry just written: its row id (for lot movements) and receipt.
 #[derive(Debug, Clone)]
