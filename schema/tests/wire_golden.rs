@@ -2,6 +2,7 @@
 //! hash. A change that alters any message's JSON, or the bytes an entry's hash covers, fails here;
 //! such a change needs a new protocol version, not a fixture edit. To write the fixtures of a new
 //! message once: `TOLLGATE_WRITE_GOLDEN=1 cargo test -p tollgate-schema --test wire_golden`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 
@@ -30,9 +31,15 @@ fn golden<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(name: &
     }
     let stored = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("fixture {} missing ({e})", path.display()));
-    assert_eq!(json, stored, "{name}: the JSON changed; that is a protocol change");
+    assert_eq!(
+        json, stored,
+        "{name}: the JSON changed; that is a protocol change"
+    );
     let back: T = serde_json::from_str(&stored).expect("the fixture parses");
-    assert_eq!(&back, value, "{name}: the fixture does not read back as the value");
+    assert_eq!(
+        &back, value,
+        "{name}: the fixture does not read back as the value"
+    );
 }
 
 fn usage_entry() -> WireEntry {
