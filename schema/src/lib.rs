@@ -17,15 +17,39 @@ pub mod sqlite {
     //! build knows; a database carrying a newer one must be refused, not opened.
     //!
     //! Versions: 1 — the core books (`V1__core.sql`); 2 — imported price tables
-    //! (`V2__prices.sql`).
+    //! (`V2__prices.sql`); 3 — the sync client's state and applied inbox events (`V3__sync.sql`).
 
     refinery::embed_migrations!("migrations/sqlite");
 
     /// The newest migration version embedded in this build.
-    pub const LATEST_VERSION: i32 = 2;
+    pub const LATEST_VERSION: i32 = 3;
 
     /// refinery's history table, which records the applied versions.
     pub const HISTORY_TABLE: &str = "refinery_schema_history";
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn latest_version_matches_the_embedded_files() {
+            let newest = super::migrations::runner()
+                .get_migrations()
+                .iter()
+                .map(|m| m.version())
+                .max();
+            assert_eq!(newest, Some(super::LATEST_VERSION));
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    //! The central server's PostgreSQL migrations (refinery). Versions: 1 — the central books,
+    //! agents, streams, inboxes, admin tokens and Stripe (`V1__central.sql`).
+
+    refinery::embed_migrations!("migrations/postgres");
+
+    /// The newest migration version embedded in this build.
+    pub const LATEST_VERSION: i32 = 1;
 
     #[cfg(test)]
     mod tests {

@@ -1,0 +1,7 @@
+//! The admin API, authenticated by admin tokens (read: every GET; full: writes too).
+
+pub mod agents;
+pub mod catalog;
+pub mod credits;
+pub mod reconcile;
+pub mod users;

@@ -1,0 +1,152 @@
+//! The command line, as clap types only: what each command and flag is. What they do is in
+//! `commands/`. Values needing checks (amounts, tiers, roles) arrive as text and are parsed there.
+
+use clap::{Args, Parser, Subcommand};
+
+/// tollgate-server: the central server for tollgate agents (sync, admin, reconcile, Stripe).
+#[derive(Debug, Parser)]
+#[command(name = "tollgate-server", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// PostgreSQL connection URL, e.g. postgres://tollgate@127.0.0.1/tollgate. Prefer the
+    /// environment variable: a password in a flag is visible to every local user.
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (sync endpoints, admin API, Stripe webhook, health and metrics).
+    Serve(ServeArgs),
+    /// Apply the database migrations (safe to run again, and from several replicas at once).
+    Migrate,
+    /// Agents: enrol (one-time token), list with their lag, revoke, release from quarantine.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+    /// Admin API tokens: create (read or full role), list, revoke.
+    #[command(subcommand, name = "admin-tokens")]
+    AdminTokens(AdminTokensCommand),
+    /// Users across agents: list with balances, create or change (sent to the home agent).
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Grant, refund or adjust a user's credit centrally (idempotent by operation id).
+    #[command(subcommand)]
+    Credits(CreditsCommand),
+    /// Credit packages that can be bought.
+    #[command(subcommand)]
+    Packages(ListCommand),
+    /// Power levels: how each routes and prices requests.
+    #[command(subcommand, name = "power-levels")]
+    PowerLevels(ListCommand),
+    /// Recompute every balance from the central journal, compare with the agents, check the
+    /// chains and the exactly-once invariants; list every difference. Exit 1 on any difference.
+    Reconcile,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:4200] [env: TOLLGATE_SERVER_LISTEN].
+    #[arg(long, env = "TOLLGATE_SERVER_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// Register an agent NAME and print a one-time enrolment token for `tollgate enroll`.
+    Enroll {
+        name: String,
+        /// How long the token stays valid, in minutes.
+        #[arg(long, default_value_t = 60)]
+        ttl_minutes: u32,
+    },
+    /// Every agent: status, incarnation, acknowledged head, reported head, lag, inbox.
+    List,
+    /// Revoke an agent: its credential is refused from now on.
+    Revoke { name: String },
+    /// Release a quarantined agent after an admin has looked at its conflicting entry.
+    Release { name: String },
+    /// Drop inbox events the agent has acknowledged (keeps the newest KEEP of them).
+    PruneInbox {
+        name: String,
+        #[arg(long, default_value_t = 0)]
+        keep: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminTokensCommand {
+    /// Create a token NAME with a role (read: every GET; full: writes too); printed once.
+    Create {
+        name: String,
+        #[arg(long, default_value = "read")]
+        role: String,
+    },
+    List,
+    Revoke {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Every user known centrally: home agent, balance, tier, power level.
+    List,
+    /// Create or change a user, homed on agent HOME; the settings reach the home agent.
+    Set(UserSetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UserSetArgs {
+    pub user_id: String,
+    /// The agent (by name) that holds this user's balance.
+    #[arg(long)]
+    pub home: String,
+    #[arg(long, default_value = "trial")]
+    pub tier: String,
+    #[arg(long, default_value = "balanced")]
+    pub power_level: String,
+    #[arg(long, default_value = "0")]
+    pub monthly_allowance: String,
+    #[arg(long)]
+    pub monthly_spend_cap: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreditsCommand {
+    /// Add credit (a bonus grant).
+    Grant(CreditArgs),
+    /// Give credit back (a refund).
+    Refund(CreditArgs),
+    /// Adjust by a signed amount (negative takes credit away, if the balance covers it).
+    Adjust(CreditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreditArgs {
+    pub user_id: String,
+    /// Exact decimal credits, e.g. 12.5 (adjust may be negative: use `-- -3`).
+    pub amount: String,
+    /// Idempotency key: the same id with the same content is a no-op; with different content, a
+    /// conflict.
+    #[arg(long)]
+    pub operation_id: String,
+    #[arg(long)]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListCommand {
+    List,
+}

@@ -1,0 +1,122 @@
+//! The server's configuration: flags and environment only (a server is configured by its
+//! deployment). Secrets (the database URL's password, Stripe keys) are held in `Zeroizing`
+//! strings and never printed: `Debug` redacts them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use zeroize::Zeroizing;
+
+/// Where the server listens unless told otherwise.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:4200";
+/// Connections in each replica's pool.
+pub const POOL_SIZE_DEFAULT: usize = 16;
+/// Stripe's API, unless `TOLLGATE_STRIPE_API_BASE` points elsewhere (a local mock in tests).
+pub const STRIPE_API_BASE_DEFAULT: &str = "https://api.stripe.com";
+
+/// Everything a running server needs.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub database_url: Zeroizing<String>,
+    pub pool_size: usize,
+    /// Stripe purchases; `None` when no secret key is configured (the endpoints then answer 503).
+    pub stripe: Option<StripeConfig>,
+    /// Longest a long poll waits (capped by the protocol's own maximum).
+    pub long_poll_max: Duration,
+}
+
+#[derive(Clone)]
+pub struct StripeConfig {
+    pub api_base: String,
+    pub secret_key: Zeroizing<String>,
+    pub webhook_secret: Zeroizing<String>,
+    pub success_url: String,
+    pub cancel_url: String,
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("database_url", &"<redacted>")
+            .field("pool_size", &self.pool_size)
+            .field("stripe", &self.stripe)
+            .field("long_poll_max", &self.long_poll_max)
+            .finish()
+    }
+}
+
+impl fmt::Debug for StripeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StripeConfig")
+            .field("api_base", &self.api_base)
+            .field("secret_key", &"<redacted>")
+            .field("webhook_secret", &"<redacted>")
+            .field("success_url", &self.success_url)
+            .field("cancel_url", &self.cancel_url)
+            .finish()
+    }
+}
+
+/// Reads the environment through `env` (a function, so tests never mutate the process's).
+pub type EnvReader<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl ServerConfig {
+    /// Builds the config from the database URL, an optional listen address and the environment:
+    /// `TOLLGATE_SERVER_POOL_SIZE`, `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET`,
+    /// `TOLLGATE_STRIPE_API_BASE`, `TOLLGATE_STRIPE_SUCCESS_URL`, `TOLLGATE_STRIPE_CANCEL_URL`.
+    pub fn load(
+        database_url: Option<String>,
+        listen: Option<String>,
+        env: EnvReader<'_>,
+    ) -> anyhow::Result<ServerConfig> {
+        let database_url = Zeroizing::new(
+            database_url
+                .ok_or_else(|| anyhow!("no database: set DATABASE_URL or pass --database-url"))?,
+        );
+        let listen_text = listen.unwrap_or_else(|| LISTEN_DEFAULT.to_owned());
+        let listen = listen_text.parse().with_context(|| {
+            format!("--listen {listen_text:?} is not an address like 127.0.0.1:4200")
+        })?;
+        let pool_size = match env("TOLLGATE_SERVER_POOL_SIZE") {
+            None => POOL_SIZE_DEFAULT,
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1024).contains(n))
+                .ok_or_else(|| {
+                    anyhow!("TOLLGATE_SERVER_POOL_SIZE {text:?} is not a number from 1 to 1024")
+                })?,
+        };
+        let stripe = match (env("STRIPE_SECRET_KEY"), env("STRIPE_WEBHOOK_SECRET")) {
+            (None, None) => None,
+            (Some(secret_key), Some(webhook_secret)) => Some(StripeConfig {
+                api_base: env("TOLLGATE_STRIPE_API_BASE")
+                    .unwrap_or_else(|| STRIPE_API_BASE_DEFAULT.to_owned())
+                    .trim_end_matches('/')
+                    .to_owned(),
+                secret_key: Zeroizing::new(secret_key),
+                webhook_secret: Zeroizing::new(webhook_secret),
+                success_url: env("TOLLGATE_STRIPE_SUCCESS_URL")
+                    .unwrap_or_else(|| "https://example.invalid/success".to_owned()),
+                cancel_url: env("TOLLGATE_STRIPE_CANCEL_URL")
+                    .unwrap_or_else(|| "https://example.invalid/cancel".to_owned()),
+            }),
+            _ => {
+                return Err(anyhow!(
+                    "Stripe needs both STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET (one is set)"
+                ));
+            }
+        };
+        Ok(ServerConfig {
+            listen,
+            database_url,
+            pool_size,
+            stripe,
+            long_poll_max: Duration::from_millis(tollgate_schema::wire::LONG_POLL_MAX_MS),
+        })
+    }
+}

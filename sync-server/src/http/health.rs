@@ -1,0 +1,34 @@
+//! `/healthz` (the process answers), `/readyz` (the database answers and its schema is one this
+//! build knows, fully migrated) and `/metrics` (Prometheus text).
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+
+use super::AppState;
+use super::error::ApiError;
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    match crate::db::check_schema(&state.pool).await {
+        Ok(version) if version == tollgate_schema::postgres::LATEST_VERSION => Ok("ready\n"),
+        Ok(version) => Err(ApiError::unavailable(format!(
+            "the database schema is at version {version}; run `tollgate-server migrate`"
+        ))),
+        Err(e) => Err(ApiError::unavailable(format!("not ready: {e:#}"))),
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

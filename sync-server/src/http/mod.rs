@@ -1,0 +1,173 @@
+//! The HTTP surface: one router for the sync endpoints (agents), the admin API (admin tokens),
+//! the Stripe webhook (signed) and health/readiness/metrics. Every replica serves all of it.
+//!
+//! Guarantees: every answer is counted by route template and status; every refusal is a wire
+//! `ErrorBody`; unknown paths are a 404 in the same shape.
+
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod json;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use deadpool_postgres::Pool;
+
+use crate::config::ServerConfig;
+use crate::metrics::{Metrics, RouteLabels};
+use crate::sync::notify::InboxNotifier;
+use crate::{admin, stripe, sync};
+use error::ApiError;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub pool: Pool,
+    pub config: Arc<ServerConfig>,
+    pub metrics: Arc<Metrics>,
+    /// Wakes long polls when an agent's inbox grows (on any replica: LISTEN/NOTIFY).
+    pub inbox: InboxNotifier,
+    /// Outbound HTTP (Stripe's API).
+    pub http: reqwest::Client,
+}
+
+/// The whole router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        // Sync (agents).
+        .route("/v1/agents/enroll", post(sync::enroll::handle))
+        .route("/v1/sync/push", post(sync::push::handle))
+        .route("/v1/sync/inbox", get(sync::pull::inbox))
+        .route("/v1/sync/snapshot", get(sync::pull::snapshot))
+        // Admin API.
+        .route("/admin/v1/users", get(admin::users::list))
+        .route(
+            "/admin/v1/users/{user_id}",
+            get(admin::users::show).put(admin::users::set),
+        )
+        .route(
+            "/admin/v1/users/{user_id}/credits",
+            post(admin::credits::apply),
+        )
+        .route("/admin/v1/packages", get(admin::catalog::packages))
+        .route(
+            "/admin/v1/packages/{name}",
+            put(admin::catalog::set_package),
+        )
+        .route("/admin/v1/power-levels", get(admin::catalog::power_levels))
+        .route(
+            "/admin/v1/power-levels/{level}",
+            put(admin::catalog::set_power_level),
+        )
+        .route(
+            "/admin/v1/agents",
+            get(admin::agents::list).post(admin::agents::enroll),
+        )
+        .route(
+            "/admin/v1/agents/{name}/revoke",
+            post(admin::agents::revoke),
+        )
+        .route(
+            "/admin/v1/agents/{name}/release",
+            post(admin::agents::release),
+        )
+        .route("/admin/v1/reconcile", get(admin::reconcile::report))
+        .route("/admin/v1/checkout", post(stripe::checkout::create))
+        // Stripe.
+        .route("/stripe/webhook", post(stripe::webhook::handle))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = route_label(
+        req.extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+    );
+    let response = next.run(req).await;
+    state
+        .metrics
+        .requests
+        .get_or_create(&RouteLabels {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// Route templates as static label values (bounded cardinality).
+fn route_label(matched: Option<&str>) -> &'static str {
+    const ROUTES: &[&str] = &[
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/agents/enroll",
+        "/v1/sync/push",
+        "/v1/sync/inbox",
+        "/v1/sync/snapshot",
+        "/admin/v1/users",
+        "/admin/v1/users/{user_id}",
+        "/admin/v1/users/{user_id}/credits",
+        "/admin/v1/packages",
+        "/admin/v1/packages/{name}",
+        "/admin/v1/power-levels",
+        "/admin/v1/power-levels/{level}",
+        "/admin/v1/agents",
+        "/admin/v1/agents/{name}/revoke",
+        "/admin/v1/agents/{name}/release",
+        "/admin/v1/reconcile",
+        "/admin/v1/checkout",
+        "/stripe/webhook",
+    ];
+    matched
+        .and_then(|m| ROUTES.iter().find(|r| **r == m).copied())
+        .unwrap_or("other")
+}
+
+/// Builds the shared state: the pool, metrics, the inbox notifier (its LISTEN connection is
+/// started here) and the outbound HTTP client.
+pub async fn state(config: ServerConfig) -> anyhow::Result<AppState> {
+    let pool = crate::db::pool(&config.database_url, config.pool_size)?;
+    let inbox = InboxNotifier::start(&config.database_url).await?;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    Ok(AppState {
+        pool,
+        config: Arc::new(config),
+        metrics: Arc::new(Metrics::new()),
+        inbox,
+        http,
+    })
+}
+
+/// Serves on `listener` until `shutdown` resolves, then finishes the requests in flight.
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}

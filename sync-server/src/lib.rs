@@ -1,0 +1,29 @@
+//! tollgate-server: the central server of tollgate (SYNC.md). Agents push their journals here and
+//! pull central events (purchases, grants, adjustments, user and catalog changes) from their
+//! inboxes; admins manage users, credit and agents and reconcile the books.
+//!
+//! Stateless: every replica holds only a connection pool; all state, ordering and locking is in
+//! PostgreSQL, so any number of replicas can serve one database.
+//!
+//! Modules by domain:
+//! - [`db`]: the pool, migrations (under an advisory lock), fresh-database helpers;
+//! - [`http`]: the router, errors, authentication, health/readiness/metrics;
+//! - [`sync`]: enrolment, push (ingest), pull (inbox, long poll, snapshot);
+//! - [`central`]: central operations (credit, users, catalog) → inbox events, idempotent;
+//! - [`admin`]: the admin API (tokens with read/full roles);
+//! - [`reconcile`]: recompute and compare the books;
+//! - [`stripe`]: Checkout Sessions and the signed webhook;
+//! - [`tokens`]: secrets (credentials, enrolment and admin tokens): generation and hashing.
+
+pub mod admin;
+pub mod central;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod metrics;
+pub mod reconcile;
+pub mod stripe;
+pub mod sync;
+pub mod tokens;

@@ -1,0 +1,7 @@
+//! The sync protocol's server side (SYNC.md): enrolment, push (ingest an agent's journal
+//! entries, exactly once), pull (the per-agent inbox, long poll, snapshot).
+
+pub mod enroll;
+pub mod notify;
+pub mod pull;
+pub mod push;

@@ -1,0 +1,204 @@
+//! Test harness: a fresh, migrated PostgreSQL database per test ([`TestDb`], dropped at the end),
+//! the server in-process on a loopback port ([`TestServer`]), or as a real child process
+//! ([`ServerProcess`], for kill -9).
+//!
+//! The PostgreSQL to use: `TOLLGATE_TEST_PG` (a URL of a database the tests may connect to in
+//! order to create others), default `postgres://postgres@127.0.0.1:5432/test`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+use deadpool_postgres::Pool;
+use tokio::sync::oneshot;
+use tollgate_server::config::ServerConfig;
+use tollgate_server::http::AppState;
+
+pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn admin_url() -> String {
+    std::env::var("TOLLGATE_TEST_PG").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
+}
+
+/// A fresh database, migrated; dropped (with its connections) when this is dropped.
+#[derive(Debug)]
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: Pool,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let db = TestDb::empty().await;
+        tollgate_server::db::migrate(&db.pool)
+            .await
+            .expect("migrates");
+        db
+    }
+
+    /// A fresh database with no schema (for migration tests).
+    pub async fn empty() -> TestDb {
+        let admin = admin_url();
+        let name = format!("tg_test_{}", uuid::Uuid::now_v7().simple());
+        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .expect("connects to the test PostgreSQL (set TOLLGATE_TEST_PG)");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("creates the test database");
+        let url = replace_db(&admin, &name);
+        let pool = tollgate_server::db::pool(&url, 8).expect("pool");
+        TestDb { name, url, pool }
+    }
+
+    /// A server config for this database (Stripe unset; tests that need it fill it in).
+    pub fn config(&self) -> ServerConfig {
+        ServerConfig::load(
+            Some(self.url.clone()),
+            Some("127.0.0.1:0".to_owned()),
+            &|_| None,
+        )
+        .expect("config")
+    }
+}
+
+/// `url` with its database name replaced.
+fn replace_db(url: &str, name: &str) -> String {
+    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
+    format!("{base}/{name}")
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin = admin_url();
+        let name = self.name.clone();
+        // Drop runs outside any runtime guarantee: use a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The server running in this process on a loopback port; stopped when dropped.
+#[derive(Debug)]
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start(config: ServerConfig) -> TestServer {
+        let state = tollgate_server::http::state(config).await.expect("state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serve_state = state.clone();
+        let task = tokio::spawn(async move {
+            tollgate_server::http::serve(serve_state, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serves");
+        });
+        TestServer {
+            addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops accepting, finishes requests in flight, and waits for the server task.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The real `tollgate-server serve` as a child process (killed on drop).
+#[derive(Debug)]
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `tollgate-server serve --listen 127.0.0.1:0` and waits for its "listening on" line.
+    pub fn spawn(database_url: &str, envs: &[(&str, &str)]) -> ServerProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate-server"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .env("DATABASE_URL", database_url)
+            .env("TOLLGATE_SERVER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawns tollgate-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reads the listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("tollgate-server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("an address");
+        ServerProcess { child, addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// kill -9, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
