@@ -54,6 +54,40 @@ pub enum Command {
     /// Usage reports from the request log.
     #[command(subcommand)]
     Usage(UsageCommand),
+    /// Enrol this agent with a sync server: trade a one-time token for the agent's credential,
+    /// kept in <data dir>/sync.toml (0600). `serve` then syncs in the background.
+    Enroll(EnrollArgs),
+    /// Sync with the server: its status, or one push and pull now.
+    #[command(subcommand)]
+    Sync(SyncCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// The sync server's base URL, e.g. https://tollgate.example.com.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// The one-time enrolment token from the server's admin, spent by this call ("-": read it
+    /// from stdin, which keeps it out of the process list).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "TOLLGATE_ENROLL_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: String,
+    /// Enrol again although this agent is enrolled: the server sees a new agent, to which the
+    /// whole journal is pushed again and whose inbox starts over.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SyncCommand {
+    /// Heads, lag, inbox cursor, last push and pull, last error.
+    Status,
+    /// Push until the server has every entry, then apply the whole inbox; exit 1 on failure.
+    Now,
 }
 
 #[derive(Debug, Args)]

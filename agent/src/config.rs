@@ -35,6 +35,11 @@ impl DataDir {
         self.root.join(DATABASE_FILE)
     }
 
+    /// The sync server, agent id and credential (`tollgate enroll` writes it).
+    pub fn sync_config(&self) -> PathBuf {
+        self.root.join(crate::sync::SYNC_FILE)
+    }
+
     /// Creates the dir (and parents) with mode 0700 if it is missing.
     pub fn create(&self) -> anyhow::Result<()> {
         use std::os::unix::fs::DirBuilderExt;

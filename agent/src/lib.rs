@@ -6,6 +6,7 @@
 //! - [`config`]: where the agent keeps its state.
 //! - [`gateway`]: the metering gateway (`tollgate serve`).
 //! - [`prices`]: the price table requests are charged by.
+//! - [`sync`]: sync with the central server (enrolment, push, pull), off the request path.
 
 pub mod cli;
 pub mod commands;
@@ -14,3 +15,4 @@ pub mod gateway;
 pub mod keys;
 pub mod ledger;
 pub mod prices;
+pub mod sync;

@@ -9,6 +9,7 @@ mod keys;
 pub mod output;
 mod prices;
 mod serve;
+mod sync;
 mod usage;
 mod users;
 mod verify;
@@ -60,6 +61,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(&ctx, args),
         Command::Prices(cmd) => prices::run(&ctx, cmd),
         Command::Usage(cmd) => usage::run(&ctx, cmd),
+        Command::Enroll(args) => sync::enroll(&ctx, args),
+        Command::Sync(cmd) => sync::run(&ctx, cmd),
     }
 }
 

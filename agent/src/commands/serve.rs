@@ -1,8 +1,11 @@
 //! `tollgate serve`: load the layered config, open the ledger and (if BYOK keys exist or a master
-//! key is set) the vault's master key, bind, and run the gateway until Ctrl-C or SIGTERM.
+//! key is set) the vault's master key, bind, and run the gateway until Ctrl-C or SIGTERM. With
+//! `<data dir>/sync.toml` (written by `tollgate enroll`), the sync task runs beside it on the same
+//! runtime, with a ledger connection of its own, and stops on the same signal.
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use zeroize::Zeroizing;
@@ -13,6 +16,10 @@ use crate::gateway::config::{GatewayConfig, Overrides};
 use crate::gateway::{self, ServeParts};
 use crate::keys::{MASTER_KEY_ENV, vault};
 use crate::ledger::{Ledger, OpenMode, SystemClock};
+use crate::sync::{SyncConfig, Syncer};
+
+/// How long serve waits for the sync task to stop after the gateway has.
+const SYNC_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let overrides = Overrides {
@@ -28,6 +35,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
         Arc::new(SystemClock),
     )?;
     let master = load_master(ctx, &ledger)?;
+    let syncer = start_sync(ctx)?;
     let addr = config.listen_addr()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -42,15 +50,39 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
             upstream = %config.upstream.url,
             "tollgate gateway serving"
         );
-        gateway::serve(
-            config,
-            ServeParts { ledger, master },
-            listener,
-            shutdown_signal(),
-        )
-        .await
+        // The signal stops both; if the gateway ends first (an error), dropping the sender
+        // stops the sync task too.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let sync_task = syncer.map(|s| tokio::spawn(s.run(stopped)));
+        let shutdown = async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        };
+        let served =
+            gateway::serve(config, ServeParts { ledger, master }, listener, shutdown).await;
+        if let Some(task) = sync_task
+            && tokio::time::timeout(SYNC_STOP_TIMEOUT, task).await.is_err()
+        {
+            tracing::warn!("the sync task did not stop in time");
+        }
+        served
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The sync task, when this agent is enrolled; `None` runs standalone.
+fn start_sync(ctx: &Ctx) -> anyhow::Result<Option<Syncer>> {
+    let Some(config) = SyncConfig::load(&ctx.data_dir.sync_config())? else {
+        tracing::info!("no sync.toml: running standalone (`tollgate enroll` to sync)");
+        return Ok(None);
+    };
+    let ledger = Ledger::open(
+        &ctx.data_dir.database(),
+        OpenMode::MustExist,
+        Arc::new(SystemClock),
+    )?;
+    tracing::info!(server = %config.server, agent_id = %config.agent_id, "sync enabled");
+    Ok(Some(Syncer::new(ledger, &config)?))
 }
 
 /// The master key when BYOK keys may be used: required if the vault holds keys, optional (used

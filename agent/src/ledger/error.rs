@@ -111,6 +111,29 @@ pub enum LedgerError {
     Pragma(String),
     #[error("the database holds a value this tollgate cannot read: {0}")]
     Corrupt(String),
+    #[error(
+        "the server acknowledged seq {acked}, beyond this agent's newest entry (seq {head}): \
+         refusing to trust it (is the server talking about another database?)"
+    )]
+    AckBeyondHead { acked: i64, head: i64 },
+    #[error(
+        "inbox event seq {seq} does not follow the inbox cursor {cursor}: events are applied in \
+         order, without gaps"
+    )]
+    InboxGap { cursor: i64, seq: i64 },
+    #[error(
+        "inbox event seq {seq} is {event}, but this agent applied {recorded} at that seq: the \
+         server's inbox disagrees with what was applied"
+    )]
+    InboxConflict {
+        seq: i64,
+        event: String,
+        recorded: String,
+    },
+    #[error(
+        "this agent is not enrolled with a sync server: run `tollgate enroll --server URL --token TOKEN` first"
+    )]
+    NotEnrolled,
     /// A group-committed batch failed as a whole (storage): none of its operations was
     /// committed, and each may be retried (they are idempotent by request id or key).
     #[error("the ledger could not commit: {0}")]
@@ -129,7 +152,7 @@ impl From<rusqlite::Error> for LedgerError {
 
 /// `text` with every run of whitespace (newlines included) as one space: SQLite's messages can
 /// carry SQL text, and an error is printed as one line.
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

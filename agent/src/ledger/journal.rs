@@ -187,6 +187,77 @@ impl Session<'_> {
     }
 }
 
+/// The columns [`chained_entry_from_row`] reads: every column an entry's hash covers, then its
+/// chain.
+pub const CHAINED_ENTRY_COLUMNS: &str = "seq, entry_id, user_id, transaction_type, amount, \
+     balance_before, balance_after, provider, model, prompt_tokens, completion_tokens, \
+     cost_per_token, power_level, is_byok, payment_method, request_id, package_id, metadata, \
+     notes, admin_user_id, idempotency_key, corrects_entry_id, created_at, total_tokens, \
+     stripe_payment_intent_id, stripe_charge_id, invoice_id, prev_hash, hash";
+
+/// A stored entry exactly as it was hashed, with its stored chain: `entry` is rebuilt from the
+/// columns through [`Canonical`], so its `hash` matches its content iff the row does.
+#[derive(Debug, Clone)]
+pub struct ChainedEntry {
+    pub entry: tollgate_schema::wire::WireEntry,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+/// Reads a journal row selected with [`CHAINED_ENTRY_COLUMNS`].
+pub fn chained_entry_from_row(r: &rusqlite::Row<'_>) -> Result<ChainedEntry, LedgerError> {
+    let text = |i: usize| r.get::<_, Option<String>>(i);
+    let (entry_id, user_id, kind, created_at): (String, String, String, String) =
+        (r.get(1)?, r.get(2)?, r.get(3)?, r.get(22)?);
+    let (provider, model, cost, level, method) =
+        (text(7)?, text(8)?, text(11)?, text(12)?, text(14)?);
+    let (request, metadata, notes, admin, key, corrects) = (
+        text(15)?,
+        text(17)?,
+        text(18)?,
+        text(19)?,
+        text(20)?,
+        text(21)?,
+    );
+    let (stripe_intent, stripe_charge, invoice) = (text(24)?, text(25)?, text(26)?);
+    let prev_hash = to_hash(&r.get::<_, Vec<u8>>(27)?)?;
+    let hash = to_hash(&r.get::<_, Vec<u8>>(28)?)?;
+    let canonical = Canonical {
+        seq: r.get(0)?,
+        entry_id: &entry_id,
+        user_id: &user_id,
+        transaction_type: &kind,
+        amount: Credits::from_nanos(r.get(4)?),
+        balance_before: Credits::from_nanos(r.get(5)?),
+        balance_after: Credits::from_nanos(r.get(6)?),
+        provider: provider.as_deref(),
+        model: model.as_deref(),
+        prompt_tokens: r.get(9)?,
+        completion_tokens: r.get(10)?,
+        cost_per_token: cost.as_deref(),
+        power_level: level.as_deref(),
+        is_byok: r.get(13)?,
+        payment_method: method.as_deref(),
+        request_id: request.as_deref(),
+        package_id: r.get(16)?,
+        metadata: metadata.as_deref(),
+        notes: notes.as_deref(),
+        admin_user_id: admin.as_deref(),
+        idempotency_key: key.as_deref(),
+        corrects_entry_id: corrects.as_deref(),
+        created_at: &created_at,
+        total_tokens: r.get(23)?,
+        stripe_payment_intent_id: stripe_intent.as_deref(),
+        stripe_charge_id: stripe_charge.as_deref(),
+        invoice_id: invoice.as_deref(),
+    };
+    Ok(ChainedEntry {
+        entry: canonical.to_wire(&prev_hash, &hash),
+        prev_hash,
+        hash,
+    })
+}
+
 /// Maps a journal row selected with [`sql::ENTRY_COLUMNS`].
 pub fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEntry> {
     let kind: String = row.get(3)?;

@@ -13,6 +13,10 @@
 //! - 0 ≤ open holds ≤ balance, so available credit is never negative;
 //! - the journal is append-only, chained per user by balances and globally by seq and hash;
 //! - every keyed operation from outside has one permanent outcome.
+//!
+//! Sync (SYNC.md) lives here too: [`sync`] exports entries as hashed and keeps the acknowledged
+//! head (forward only, never past the local head); [`inbox`] applies the server's events, each
+//! with its inbox cursor in one transaction.
 
 pub mod api_keys;
 pub mod catalog;
@@ -23,6 +27,7 @@ mod error;
 pub mod health;
 mod holds;
 mod idempotency;
+pub mod inbox;
 pub mod journal;
 mod lots;
 pub mod prices;
@@ -31,6 +36,7 @@ pub mod reports;
 pub mod rules;
 mod session;
 pub mod sql;
+pub mod sync;
 mod types;
 mod users;
 pub mod verify;
@@ -46,6 +52,8 @@ pub use db::OpenMode;
 pub use error::{LedgerError, Refusal};
 pub use holds::{HOLD_TTL_DEFAULT, OPEN_HOLDS_PER_USER_MAX, REQUEST_ID_LEN_MAX};
 pub use idempotency::IDEMPOTENCY_KEY_LEN_MAX;
+pub use inbox::{InboxOutcome, SnapshotApplied};
+pub use sync::{SyncIdentity, SyncResult, SyncStatus};
 pub use types::*;
 pub use users::{USER_ID_LEN_MAX, validate_user_id};
 

@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 use tollgate_schema::money::Credits;
 
-use super::journal::{Canonical, GENESIS_HASH, to_hash};
+use super::journal::{CHAINED_ENTRY_COLUMNS, GENESIS_HASH, chained_entry_from_row};
 use super::{Ledger, LedgerError};
 
 /// One broken invariant.
@@ -179,19 +179,15 @@ fn check_user_chains(conn: &Connection, report: &mut Report) -> Result<(), Ledge
 
 /// seq runs 1, 2, 3, … without a gap, and each hash covers its entry and the previous hash.
 fn check_sequence_and_hashes(conn: &Connection, report: &mut Report) -> Result<(), LedgerError> {
-    let mut stmt = conn.prepare(
-        "SELECT seq, entry_id, user_id, transaction_type, amount, balance_before, balance_after, \
-         provider, model, prompt_tokens, completion_tokens, cost_per_token, power_level, is_byok, \
-         payment_method, request_id, package_id, metadata, notes, admin_user_id, idempotency_key, \
-         corrects_entry_id, created_at, prev_hash, hash, total_tokens, stripe_payment_intent_id, \
-         stripe_charge_id, invoice_id FROM credit_transactions ORDER BY seq",
-    )?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {CHAINED_ENTRY_COLUMNS} FROM credit_transactions ORDER BY seq"
+    ))?;
     let mut rows = stmt.query([])?;
     let mut expected_seq = 1i64;
     let mut prev_hash = GENESIS_HASH;
     while let Some(r) = rows.next()? {
-        let seq: i64 = r.get(0)?;
-        let entry_id: String = r.get(1)?;
+        let stored = chained_entry_from_row(r)?;
+        let (seq, entry_id) = (stored.entry.seq, &stored.entry.entry_id);
         if seq != expected_seq {
             report.flag(
                 "gapless_seq",
@@ -199,64 +195,19 @@ fn check_sequence_and_hashes(conn: &Connection, report: &mut Report) -> Result<(
             );
         }
         expected_seq = seq + 1;
-        let stored_prev = to_hash(&r.get::<_, Vec<u8>>(23)?)?;
-        let stored_hash = to_hash(&r.get::<_, Vec<u8>>(24)?)?;
-        if stored_prev != prev_hash {
+        if stored.prev_hash != prev_hash {
             report.flag(
                 "hash_chain",
                 format!("entry {entry_id} (seq {seq}) does not chain on the previous entry"),
             );
         }
-        let text = |i: usize| r.get::<_, Option<String>>(i);
-        let (user_id, kind, created_at): (String, String, String) =
-            (r.get(2)?, r.get(3)?, r.get(22)?);
-        let (provider, model, cost, level, method) =
-            (text(7)?, text(8)?, text(11)?, text(12)?, text(14)?);
-        let (request, metadata, notes, admin, key, corrects) = (
-            text(15)?,
-            text(17)?,
-            text(18)?,
-            text(19)?,
-            text(20)?,
-            text(21)?,
-        );
-        let (stripe_intent, stripe_charge, invoice) = (text(26)?, text(27)?, text(28)?);
-        let canonical = Canonical {
-            seq,
-            entry_id: &entry_id,
-            user_id: &user_id,
-            transaction_type: &kind,
-            amount: Credits::from_nanos(r.get(4)?),
-            balance_before: Credits::from_nanos(r.get(5)?),
-            balance_after: Credits::from_nanos(r.get(6)?),
-            provider: provider.as_deref(),
-            model: model.as_deref(),
-            prompt_tokens: r.get(9)?,
-            completion_tokens: r.get(10)?,
-            cost_per_token: cost.as_deref(),
-            power_level: level.as_deref(),
-            is_byok: r.get(13)?,
-            payment_method: method.as_deref(),
-            request_id: request.as_deref(),
-            package_id: r.get(16)?,
-            metadata: metadata.as_deref(),
-            notes: notes.as_deref(),
-            admin_user_id: admin.as_deref(),
-            idempotency_key: key.as_deref(),
-            corrects_entry_id: corrects.as_deref(),
-            created_at: &created_at,
-            total_tokens: r.get(25)?,
-            stripe_payment_intent_id: stripe_intent.as_deref(),
-            stripe_charge_id: stripe_charge.as_deref(),
-            invoice_id: invoice.as_deref(),
-        };
-        if canonical.hash(&stored_prev) != stored_hash {
+        if stored.entry.canonical().hash(&stored.prev_hash) != stored.hash {
             report.flag(
                 "entry_hash",
                 format!("entry {entry_id} (seq {seq}) does not match its hash"),
             );
         }
-        prev_hash = stored_hash;
+        prev_hash = stored.hash;
     }
     Ok(())
 }

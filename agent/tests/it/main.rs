@@ -16,5 +16,7 @@ mod race;
 mod requests;
 mod schema;
 mod support;
+mod sync_http;
+mod sync_ledger;
 mod usage_report;
 mod vault;

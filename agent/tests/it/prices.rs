@@ -316,8 +316,9 @@ fn a_version_1_database_upgrades_and_keeps_its_books() {
     // Take the file back to schema version 1, as an older tollgate left it.
     let conn = db::open(&path, OpenMode::MustExist).unwrap();
     conn.execute_batch(
-        "DROP TABLE model_prices; DROP TABLE price_tables;
-         DELETE FROM refinery_schema_history WHERE version = 2;",
+        "DROP TABLE inbox_events; DROP TABLE sync_state;
+         DROP TABLE model_prices; DROP TABLE price_tables;
+         DELETE FROM refinery_schema_history WHERE version >= 2;",
     )
     .unwrap();
     assert_eq!(db::schema_version(&conn).unwrap(), Some(1));
