@@ -3,5 +3,6 @@
 pub mod agents;
 pub mod catalog;
 pub mod credits;
+pub mod extract;
 pub mod reconcile;
 pub mod users;

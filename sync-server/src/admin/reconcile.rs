@@ -1,4 +1,6 @@
-//! Admin API: reconcile. (stub: to be written)
+//! Admin API: `GET /admin/v1/reconcile` (read role) — the reconcile report as JSON (see
+//! [`crate::reconcile`]). Always 200 when the report could be made; `ok` says whether the books
+//! agree.
 
 use axum::Json;
 use axum::extract::State;
@@ -6,14 +8,11 @@ use axum::extract::State;
 use crate::http::AppState;
 use crate::http::auth::AdminAuth;
 use crate::http::error::ApiError;
+use crate::reconcile::{self, Report};
 
 pub async fn report(
-    State(_state): State<AppState>,
+    State(state): State<AppState>,
     _admin: AdminAuth,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    Err(ApiError::new(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "not implemented yet",
-    ))
+) -> Result<Json<Report>, ApiError> {
+    Ok(Json(reconcile::run(&state.pool).await?))
 }

@@ -17,17 +17,18 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         .map_err(|_| ApiError::too_large(format!("the request body is larger than {limit} bytes")))
 }
 
-/// Parses JSON, naming the field and position of the first problem.
+/// Parses JSON, naming the path of the field at fault (`entries[3].amount: invalid type …`):
+/// `serde_path_to_error` tracks the path serde_json alone does not report.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error(&mut de)
-}
-
-fn serde_path_to_error<T: DeserializeOwned>(
-    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>,
-) -> Result<T, ApiError> {
-    let value = T::deserialize(&mut *de)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            ApiError::bad_request(format!("invalid JSON body: {}", e.inner()))
+        } else {
+            ApiError::bad_request(format!("invalid JSON body at {path}: {}", e.inner()))
+        }
+    })?;
     de.end()
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     Ok(value)

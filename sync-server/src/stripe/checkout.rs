@@ -1,15 +1,246 @@
-//! Stripe: checkout. (stub: to be written)
+//! `POST /admin/v1/checkout` (full admin role): a Stripe Checkout Session for one user and one
+//! package.
+//!
+//! Guarantees:
+//! - Checked before Stripe is called: the token's role, the body (strict), Stripe configured
+//!   (else 503 naming the env vars), the package exists and is active, the user exists centrally
+//!   with a home agent that is not revoked (so the grant has somewhere to go) and reaches the
+//!   package's minimum tier.
+//! - The session is created form-encoded with the package's exact price in cents
+//!   (`NUMERIC(12,2)` × 100, never a float) and `client_reference_id` = the user; the answer's
+//!   session id is then recorded in `checkout_sessions` with the credits and price *as sold*, so
+//!   a later change to the package never changes what this session grants.
+//! - The secret key is sent only as the bearer credential to the configured API base, and never
+//!   logged; Stripe's refusals are answered as 502 with Stripe's own message.
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use serde::{Deserialize, Serialize};
+use tollgate_schema::money::Credits;
+use tollgate_schema::wire::error_code;
 
+use crate::admin::extract::FullAdmin;
+use crate::central::{credits_from_db, validate};
 use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::json::ApiJson;
 
-pub async fn create(State(_state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    Err(ApiError::new(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "not implemented yet",
-    ))
+/// Longest Checkout Session id accepted from Stripe (its key `stripe:<id>` must fit 255).
+pub const SESSION_ID_LEN_MAX: usize = 200;
+/// Longest part of a Stripe error message passed on.
+const STRIPE_MESSAGE_LEN_MAX: usize = 300;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutRequest {
+    pub user_id: String,
+    /// The package, by name.
+    pub package: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckoutResponse {
+    pub session_id: String,
+    /// Where to send the buyer.
+    pub url: String,
+    pub user_id: String,
+    pub package: String,
+    pub credits: Credits,
+    /// Exact USD, e.g. "45.00".
+    pub price_usd: String,
+}
+
+/// What Stripe answers (the fields we use).
+#[derive(Debug, Deserialize)]
+struct StripeSession {
+    id: String,
+    url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StripeErrorBody {
+    error: StripeErrorDetail,
+}
+
+#[derive(Debug, Deserialize)]
+struct StripeErrorDetail {
+    message: Option<String>,
+}
+
+fn bad_gateway(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, error_code::UNAVAILABLE, message)
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    FullAdmin(admin): FullAdmin,
+    ApiJson(req): ApiJson<CheckoutRequest>,
+) -> Result<Json<CheckoutResponse>, ApiError> {
+    validate::user_id("user_id", &req.user_id)?;
+    if req.package.is_empty() {
+        return Err(ApiError::bad_request("package: must name a package"));
+    }
+    let stripe = state.config.stripe.as_ref().ok_or_else(|| {
+        ApiError::unavailable(
+            "Stripe is not configured on this server: set STRIPE_SECRET_KEY and \
+             STRIPE_WEBHOOK_SECRET",
+        )
+    })?;
+    let conn = state.pool.get().await?;
+    let package = conn
+        .query_opt(
+            "SELECT credits, price_usd, is_active, min_tier FROM credit_packages WHERE name = $1",
+            &[&req.package],
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("package: no package is named {:?}", req.package))
+        })?;
+    let credits: Decimal = package.get(0);
+    let price: Decimal = package.get(1);
+    let active: bool = package.get(2);
+    let min_tier: Option<String> = package.get(3);
+    if !active {
+        return Err(ApiError::bad_request(format!(
+            "package: {:?} is not active (not for sale)",
+            req.package
+        )));
+    }
+    let user = conn
+        .query_opt(
+            "SELECT u.subscription_tier, a.status FROM user_credits u \
+             LEFT JOIN agents a ON a.agent_id = u.home_agent_id WHERE u.user_id = $1",
+            &[&req.user_id],
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("no user {:?} is known centrally", req.user_id))
+        })?;
+    let tier: String = user.get(0);
+    let home_status: Option<String> = user.get(1);
+    match home_status.as_deref() {
+        None => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                error_code::CONFLICT,
+                format!(
+                    "user {:?} has no home agent to receive the credits; set one first",
+                    req.user_id
+                ),
+            ));
+        }
+        Some("revoked") => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                error_code::CONFLICT,
+                format!(
+                    "user {:?} is homed on a revoked agent, which could never apply the \
+                     purchase; move the user first",
+                    req.user_id
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    if let Some(min) = &min_tier
+        && validate::tier_rank(&tier) < validate::tier_rank(min)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            error_code::CONFLICT,
+            format!(
+                "package {:?} needs tier {min} or above; user {:?} is {tier}",
+                req.package, req.user_id
+            ),
+        ));
+    }
+    let credits = credits_from_db(credits)?;
+    let cents = price
+        .checked_mul(Decimal::from(100))
+        .and_then(|c| c.to_i64())
+        .filter(|c| *c > 0)
+        .ok_or_else(|| ApiError::internal("pricing a package", "price out of range"))?;
+
+    let form: Vec<(&str, String)> = vec![
+        ("mode", "payment".to_owned()),
+        ("client_reference_id", req.user_id.clone()),
+        ("line_items[0][price_data][currency]", "usd".to_owned()),
+        ("line_items[0][price_data][unit_amount]", cents.to_string()),
+        (
+            "line_items[0][price_data][product_data][name]",
+            req.package.clone(),
+        ),
+        ("line_items[0][quantity]", "1".to_owned()),
+        ("metadata[package]", req.package.clone()),
+        ("metadata[user_id]", req.user_id.clone()),
+        ("success_url", stripe.success_url.clone()),
+        ("cancel_url", stripe.cancel_url.clone()),
+    ];
+    let response = state
+        .http
+        .post(format!("{}/v1/checkout/sessions", stripe.api_base))
+        .bearer_auth(stripe.secret_key.as_str())
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e.without_url(), "Stripe is unreachable");
+            bad_gateway("Stripe could not be reached; retry later")
+        })?;
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(|e| {
+        tracing::warn!(error = %e.without_url(), "reading Stripe's answer failed");
+        bad_gateway("Stripe's answer could not be read; retry later")
+    })?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<StripeErrorBody>(&bytes)
+            .ok()
+            .and_then(|b| b.error.message)
+            .unwrap_or_default();
+        let message: String = message.chars().take(STRIPE_MESSAGE_LEN_MAX).collect();
+        tracing::warn!(%status, "Stripe refused a Checkout Session");
+        return Err(bad_gateway(format!(
+            "Stripe refused the Checkout Session (HTTP {}): {message}",
+            status.as_u16()
+        )));
+    }
+    let session: StripeSession = serde_json::from_slice(&bytes)
+        .map_err(|_| bad_gateway("Stripe's answer is not a Checkout Session"))?;
+    let well_formed = !session.id.is_empty()
+        && session.id.len() <= SESSION_ID_LEN_MAX
+        && session.id.bytes().all(|b| b.is_ascii_graphic());
+    if !well_formed {
+        return Err(bad_gateway("Stripe's answer has no usable session id"));
+    }
+    let url = session.url.unwrap_or_default();
+    conn.execute(
+        "INSERT INTO checkout_sessions (session_id, user_id, package_name, credits, price_usd) \
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &session.id,
+            &req.user_id,
+            &req.package,
+            &credits.to_decimal(),
+            &price,
+        ],
+    )
+    .await?;
+    tracing::info!(
+        session_id = %session.id,
+        user_id = %req.user_id,
+        package = %req.package,
+        admin = %admin.name,
+        "Checkout Session created"
+    );
+    Ok(Json(CheckoutResponse {
+        session_id: session.id,
+        url,
+        user_id: req.user_id,
+        package: req.package,
+        credits,
+        price_usd: format!("{price:.2}"),
+    }))
 }

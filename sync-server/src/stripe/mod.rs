@@ -1,4 +1,13 @@
 //! Stripe: Checkout Sessions for the credit packages and the signed webhook that grants them.
+//!
+//! - [`checkout`]: `POST /admin/v1/checkout` (full admin role) creates a Checkout Session at
+//!   Stripe for a user and a package and records it (`checkout_sessions`).
+//! - [`webhook`]: `POST /stripe/webhook` verifies Stripe's signature ([`signature`]), records the
+//!   event id once, and grants a paid session exactly once (operation key `stripe:<session id>`).
+//!
+//! Secrets (the API key, the webhook secret) come from `ServerConfig::stripe` and are never
+//! logged; neither are signatures.
 
 pub mod checkout;
+pub mod signature;
 pub mod webhook;

@@ -1,15 +1,255 @@
-//! Stripe: webhook. (stub: to be written)
+//! `POST /stripe/webhook`: Stripe's signed event deliveries.
+//!
+//! Guarantees:
+//! - Nothing is stored for a delivery that is too large ([`WEBHOOK_BODY_BYTES_MAX`], 413), not
+//!   signed with our webhook secret, or signed more than `signature::TOLERANCE_SECS` away from
+//!   now (400): see [`super::signature`].
+//! - A verified event is handled in ONE transaction that first records its id
+//!   (`INSERT … ON CONFLICT DO NOTHING` on `stripe_events`): an id already there is answered
+//!   200 `duplicate` and nothing else happens; concurrent deliveries of one event wait on the
+//!   PRIMARY KEY and all but one are duplicates.
+//! - `checkout.session.completed` with `payment_status = "paid"` and
+//!   `checkout.session.async_payment_succeeded` grant the session found in `checkout_sessions`
+//!   (locked `FOR UPDATE`) if it is still `open`, through `central::credit::grant_purchase`
+//!   (key `stripe:<session id>`), and mark it `granted`: two event types, redeliveries or
+//!   reordering can never grant one session twice. A completed but unpaid session grants
+//!   nothing (`unpaid`); an unknown session is recorded (`unknown_session`); other types are
+//!   `ignored`. The outcome is stored with the event id; a failure rolls everything back (the
+//!   event id too) and answers 5xx, so Stripe redelivers.
+//! - Metrics count every delivery by outcome; logs carry event ids and outcomes, never the
+//!   secret or the signature.
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::State;
+use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
 
+use super::signature::{self, SignatureError};
+use crate::central::credit::{PurchasedPackage, grant_purchase};
+use crate::central::credits_from_db;
 use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::json::read_body;
+use crate::metrics::OutcomeLabels;
 
-pub async fn handle(State(_state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    Err(ApiError::new(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "not implemented yet",
-    ))
+/// Largest webhook body read (Stripe's events are a few KiB).
+pub const WEBHOOK_BODY_BYTES_MAX: usize = 256 * 1024;
+/// Longest event id or session id stored.
+pub const STRIPE_ID_LEN_MAX: usize = 255;
+
+/// The event types that pay for a session.
+pub const SESSION_COMPLETED: &str = "checkout.session.completed";
+pub const ASYNC_PAYMENT_SUCCEEDED: &str = "checkout.session.async_payment_succeeded";
+
+/// What happened to a delivery (metric label and `stripe_events.outcome`).
+pub mod outcome {
+    pub const GRANTED: &str = "granted";
+    pub const ALREADY_GRANTED: &str = "already_granted";
+    pub const UNPAID: &str = "unpaid";
+    pub const UNKNOWN_SESSION: &str = "unknown_session";
+    pub const NO_SESSION_ID: &str = "no_session_id";
+    pub const IGNORED: &str = "ignored";
+    pub const DUPLICATE: &str = "duplicate";
+    pub const BAD_SIGNATURE: &str = "bad_signature";
+    pub const STALE: &str = "stale";
+    pub const TOO_LARGE: &str = "too_large";
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const NOT_CONFIGURED: &str = "not_configured";
+    pub const ERROR: &str = "error";
+}
+
+/// The answer to a delivery Stripe should not resend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookAnswer {
+    pub received: bool,
+    pub outcome: String,
+}
+
+/// The fields of an event we use (Stripe sends many more; they are ignored).
+#[derive(Debug, Deserialize)]
+struct Event {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    data: Option<EventData>,
+}
+
+#[derive(Debug, Deserialize)]
+struct EventData {
+    object: serde_json::Value,
+}
+
+pub async fn handle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<WebhookAnswer>, ApiError> {
+    let result = receive(&state, &headers, body).await;
+    let label = match &result {
+        Ok(outcome) => outcome,
+        Err((outcome, _)) => outcome,
+    };
+    state
+        .metrics
+        .stripe_events
+        .get_or_create(&OutcomeLabels { outcome: label })
+        .inc();
+    match result {
+        Ok(outcome) => Ok(Json(WebhookAnswer {
+            received: true,
+            outcome: outcome.to_owned(),
+        })),
+        Err((_, error)) => Err(error),
+    }
+}
+
+type Refusal = (&'static str, ApiError);
+
+async fn receive(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<&'static str, Refusal> {
+    let Some(stripe) = state.config.stripe.as_ref() else {
+        return Err((
+            outcome::NOT_CONFIGURED,
+            ApiError::unavailable(
+                "Stripe is not configured on this server: set STRIPE_SECRET_KEY and \
+                 STRIPE_WEBHOOK_SECRET",
+            ),
+        ));
+    };
+    let bytes = read_body(body, WEBHOOK_BODY_BYTES_MAX)
+        .await
+        .map_err(|e| (outcome::TOO_LARGE, e))?;
+    let header = headers
+        .get("stripe-signature")
+        .map(|v| v.to_str().unwrap_or_default());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    signature::verify(header, &bytes, stripe.webhook_secret.as_bytes(), now).map_err(|e| {
+        let label = match e {
+            SignatureError::Stale(_) => outcome::STALE,
+            _ => outcome::BAD_SIGNATURE,
+        };
+        tracing::warn!(reason = %e, "Stripe webhook refused");
+        (label, ApiError::bad_request(e.to_string()))
+    })?;
+    let event: Event = serde_json::from_slice(&bytes).map_err(|e| {
+        (
+            outcome::BAD_REQUEST,
+            ApiError::bad_request(format!("the event is not a Stripe event: {e}")),
+        )
+    })?;
+    if event.id.is_empty() || event.id.len() > STRIPE_ID_LEN_MAX {
+        return Err((
+            outcome::BAD_REQUEST,
+            ApiError::bad_request(format!(
+                "the event id must be 1 to {STRIPE_ID_LEN_MAX} characters"
+            )),
+        ));
+    }
+    let session_id = event
+        .kind
+        .starts_with("checkout.session.")
+        .then(|| {
+            event
+                .data
+                .as_ref()
+                .and_then(|d| d.object.get("id"))
+                .and_then(|v| v.as_str())
+                .filter(|id| !id.is_empty() && id.len() <= STRIPE_ID_LEN_MAX)
+                .map(str::to_owned)
+        })
+        .flatten();
+    let result = apply(state, &event, session_id.as_deref()).await;
+    match &result {
+        Ok(outcome) => tracing::info!(
+            event_id = %event.id,
+            event_type = %event.kind,
+            session_id = session_id.as_deref().unwrap_or("-"),
+            outcome,
+            "Stripe event"
+        ),
+        Err(e) => tracing::error!(event_id = %event.id, error = %e.message, "Stripe event failed"),
+    }
+    result.map_err(|e| (outcome::ERROR, e))
+}
+
+/// Records the event and acts on it, in one transaction.
+async fn apply(
+    state: &AppState,
+    event: &Event,
+    session_id: Option<&str>,
+) -> Result<&'static str, ApiError> {
+    let mut conn = state.pool.get().await?;
+    let tx = conn.transaction().await?;
+    let fresh = tx
+        .query_opt(
+            "INSERT INTO stripe_events (event_id, event_type, session_id, outcome) \
+             VALUES ($1, $2, $3, 'processing') ON CONFLICT (event_id) DO NOTHING RETURNING 1",
+            &[&event.id, &event.kind, &session_id],
+        )
+        .await?;
+    if fresh.is_none() {
+        tx.rollback().await?;
+        return Ok(outcome::DUPLICATE);
+    }
+    let object = event.data.as_ref().map(|d| &d.object);
+    let paid = object
+        .and_then(|o| o.get("payment_status"))
+        .and_then(|v| v.as_str())
+        == Some("paid");
+    let result = match event.kind.as_str() {
+        SESSION_COMPLETED if !paid => outcome::UNPAID,
+        SESSION_COMPLETED | ASYNC_PAYMENT_SUCCEEDED => match session_id {
+            None => outcome::NO_SESSION_ID,
+            Some(session_id) => grant_session(&tx, session_id).await?,
+        },
+        _ => outcome::IGNORED,
+    };
+    tx.execute(
+        "UPDATE stripe_events SET outcome = $2 WHERE event_id = $1",
+        &[&event.id, &result],
+    )
+    .await?;
+    tx.commit().await?;
+    if result == outcome::GRANTED {
+        state.metrics.inbox_events_written.inc();
+    }
+    Ok(result)
+}
+
+/// Grants an open session once and marks it granted.
+async fn grant_session(
+    tx: &deadpool_postgres::Transaction<'_>,
+    session_id: &str,
+) -> Result<&'static str, ApiError> {
+    let Some(row) = tx
+        .query_opt(
+            "SELECT user_id, package_name, credits, status FROM checkout_sessions \
+             WHERE session_id = $1 FOR UPDATE",
+            &[&session_id],
+        )
+        .await?
+    else {
+        return Ok(outcome::UNKNOWN_SESSION);
+    };
+    let status: String = row.get(3);
+    if status != "open" {
+        return Ok(outcome::ALREADY_GRANTED);
+    }
+    let user_id: String = row.get(0);
+    let package = PurchasedPackage {
+        name: row.get(1),
+        credits: credits_from_db(row.get(2))?,
+    };
+    grant_purchase(tx, &user_id, &package, session_id).await?;
+    tx.execute(
+        "UPDATE checkout_sessions SET status = 'granted', granted_at = now() \
+         WHERE session_id = $1",
+        &[&session_id],
+    )
+    .await?;
+    Ok(outcome::GRANTED)
 }

@@ -1,7 +1,9 @@
 //! The sync protocol's server side (SYNC.md): enrolment, push (ingest an agent's journal
 //! entries, exactly once), pull (the per-agent inbox, long poll, snapshot).
 
+pub mod agents;
 pub mod enroll;
+mod ingest;
 pub mod notify;
 pub mod pull;
 pub mod push;

@@ -119,11 +119,11 @@ async fn listen_once(
         }
     }
     while let Some(message) = messages.next().await {
-        if let AsyncMessage::Notification(n) = message? {
-            if let Ok(id) = n.payload().parse::<Uuid>() {
-                // No receivers is fine: nobody is waiting.
-                let _ = sender.send(id);
-            }
+        if let AsyncMessage::Notification(n) = message?
+            && let Ok(id) = n.payload().parse::<Uuid>()
+        {
+            // No receivers is fine: nobody is waiting.
+            let _ = sender.send(id);
         }
     }
     drop(client);

@@ -1,39 +1,421 @@
-//! Pull: the per-agent inbox (long poll) and the snapshot. (stub: to be written)
+//! Pull: the per-agent inbox (with long poll) and the snapshot (SYNC.md "Pull").
+//!
+//! Guarantees:
+//! - `GET /v1/sync/inbox?after=N&wait_ms=W` answers the events with seq > N, oldest first, at most
+//!   [`INBOX_PAGE_MAX`], and the inbox head, read in one statement (one snapshot: the head and
+//!   the events agree). Seqs are gapless and commit in order (`central::inbox`), so a cursor
+//!   never skips an event. Re-pulling the same cursor answers the same events (idempotent).
+//! - `after` is the agent's statement that it applied everything through N: the server records
+//!   `inbox_acked = GREATEST(inbox_acked, N)` (it never moves back), which is what pruning may
+//!   drop. A cursor below what was pruned, or above the head, is 410 `cursor_gone`: the agent
+//!   fetches a snapshot.
+//! - A long poll subscribes to wake-ups *before* re-reading, so an event committed between the
+//!   read and the wait is never missed; it holds no database connection while waiting, waits at
+//!   most `wait_ms` (≤ [`LONG_POLL_MAX_MS`] and the server's own cap), and re-reads after every
+//!   wake-up and every `RECHECK_INTERVAL` (a missed notification costs at most that).
+//! - `GET /v1/sync/snapshot` reads users homed on the agent, the packages and the power levels
+//!   in one REPEATABLE READ transaction, with the cursor to continue from (`inbox_acked`): every
+//!   event after it is still held. Amounts are exact (no floats): prices in whole cents, the cost
+//!   multiplier as normalized decimal text.
+//! - Both work for quarantined agents; only pushes are refused.
+
+use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Query, State};
-use serde::Deserialize;
-use tollgate_schema::wire::{InboxPage, Snapshot};
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use deadpool_postgres::GenericClient;
+use deadpool_postgres::Pool;
+use prometheus_client::metrics::gauge::Gauge;
+use rust_decimal::Decimal;
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
+use tokio_postgres::IsolationLevel;
+use tollgate_schema::money::Credits;
+use tollgate_schema::wire::{
+    EventBody, INBOX_PAGE_MAX, InboxEvent, InboxPage, LONG_POLL_MAX_MS, PROTOCOL_VERSION,
+    PackageSpec, PowerLevelSpec, Snapshot, UserSettings, error_code,
+};
+use uuid::Uuid;
 
 use crate::http::AppState;
 use crate::http::auth::AgentAuth;
 use crate::http::error::ApiError;
 
-#[derive(Debug, Deserialize)]
-pub struct InboxQuery {
-    pub after: Option<String>,
-    pub wait_ms: Option<String>,
+/// Longest query string read (bytes): two numbers need far less.
+const QUERY_BYTES_MAX: usize = 256;
+
+/// The inbox request's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxParams {
+    /// The agent applied every event through this seq.
+    pub after: i64,
+    /// How long to wait for an event when there is none (zero: answer at once).
+    pub wait: Duration,
 }
 
+impl InboxParams {
+    /// Parses `after=N&wait_ms=W` (`after` required, `wait_ms` optional, nothing else), naming
+    /// the parameter at fault.
+    pub fn parse(query: Option<&str>) -> Result<InboxParams, ApiError> {
+        let query = query.unwrap_or("");
+        if query.len() > QUERY_BYTES_MAX {
+            return Err(ApiError::bad_request(format!(
+                "the query string is longer than {QUERY_BYTES_MAX} bytes"
+            )));
+        }
+        let mut after = None;
+        let mut wait_ms = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match name {
+                "after" => &mut after,
+                "wait_ms" => &mut wait_ms,
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown query parameter {:?} (expected after and wait_ms)",
+                        super::push::truncate(name)
+                    )));
+                }
+            };
+            if slot.is_some() {
+                return Err(ApiError::bad_request(format!(
+                    "query parameter {name} is given twice"
+                )));
+            }
+            *slot = Some(value);
+        }
+        let after = after.ok_or_else(|| {
+            ApiError::bad_request("missing query parameter after (the inbox cursor, e.g. after=0)")
+        })?;
+        let after = parse_number(after)
+            .and_then(|n| i64::try_from(n).ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "query parameter after={:?} is not a non-negative integer",
+                    super::push::truncate(after)
+                ))
+            })?;
+        let wait_ms = match wait_ms {
+            None => 0,
+            Some(text) => parse_number(text)
+                .filter(|ms| *ms <= LONG_POLL_MAX_MS)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "query parameter wait_ms={:?} is not an integer from 0 to \
+                         {LONG_POLL_MAX_MS}",
+                        super::push::truncate(text)
+                    ))
+                })?,
+        };
+        Ok(InboxParams {
+            after,
+            wait: Duration::from_millis(wait_ms),
+        })
+    }
+}
+
+/// Plain decimal digits only (no sign, no spaces, no exponent).
+fn parse_number(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn cursor_gone(message: String) -> ApiError {
+    ApiError::new(StatusCode::GONE, error_code::CURSOR_GONE, message)
+}
+
+/// `GET /v1/sync/inbox?after=N&wait_ms=W`.
 pub async fn inbox(
-    State(_state): State<AppState>,
-    _agent: AgentAuth,
-    Query(_query): Query<InboxQuery>,
+    State(state): State<AppState>,
+    agent: AgentAuth,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<InboxPage>, ApiError> {
-    Err(ApiError::new(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "not implemented yet",
-    ))
+    let params = InboxParams::parse(query.as_deref())?;
+    let wait = params.wait.min(state.config.long_poll_max);
+    acknowledge(&state.pool, agent.agent_id, params.after).await?;
+    let mut page = read_page(&state.pool, agent.agent_id, params.after).await?;
+    if page.events.is_empty() && !wait.is_zero() {
+        let deadline = tokio::time::Instant::now() + wait;
+        // Subscribe first, then re-read: an event committed in between is either in the read or
+        // wakes the waiter.
+        let mut waiter = state.inbox.subscribe();
+        let _waiting = Waiting::start(&state.metrics.long_polls_waiting);
+        loop {
+            page = read_page(&state.pool, agent.agent_id, params.after).await?;
+            if !page.events.is_empty() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            waiter.wait_for(agent.agent_id, deadline).await;
+        }
+    }
+    state
+        .metrics
+        .inbox_events_sent
+        .inc_by(page.events.len() as u64);
+    Ok(Json(page))
 }
 
+/// Counts a waiting long poll while alive (also when the client goes away mid-wait).
+struct Waiting(Gauge);
+
+impl Waiting {
+    fn start(gauge: &Gauge) -> Waiting {
+        gauge.inc();
+        Waiting(gauge.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Checks the cursor against what the server holds and records it as applied.
+async fn acknowledge(pool: &Pool, agent_id: Uuid, after: i64) -> Result<(), ApiError> {
+    let conn = pool.get().await?;
+    let row = conn
+        .query_one(
+            "SELECT inbox_head, inbox_acked, inbox_pruned_through FROM agents WHERE agent_id = $1",
+            &[&agent_id],
+        )
+        .await?;
+    let (head, acked, pruned): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    if after < pruned {
+        return Err(cursor_gone(format!(
+            "the inbox no longer holds the events after {after} (events through {pruned} were \
+             pruned); fetch /v1/sync/snapshot and continue from its cursor"
+        )));
+    }
+    if after > head {
+        return Err(cursor_gone(format!(
+            "cursor {after} is past the inbox head {head}: the server does not know those events; \
+             fetch /v1/sync/snapshot and continue from its cursor"
+        )));
+    }
+    if after > acked {
+        // The head only grows, so the check above still holds; the condition guards anyway.
+        conn.execute(
+            "UPDATE agents SET inbox_acked = $2 \
+             WHERE agent_id = $1 AND inbox_acked < $2 AND $2 <= inbox_head",
+            &[&agent_id, &after],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The events after `after` (at most a page) and the head, from one statement.
+async fn read_page(pool: &Pool, agent_id: Uuid, after: i64) -> Result<InboxPage, ApiError> {
+    let conn = pool.get().await?;
+    let stmt = conn
+        .prepare_cached(
+            "SELECT a.inbox_head, e.seq, e.event_id, e.created_at, e.body \
+             FROM agents a LEFT JOIN LATERAL ( \
+                 SELECT i.seq, i.event_id, i.created_at, i.body FROM agent_inbox i \
+                 WHERE i.agent_id = a.agent_id AND i.seq > $2 ORDER BY i.seq LIMIT $3 \
+             ) e ON true \
+             WHERE a.agent_id = $1 ORDER BY e.seq",
+        )
+        .await?;
+    let limit = INBOX_PAGE_MAX as i64;
+    let rows = conn.query(&stmt, &[&agent_id, &after, &limit]).await?;
+    let head: i64 = rows.first().map_or(0, |r| r.get(0));
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Some(seq) = row.get::<_, Option<i64>>(1) else {
+            continue;
+        };
+        let event_id: Uuid = row.get(2);
+        let created_at: OffsetDateTime = row.get(3);
+        let body: serde_json::Value = row.get(4);
+        let body: EventBody = serde_json::from_value(body).map_err(|e| {
+            ApiError::internal(
+                "reading an inbox event",
+                format!("event {seq} of agent {agent_id} is not a valid event body: {e}"),
+            )
+        })?;
+        events.push(InboxEvent {
+            seq,
+            event_id: event_id.to_string(),
+            created_at: rfc3339_utc(created_at)?,
+            body,
+        });
+    }
+    Ok(InboxPage {
+        protocol_version: PROTOCOL_VERSION,
+        events,
+        head,
+    })
+}
+
+fn rfc3339_utc(at: OffsetDateTime) -> Result<String, ApiError> {
+    at.to_offset(UtcOffset::UTC)
+        .format(&Rfc3339)
+        .map_err(|e| ApiError::internal("formatting a time", e))
+}
+
+/// `GET /v1/sync/snapshot`.
 pub async fn snapshot(
-    State(_state): State<AppState>,
-    _agent: AgentAuth,
+    State(state): State<AppState>,
+    agent: AgentAuth,
 ) -> Result<Json<Snapshot>, ApiError> {
-    Err(ApiError::new(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "not implemented yet",
-    ))
+    let mut conn = state.pool.get().await?;
+    let tx = conn
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let cursor: i64 = tx
+        .query_one(
+            "SELECT inbox_acked FROM agents WHERE agent_id = $1",
+            &[&agent.agent_id],
+        )
+        .await?
+        .get(0);
+    let users = tx
+        .query(
+            "SELECT user_id, subscription_tier, power_level, monthly_allowance, \
+             monthly_spend_cap FROM user_credits WHERE home_agent_id = $1 ORDER BY user_id",
+            &[&agent.agent_id],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(UserSettings {
+                user_id: r.get(0),
+                tier: r.get(1),
+                power_level: r.get(2),
+                monthly_allowance: credits(r.get(3))?,
+                monthly_spend_cap: r.get::<_, Option<Decimal>>(4).map(credits).transpose()?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let (packages, power_levels) = catalog(&tx).await?;
+    tx.commit().await?;
+    Ok(Json(Snapshot {
+        protocol_version: PROTOCOL_VERSION,
+        cursor,
+        users,
+        packages,
+        power_levels,
+    }))
+}
+
+/// The whole catalog as the wire carries it: every package and power level. Sent in snapshots
+/// and, at enrolment, to a new agent's inbox.
+pub(crate) async fn catalog<C: GenericClient>(
+    client: &C,
+) -> Result<(Vec<PackageSpec>, Vec<PowerLevelSpec>), ApiError> {
+    let packages = client
+        .query(
+            "SELECT name, credits, price_usd, discount_percent, min_tier, is_active, is_featured, \
+             sort_order, description, badge_text FROM credit_packages ORDER BY sort_order, name",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(PackageSpec {
+                name: r.get(0),
+                credits: credits(r.get(1))?,
+                price_usd_cents: cents(r.get(2))?,
+                discount_percent: i64::from(r.get::<_, i32>(3)),
+                min_tier: r.get(4),
+                is_active: r.get(5),
+                is_featured: r.get(6),
+                sort_order: i64::from(r.get::<_, i32>(7)),
+                description: r.get(8),
+                badge_text: r.get(9),
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let power_levels = client
+        .query(
+            "SELECT power_level, name, description, preferred_providers, fallback_strategy, \
+             cost_multiplier, max_latency_ms, min_quality_score, is_active \
+             FROM power_level_configs ORDER BY id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let providers: serde_json::Value = r.get(3);
+            let multiplier: Decimal = r.get(5);
+            Ok(PowerLevelSpec {
+                power_level: r.get(0),
+                name: r.get(1),
+                description: r.get(2),
+                preferred_providers: serde_json::from_value(providers)
+                    .map_err(|e| ApiError::internal("reading preferred_providers", e))?,
+                fallback_strategy: r.get(4),
+                cost_multiplier: multiplier.normalize().to_string(),
+                max_latency_ms: i64::from(r.get::<_, i32>(6)),
+                min_quality_score: i64::from(r.get::<_, i32>(7)),
+                is_active: r.get(8),
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok((packages, power_levels))
+}
+
+/// A stored NUMERIC(38,9) as credits.
+fn credits(value: Decimal) -> Result<Credits, ApiError> {
+    Credits::from_decimal(value).map_err(|e| ApiError::internal("reading an amount", e))
+}
+
+/// A NUMERIC(12,2) dollar price as whole cents, exactly.
+pub(crate) fn cents(price: Decimal) -> Result<i64, ApiError> {
+    let scaled = price
+        .checked_mul(Decimal::ONE_HUNDRED)
+        .map(|d| d.normalize())
+        .filter(|c| c.fract().is_zero())
+        .ok_or_else(|| {
+            ApiError::internal(
+                "reading a price",
+                format!("{price} is not a whole number of cents"),
+            )
+        })?;
+    i64::try_from(scaled).map_err(|e| ApiError::internal("reading a price", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_parse_and_name_the_culprit() {
+        let ok = InboxParams::parse(Some("after=5&wait_ms=100")).unwrap();
+        assert_eq!(ok.after, 5);
+        assert_eq!(ok.wait, Duration::from_millis(100));
+        assert_eq!(
+            InboxParams::parse(Some("after=0")).unwrap().wait,
+            Duration::ZERO
+        );
+        for (query, culprit) in [
+            ("", "after"),
+            ("after=-1", "after"),
+            ("after=x", "after"),
+            ("after=1e3", "after"),
+            ("after=99999999999999999999", "after"),
+            ("after=1&wait_ms=30001", "wait_ms"),
+            ("after=1&wait_ms=-5", "wait_ms"),
+            ("after=1&after=2", "after"),
+            ("after=1&cursor=2", "cursor"),
+        ] {
+            let e = InboxParams::parse(Some(query)).unwrap_err();
+            assert!(e.message.contains(culprit), "{query}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn cents_are_exact() {
+        assert_eq!(cents("45.00".parse().unwrap()).unwrap(), 4500);
+        assert_eq!(cents("0.01".parse().unwrap()).unwrap(), 1);
+        assert!(cents("0.001".parse().unwrap()).is_err());
+    }
 }

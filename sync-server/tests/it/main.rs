@@ -2,5 +2,18 @@
 //! database (created, migrated, dropped), so tests run in parallel against the real server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
+mod admin_support;
+mod bad_input_admin;
+mod bad_input_sync;
+mod central;
+mod crash;
+mod enroll;
 mod migrations;
+mod pull;
+mod push;
+mod reconcile;
+mod replicas;
+mod stripe;
 mod support;
+mod sync_support;

@@ -1,0 +1,341 @@
+//! Central credit: admin grants, refunds and adjustments, and Stripe purchases.
+//!
+//! Guarantees:
+//! - A credit operation never touches a balance: it writes its `central_operations` row (kind
+//!   `credit`, amount, the home agent, the inbox seq) and one `Credit` event to the user's home
+//!   agent in one transaction. The agent applies it as a journal entry whose `idempotency_key` is
+//!   the operation key; reconcile pairs the two.
+//! - Keys: `admin:<operation_id>` for admin operations (API and CLI alike), `stripe:<checkout
+//!   session id>` for purchases, so a second Stripe event type for the same session can never
+//!   grant twice.
+//! - Same key and content → the stored result and no second event; same key, other content →
+//!   [`CentralError::IdempotencyConflict`]. Concurrent calls with one key (two replicas) produce
+//!   one event (see [`super::operation`]).
+//! - Amounts: grant and refund strictly positive, adjust any non-zero amount (a negative one the
+//!   agent cannot cover is refused by the agent and shows in reconcile); never zero.
+//! - The user must exist centrally with a home agent that is not revoked (a purchase, already
+//!   paid, is recorded even for a revoked home so the payment is never lost; reconcile shows it
+//!   as not applied).
+
+use deadpool_postgres::Pool;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Transaction;
+use tollgate_schema::money::Credits;
+use tollgate_schema::wire::{CreditEvent, CreditEventKind, EventBody};
+use uuid::Uuid;
+
+use super::operation::{self, Begin, Claim};
+use super::{Applied, CentralError, inbox, validate};
+
+/// What an admin may do to a user's credit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreditKind {
+    /// Add credit: a `bonus` entry.
+    Grant,
+    /// Give credit back: a `refund` entry.
+    Refund,
+    /// Correct by a signed amount: an `admin_adjustment` entry.
+    Adjust,
+}
+
+impl CreditKind {
+    /// The journal entry type the agent writes.
+    pub const fn event_kind(self) -> CreditEventKind {
+        match self {
+            CreditKind::Grant => CreditEventKind::Bonus,
+            CreditKind::Refund => CreditEventKind::Refund,
+            CreditKind::Adjust => CreditEventKind::AdminAdjustment,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CreditKind::Grant => "grant",
+            CreditKind::Refund => "refund",
+            CreditKind::Adjust => "adjust",
+        }
+    }
+}
+
+impl std::str::FromStr for CreditKind {
+    type Err = CentralError;
+
+    fn from_str(s: &str) -> Result<Self, CentralError> {
+        match s {
+            "grant" => Ok(CreditKind::Grant),
+            "refund" => Ok(CreditKind::Refund),
+            "adjust" => Ok(CreditKind::Adjust),
+            other => Err(CentralError::invalid(
+                "kind",
+                format!("{other:?} is not one of grant, refund, adjust"),
+            )),
+        }
+    }
+}
+
+/// An admin's credit operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditOp {
+    pub user_id: String,
+    pub kind: CreditKind,
+    pub amount: Credits,
+    /// The admin's idempotency id; the key is `admin:<operation_id>`.
+    pub operation_id: String,
+    pub note: Option<String>,
+    /// Who asked: the admin token's name, or `cli`.
+    pub actor: String,
+}
+
+/// What a credit operation did (stored with its key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditResult {
+    pub operation_key: String,
+    pub user_id: String,
+    /// The journal entry type the agent will write.
+    pub kind: CreditEventKind,
+    pub amount: Credits,
+    pub package: Option<String>,
+    /// The home agent the event went to.
+    pub agent: String,
+    pub agent_id: Uuid,
+    pub inbox_seq: i64,
+    pub event_id: Uuid,
+}
+
+/// The canonical content of an admin credit operation (its fingerprint's input).
+#[derive(Serialize)]
+struct AdminFingerprint<'a> {
+    op: &'static str,
+    user_id: &'a str,
+    kind: CreditKind,
+    amount: Credits,
+    note: Option<&'a str>,
+}
+
+/// Applies an admin's grant, refund or adjustment, idempotently by its operation id.
+pub async fn credit(pool: &Pool, op: &CreditOp) -> Result<Applied<CreditResult>, CentralError> {
+    validate::user_id("user_id", &op.user_id)?;
+    validate::operation_id(&op.operation_id)?;
+    validate::text("note", op.note.as_deref(), validate::NOTE_LEN_MAX)?;
+    if op.amount == Credits::ZERO {
+        return Err(CentralError::invalid("amount", "must not be zero"));
+    }
+    if op.amount.is_negative() && op.kind != CreditKind::Adjust {
+        return Err(CentralError::invalid(
+            "amount",
+            format!(
+                "a {} must be positive (only adjust may be negative), got {}",
+                op.kind.as_str(),
+                op.amount
+            ),
+        ));
+    }
+    let key = operation::admin_key(&op.operation_id);
+    let fingerprint = operation::fingerprint(&AdminFingerprint {
+        op: "admin_credit",
+        user_id: &op.user_id,
+        kind: op.kind,
+        amount: op.amount,
+        note: op.note.as_deref(),
+    })?;
+    let mut conn = pool.get().await?;
+    let tx = conn.transaction().await?;
+    let applied = credit_in_tx(
+        &tx,
+        &CreditRequest {
+            key: &key,
+            fingerprint: &fingerprint,
+            user_id: &op.user_id,
+            kind: op.kind.event_kind(),
+            amount: op.amount,
+            package: None,
+            note: op.note.as_deref(),
+            admin_user_id: Some(&op.actor),
+            actor: &op.actor,
+            allow_revoked_home: false,
+        },
+    )
+    .await?;
+    if applied.replayed {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+    }
+    Ok(applied)
+}
+
+/// A package as bought: what the checkout session recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchasedPackage {
+    pub name: String,
+    pub credits: Credits,
+}
+
+/// The operation key of a Stripe purchase.
+pub fn purchase_key(session_id: &str) -> String {
+    format!("{}{session_id}", operation::STRIPE_KEY_PREFIX)
+}
+
+/// Grants a paid Stripe checkout session inside the caller's transaction (the webhook's), keyed
+/// `stripe:<session_id>`: a second call for the same session returns the first result and writes
+/// nothing.
+///
+/// The event names the package only when the agent will accept it as such (the package is still
+/// active with the same credits and the user's tier reaches its minimum; the home agent sees the
+/// catalog in the same inbox order); otherwise it is a plain purchase of the credits bought, with
+/// the package named in the note.
+pub async fn grant_purchase(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    package: &PurchasedPackage,
+    session_id: &str,
+) -> Result<Applied<CreditResult>, CentralError> {
+    if !package.credits.is_positive() {
+        return Err(CentralError::invalid(
+            "credits",
+            format!("a purchase must be positive, got {}", package.credits),
+        ));
+    }
+    let key = purchase_key(session_id);
+    let fingerprint = operation::fingerprint(&(
+        "stripe_purchase",
+        user_id,
+        &package.name,
+        package.credits,
+        session_id,
+    ))?;
+    let agent_accepts_package: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM credit_packages p, user_credits u \
+             WHERE p.name = $1 AND p.is_active AND p.credits = $2 AND u.user_id = $3 \
+               AND (p.min_tier IS NULL OR array_position($4::text[], u.subscription_tier) \
+                                          >= array_position($4::text[], p.min_tier)))",
+            &[
+                &package.name,
+                &package.credits.to_decimal(),
+                &user_id,
+                &tollgate_schema::wire::TIERS,
+            ],
+        )
+        .await?
+        .get(0);
+    let note = if agent_accepts_package {
+        format!("Stripe checkout {session_id}")
+    } else {
+        format!(
+            "Stripe checkout {session_id}: package {:?} ({} credits)",
+            package.name, package.credits
+        )
+    };
+    credit_in_tx(
+        tx,
+        &CreditRequest {
+            key: &key,
+            fingerprint: &fingerprint,
+            user_id,
+            kind: CreditEventKind::Purchase,
+            amount: package.credits,
+            package: agent_accepts_package.then_some(package.name.as_str()),
+            note: Some(&note),
+            admin_user_id: None,
+            actor: "stripe",
+            allow_revoked_home: true,
+        },
+    )
+    .await
+}
+
+/// One credit operation, already validated.
+struct CreditRequest<'a> {
+    key: &'a str,
+    fingerprint: &'a [u8; 32],
+    user_id: &'a str,
+    kind: CreditEventKind,
+    amount: Credits,
+    package: Option<&'a str>,
+    note: Option<&'a str>,
+    admin_user_id: Option<&'a str>,
+    actor: &'a str,
+    allow_revoked_home: bool,
+}
+
+async fn credit_in_tx(
+    tx: &Transaction<'_>,
+    req: &CreditRequest<'_>,
+) -> Result<Applied<CreditResult>, CentralError> {
+    let claim = Claim {
+        key: req.key,
+        kind: operation::kind::CREDIT,
+        fingerprint: req.fingerprint,
+        user_id: Some(req.user_id),
+        amount: Some(req.amount.to_decimal()),
+        actor: req.actor,
+    };
+    if let Begin::Replay(result) = operation::begin(tx, claim).await? {
+        return Ok(Applied {
+            result,
+            replayed: true,
+            events_written: 0,
+        });
+    }
+    // FOR SHARE: a concurrent home change (FOR UPDATE) waits for this operation to commit, and
+    // then sees it as pending on the old home.
+    let row = tx
+        .query_opt(
+            "SELECT u.home_agent_id, a.name, a.status FROM user_credits u \
+             LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
+             WHERE u.user_id = $1 FOR SHARE OF u",
+            &[&req.user_id],
+        )
+        .await?
+        .ok_or_else(|| {
+            CentralError::NotFound(format!(
+                "no user {:?} is known centrally; create it with a home agent first",
+                req.user_id
+            ))
+        })?;
+    let home: Option<Uuid> = row.get(0);
+    let Some(agent_id) = home else {
+        return Err(CentralError::Refused(format!(
+            "user {:?} has no home agent to hold the credit; set one first (users set --home)",
+            req.user_id
+        )));
+    };
+    let agent: String = row.get(1);
+    let status: String = row.get(2);
+    if status == "revoked" && !req.allow_revoked_home {
+        return Err(CentralError::Refused(format!(
+            "user {:?} is homed on agent {agent:?}, which is revoked and can never apply the \
+             credit",
+            req.user_id
+        )));
+    }
+    let event = CreditEvent {
+        user_id: req.user_id.to_owned(),
+        kind: req.kind,
+        amount: req.amount,
+        idempotency_key: req.key.to_owned(),
+        package: req.package.map(str::to_owned),
+        note: req.note.map(str::to_owned),
+        admin_user_id: req.admin_user_id.map(str::to_owned),
+    };
+    let written = inbox::append(tx, agent_id, &EventBody::Credit(event), Some(req.key)).await?;
+    let result = CreditResult {
+        operation_key: req.key.to_owned(),
+        user_id: req.user_id.to_owned(),
+        kind: req.kind,
+        amount: req.amount,
+        package: req.package.map(str::to_owned),
+        agent,
+        agent_id,
+        inbox_seq: written.seq,
+        event_id: written.event_id,
+    };
+    operation::finish(tx, req.key, Some((agent_id, written.seq)), &result).await?;
+    Ok(Applied {
+        result,
+        replayed: false,
+        events_written: 1,
+    })
+}

@@ -1,0 +1,393 @@
+//! Users centrally: create or change a user (homed on one agent) and read them back.
+//!
+//! Guarantees:
+//! - [`set_user`] validates everything first (tier, power level, user id, limits, the home agent
+//!   exists and is not revoked), then in one transaction claims the operation key, upserts
+//!   `user_credits` (home and settings only: never the balance) and writes a `UserUpsert` event
+//!   to the home agent's inbox. Same key and content → the stored result, no new event.
+//! - A user's home never moves while the old home may hold credit for them: a non-zero cached
+//!   balance, or a credit operation sent to the old home and not yet seen back as an entry, is
+//!   refused. In home-agent mode the home is the only holder of the balance; moving the user
+//!   without the old agent giving the credit up would let two agents spend it.
+//! - The user row is locked (`FOR UPDATE`) while the home is checked and changed; credit
+//!   operations take it `FOR SHARE`, so a credit cannot slip to the old home during a move.
+
+use deadpool_postgres::Pool;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use tollgate_schema::money::Credits;
+use tollgate_schema::wire::{EventBody, UserSettings};
+use uuid::Uuid;
+
+use super::operation::{self, Begin, Claim};
+use super::{Applied, CentralError, inbox, validate};
+
+/// Create or change a user (the whole central state of their settings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSet {
+    pub user_id: String,
+    /// The agent, by name, that holds this user's balance.
+    pub home_agent: String,
+    pub tier: String,
+    pub power_level: String,
+    pub monthly_allowance: Credits,
+    /// `None`: no cap.
+    pub monthly_spend_cap: Option<Credits>,
+}
+
+/// What [`set_user`] did (stored with the operation key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSetResult {
+    pub operation_key: String,
+    pub user: UserSettings,
+    pub home_agent: String,
+    pub home_agent_id: Uuid,
+    /// The `UserUpsert` event's seq in the home agent's inbox.
+    pub inbox_seq: i64,
+    pub event_id: Uuid,
+    /// True when the user did not exist centrally before.
+    pub created: bool,
+}
+
+impl UserSet {
+    fn validate(&self) -> Result<(), CentralError> {
+        validate::user_id("user_id", &self.user_id)?;
+        validate::tier("tier", &self.tier)?;
+        validate::power_level("power_level", &self.power_level)?;
+        validate::non_negative("monthly_allowance", self.monthly_allowance)?;
+        if let Some(cap) = self.monthly_spend_cap {
+            validate::non_negative("monthly_spend_cap", cap)?;
+        }
+        if self.home_agent.is_empty() {
+            return Err(CentralError::invalid("home_agent", "must name an agent"));
+        }
+        Ok(())
+    }
+
+    fn settings(&self) -> UserSettings {
+        UserSettings {
+            user_id: self.user_id.clone(),
+            tier: self.tier.clone(),
+            power_level: self.power_level.clone(),
+            monthly_allowance: self.monthly_allowance,
+            monthly_spend_cap: self.monthly_spend_cap,
+        }
+    }
+}
+
+/// Creates or changes a user and sends the settings to their home agent, idempotently by
+/// `operation_key`.
+pub async fn set_user(
+    pool: &Pool,
+    req: &UserSet,
+    operation_key: &str,
+    actor: &str,
+) -> Result<Applied<UserSetResult>, CentralError> {
+    req.validate()?;
+    let fingerprint = operation::fingerprint(&(operation::kind::USER_UPSERT, req))?;
+    let mut conn = pool.get().await?;
+    let tx = conn.transaction().await?;
+    let claim = Claim {
+        key: operation_key,
+        kind: operation::kind::USER_UPSERT,
+        fingerprint: &fingerprint,
+        user_id: Some(&req.user_id),
+        amount: None,
+        actor,
+    };
+    if let Begin::Replay(result) = operation::begin(&tx, claim).await? {
+        return Ok(Applied {
+            result,
+            replayed: true,
+            events_written: 0,
+        });
+    }
+    let agent = tx
+        .query_opt(
+            "SELECT agent_id, status FROM agents WHERE name = $1",
+            &[&req.home_agent],
+        )
+        .await?
+        .ok_or_else(|| {
+            CentralError::invalid(
+                "home_agent",
+                format!("no agent is named {:?}", req.home_agent),
+            )
+        })?;
+    let home_id: Uuid = agent.get(0);
+    let status: String = agent.get(1);
+    if status == "revoked" {
+        return Err(CentralError::invalid(
+            "home_agent",
+            format!(
+                "agent {:?} is revoked and can never apply events",
+                req.home_agent
+            ),
+        ));
+    }
+
+    let allowance = req.monthly_allowance.to_decimal();
+    let cap = req.monthly_spend_cap.map(Credits::to_decimal);
+    let created = tx
+        .query_opt(
+            "INSERT INTO user_credits (user_id, home_agent_id, subscription_tier, power_level, \
+             monthly_allowance, monthly_spend_cap) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (user_id) DO NOTHING RETURNING id",
+            &[
+                &req.user_id,
+                &home_id,
+                &req.tier,
+                &req.power_level,
+                &allowance,
+                &cap,
+            ],
+        )
+        .await?
+        .is_some();
+    if !created {
+        let row = tx
+            .query_one(
+                "SELECT u.home_agent_id, u.balance, a.name FROM user_credits u \
+                 LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
+                 WHERE u.user_id = $1 FOR UPDATE OF u",
+                &[&req.user_id],
+            )
+            .await?;
+        let old_home: Option<Uuid> = row.get(0);
+        let balance: Decimal = row.get(1);
+        let old_name: Option<String> = row.get(2);
+        if let Some(old_home) = old_home.filter(|old| *old != home_id) {
+            let old_name = old_name.unwrap_or_else(|| old_home.to_string());
+            refuse_move(
+                &tx,
+                &req.user_id,
+                old_home,
+                &old_name,
+                balance,
+                &req.home_agent,
+            )
+            .await?;
+        }
+        tx.execute(
+            "UPDATE user_credits SET home_agent_id = $2, subscription_tier = $3, power_level = $4, \
+             monthly_allowance = $5, monthly_spend_cap = $6 WHERE user_id = $1",
+            &[
+                &req.user_id,
+                &home_id,
+                &req.tier,
+                &req.power_level,
+                &allowance,
+                &cap,
+            ],
+        )
+        .await?;
+    }
+    let settings = req.settings();
+    let written = inbox::append(
+        &tx,
+        home_id,
+        &EventBody::UserUpsert(settings.clone()),
+        Some(operation_key),
+    )
+    .await?;
+    let result = UserSetResult {
+        operation_key: operation_key.to_owned(),
+        user: settings,
+        home_agent: req.home_agent.clone(),
+        home_agent_id: home_id,
+        inbox_seq: written.seq,
+        event_id: written.event_id,
+        created,
+    };
+    operation::finish(&tx, operation_key, Some((home_id, written.seq)), &result).await?;
+    tx.commit().await?;
+    Ok(Applied {
+        result,
+        replayed: false,
+        events_written: 1,
+    })
+}
+
+/// Refuses to move a user away from `old_home` while it may hold credit for them.
+async fn refuse_move(
+    tx: &tokio_postgres::Transaction<'_>,
+    user_id: &str,
+    old_home: Uuid,
+    old_name: &str,
+    balance: Decimal,
+    new_name: &str,
+) -> Result<(), CentralError> {
+    if !balance.is_zero() {
+        return Err(CentralError::Refused(format!(
+            "user {user_id:?} holds {} credits on agent {old_name:?}; in home-agent mode that \
+             agent alone holds the balance and would keep spending it, so the home cannot move \
+             to {new_name:?} until the balance is 0 (adjust it away on {old_name:?} first)",
+            balance.normalize()
+        )));
+    }
+    let pending: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM central_operations o \
+             WHERE o.kind = 'credit' AND o.user_id = $1 AND o.agent_id = $2 \
+               AND NOT EXISTS (SELECT 1 FROM credit_transactions ct \
+                               WHERE ct.idempotency_key = o.operation_key)",
+            &[&user_id, &old_home],
+        )
+        .await?
+        .get(0);
+    if pending > 0 {
+        return Err(CentralError::Refused(format!(
+            "user {user_id:?} has {pending} credit operation(s) sent to agent {old_name:?} and \
+             not yet applied there; the home cannot move to {new_name:?} until they come back \
+             as entries (see `reconcile`)"
+        )));
+    }
+    Ok(())
+}
+
+/// One user in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSummary {
+    pub user_id: String,
+    pub home_agent: Option<String>,
+    pub balance: Credits,
+    pub tier: String,
+    pub power_level: String,
+    pub lifetime_credits_purchased: Credits,
+    /// The agent's timestamp of the user's newest central entry.
+    pub last_entry_at: Option<String>,
+}
+
+/// Most users in one listing page.
+pub const USERS_PAGE_MAX: i64 = 1_000;
+
+/// Users ordered by id, after `after` (exclusive), at most `limit` (≤ [`USERS_PAGE_MAX`]).
+pub async fn list_users(
+    client: &tokio_postgres::Client,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<UserSummary>, CentralError> {
+    let limit = limit.clamp(1, USERS_PAGE_MAX);
+    let rows = client
+        .query(
+            "SELECT u.user_id, a.name, u.balance, u.subscription_tier, u.power_level, \
+                    u.lifetime_credits_purchased, \
+                    (SELECT ct.created_at FROM credit_transactions ct \
+                     WHERE ct.user_id = u.user_id ORDER BY ct.id DESC LIMIT 1) \
+             FROM user_credits u LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
+             WHERE $1::text IS NULL OR u.user_id > $1 \
+             ORDER BY u.user_id LIMIT $2",
+            &[&after, &limit],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(UserSummary {
+                user_id: r.get(0),
+                home_agent: r.get(1),
+                balance: super::credits_from_db(r.get(2))?,
+                tier: r.get(3),
+                power_level: r.get(4),
+                lifetime_credits_purchased: super::credits_from_db(r.get(5))?,
+                last_entry_at: r.get(6),
+            })
+        })
+        .collect()
+}
+
+/// A credit operation sent to an agent and not yet seen back as an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCredit {
+    pub operation_key: String,
+    pub amount: Credits,
+    pub agent: Option<String>,
+    pub inbox_seq: Option<i64>,
+}
+
+/// Everything known centrally about one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDetail {
+    #[serde(flatten)]
+    pub summary: UserSummary,
+    pub home_agent_status: Option<String>,
+    pub monthly_allowance: Credits,
+    pub monthly_spend_cap: Option<Credits>,
+    pub credits_used_this_month: Credits,
+    pub billing_cycle_start: String,
+    pub billing_cycle_end: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub entries: i64,
+    pub pending_credit_operations: Vec<PendingCredit>,
+}
+
+/// Most pending operations listed for one user.
+const PENDING_LISTED_MAX: i64 = 100;
+
+/// One user, or `None`.
+pub async fn show_user(
+    client: &tokio_postgres::Client,
+    user_id: &str,
+) -> Result<Option<UserDetail>, CentralError> {
+    let Some(r) = client
+        .query_opt(
+            "SELECT u.user_id, a.name, u.balance, u.subscription_tier, u.power_level, \
+                    u.lifetime_credits_purchased, \
+                    (SELECT ct.created_at FROM credit_transactions ct \
+                     WHERE ct.user_id = u.user_id ORDER BY ct.id DESC LIMIT 1), \
+                    a.status, u.monthly_allowance, u.monthly_spend_cap, \
+                    u.credits_used_this_month, u.billing_cycle_start, u.billing_cycle_end, \
+                    u.created_at, u.updated_at, \
+                    (SELECT count(*) FROM credit_transactions ct WHERE ct.user_id = u.user_id) \
+             FROM user_credits u LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
+             WHERE u.user_id = $1",
+            &[&user_id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let cap: Option<Decimal> = r.get(9);
+    let pending = client
+        .query(
+            "SELECT o.operation_key, o.amount, a.name, o.inbox_seq FROM central_operations o \
+             LEFT JOIN agents a ON a.agent_id = o.agent_id \
+             WHERE o.kind = 'credit' AND o.user_id = $1 \
+               AND NOT EXISTS (SELECT 1 FROM credit_transactions ct \
+                               WHERE ct.idempotency_key = o.operation_key) \
+             ORDER BY o.created_at LIMIT $2",
+            &[&user_id, &PENDING_LISTED_MAX],
+        )
+        .await?
+        .iter()
+        .map(|p| {
+            Ok(PendingCredit {
+                operation_key: p.get(0),
+                amount: super::credits_from_db(p.get(1))?,
+                agent: p.get(2),
+                inbox_seq: p.get(3),
+            })
+        })
+        .collect::<Result<Vec<_>, CentralError>>()?;
+    Ok(Some(UserDetail {
+        summary: UserSummary {
+            user_id: r.get(0),
+            home_agent: r.get(1),
+            balance: super::credits_from_db(r.get(2))?,
+            tier: r.get(3),
+            power_level: r.get(4),
+            lifetime_credits_purchased: super::credits_from_db(r.get(5))?,
+            last_entry_at: r.get(6),
+        },
+        home_agent_status: r.get(7),
+        monthly_allowance: super::credits_from_db(r.get(8))?,
+        monthly_spend_cap: cap.map(super::credits_from_db).transpose()?,
+        credits_used_this_month: super::credits_from_db(r.get(10))?,
+        billing_cycle_start: super::rfc3339(r.get(11)),
+        billing_cycle_end: super::rfc3339(r.get(12)),
+        created_at: super::rfc3339(r.get(13)),
+        updated_at: super::rfc3339(r.get(14)),
+        entries: r.get(15),
+        pending_credit_operations: pending,
+    }))
+}

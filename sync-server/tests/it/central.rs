@@ -1,0 +1,307 @@
+//! Central operations as a library: idempotent by key (also when two replicas race on one key),
+//! validated before anything is written, and turned into inbox events for the right agents.
+
+use tollgate_schema::wire::{CreditEventKind, EventBody};
+use tollgate_server::central::CentralError;
+use tollgate_server::central::credit::{self, CreditKind, CreditOp, PurchasedPackage};
+use tollgate_server::central::users::{UserSet, set_user};
+
+use crate::admin_support::{add_agent, books, c, count, inbox, revoke_agent, set_user as home};
+use crate::support::TestDb;
+
+fn grant(user: &str, amount: &str, op: &str) -> CreditOp {
+    CreditOp {
+        user_id: user.to_owned(),
+        kind: CreditKind::Grant,
+        amount: c(amount),
+        operation_id: op.to_owned(),
+        note: Some("welcome".to_owned()),
+        actor: "test".to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_racing_one_operation_write_one_event() {
+    let db = TestDb::new().await;
+    add_agent(&db, "a1").await;
+    home(&db, "alice", "a1").await;
+    // A second pool: another replica on the same database.
+    let replica = tollgate_server::db::pool(&db.url, 8).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let pool = if i % 2 == 0 {
+            db.pool.clone()
+        } else {
+            replica.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            credit::credit(&pool, &grant("alice", "12.5", "race-1")).await
+        }));
+    }
+    let mut fresh = 0;
+    let mut seqs = Vec::new();
+    for t in tasks {
+        let applied = t.await.unwrap().unwrap();
+        if !applied.replayed {
+            fresh += 1;
+        }
+        seqs.push(applied.result.inbox_seq);
+    }
+    assert_eq!(fresh, 1, "exactly one call wrote the operation");
+    assert!(seqs.iter().all(|s| *s == seqs[0]), "{seqs:?}");
+    assert_eq!(
+        count(
+            &db,
+            "central_operations WHERE operation_key = 'admin:race-1'"
+        )
+        .await,
+        1
+    );
+    let events = inbox(&db, "a1").await;
+    let credits: Vec<_> = events.iter().filter(|(k, _)| k == "credit").collect();
+    assert_eq!(credits.len(), 1, "{events:?}");
+    match &credits[0].1 {
+        EventBody::Credit(e) => {
+            assert_eq!(e.amount, c("12.5"));
+            assert_eq!(e.kind, CreditEventKind::Bonus);
+            assert_eq!(e.idempotency_key, "admin:race-1");
+            assert_eq!(e.admin_user_id.as_deref(), Some("test"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn same_key_other_content_is_a_conflict_and_writes_nothing() {
+    let db = TestDb::new().await;
+    add_agent(&db, "a1").await;
+    home(&db, "alice", "a1").await;
+    let first = credit::credit(&db.pool, &grant("alice", "5", "op"))
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    // "5.000" is the same amount: a replay.
+    let again = credit::credit(&db.pool, &grant("alice", "5.000", "op"))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.result, first.result);
+    let before = books(&db).await;
+    for changed in [
+        grant("alice", "5.000000001", "op"),
+        CreditOp {
+            note: None,
+            ..grant("alice", "5", "op")
+        },
+        CreditOp {
+            kind: CreditKind::Refund,
+            ..grant("alice", "5", "op")
+        },
+    ] {
+        let err = credit::credit(&db.pool, &changed).await.unwrap_err();
+        assert!(
+            matches!(err, CentralError::IdempotencyConflict { .. }),
+            "{err}"
+        );
+    }
+    assert_eq!(books(&db).await, before);
+}
+
+#[tokio::test]
+async fn refused_credit_operations_write_nothing() {
+    let db = TestDb::new().await;
+    add_agent(&db, "a1").await;
+    add_agent(&db, "gone").await;
+    home(&db, "alice", "a1").await;
+    home(&db, "bob", "gone").await;
+    revoke_agent(&db, "gone").await;
+    db.pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO user_credits (user_id) VALUES ('homeless')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let before = books(&db).await;
+    let cases: Vec<(CreditOp, &str)> = vec![
+        (grant("nobody", "1", "x1"), "no user"),
+        (grant("homeless", "1", "x2"), "no home agent"),
+        (grant("bob", "1", "x3"), "revoked"),
+        (grant("alice", "0", "x4"), "amount: must not be zero"),
+        (
+            grant("alice", "-1", "x5"),
+            "amount: a grant must be positive",
+        ),
+        (
+            CreditOp {
+                kind: CreditKind::Refund,
+                ..grant("alice", "-1", "x6")
+            },
+            "amount: a refund must be positive",
+        ),
+        (grant("alice", "1", ""), "operation_id"),
+        (grant("alice", "1", "has space"), "operation_id"),
+        (grant("bad user", "1", "x7"), "user_id"),
+        (
+            CreditOp {
+                note: Some("two\nlines".to_owned()),
+                ..grant("alice", "1", "x8")
+            },
+            "note",
+        ),
+    ];
+    for (op, needle) in cases {
+        let err = credit::credit(&db.pool, &op).await.unwrap_err().to_string();
+        assert!(err.contains(needle), "{op:?}: {err}");
+    }
+    assert_eq!(books(&db).await, before);
+    // A negative adjustment is allowed (the agent refuses it if the balance cannot cover it).
+    let adjust = CreditOp {
+        kind: CreditKind::Adjust,
+        ..grant("alice", "-3", "adj")
+    };
+    let applied = credit::credit(&db.pool, &adjust).await.unwrap();
+    assert_eq!(applied.result.kind, CreditEventKind::AdminAdjustment);
+    assert_eq!(applied.result.amount, c("-3"));
+}
+
+#[tokio::test]
+async fn set_user_is_idempotent_and_validated() {
+    let db = TestDb::new().await;
+    add_agent(&db, "a1").await;
+    add_agent(&db, "gone").await;
+    revoke_agent(&db, "gone").await;
+    let req = UserSet {
+        user_id: "alice".to_owned(),
+        home_agent: "a1".to_owned(),
+        tier: "starter".to_owned(),
+        power_level: "eco".to_owned(),
+        monthly_allowance: c("10"),
+        monthly_spend_cap: Some(c("50")),
+    };
+    let first = set_user(&db.pool, &req, "admin:u-1", "test").await.unwrap();
+    assert!(first.result.created && !first.replayed);
+    let again = set_user(&db.pool, &req, "admin:u-1", "test").await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.result, first.result);
+    assert_eq!(inbox(&db, "a1").await.len(), 1);
+    let err = set_user(
+        &db.pool,
+        &UserSet {
+            tier: "enterprise".to_owned(),
+            ..req.clone()
+        },
+        "admin:u-1",
+        "test",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, CentralError::IdempotencyConflict { .. }));
+
+    let before = books(&db).await;
+    for (bad, needle) in [
+        (
+            UserSet {
+                tier: "gold".to_owned(),
+                ..req.clone()
+            },
+            "tier: \"gold\" is not one of",
+        ),
+        (
+            UserSet {
+                power_level: "turbo".to_owned(),
+                ..req.clone()
+            },
+            "power_level",
+        ),
+        (
+            UserSet {
+                home_agent: "nope".to_owned(),
+                ..req.clone()
+            },
+            "home_agent: no agent is named",
+        ),
+        (
+            UserSet {
+                home_agent: "gone".to_owned(),
+                ..req.clone()
+            },
+            "revoked",
+        ),
+        (
+            UserSet {
+                user_id: "x".repeat(129),
+                ..req.clone()
+            },
+            "user_id",
+        ),
+        (
+            UserSet {
+                monthly_allowance: c("-1"),
+                ..req.clone()
+            },
+            "monthly_allowance",
+        ),
+    ] {
+        let err = set_user(&db.pool, &bad, "admin:u-2", "test")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+    assert_eq!(books(&db).await, before);
+}
+
+#[tokio::test]
+async fn a_purchase_grants_once_per_session() {
+    let db = TestDb::new().await;
+    add_agent(&db, "a1").await;
+    home(&db, "alice", "a1").await;
+    let package = PurchasedPackage {
+        name: "Value Pack".to_owned(),
+        credits: c("500"),
+    };
+    for _ in 0..3 {
+        let mut conn = db.pool.get().await.unwrap();
+        let tx = conn.transaction().await.unwrap();
+        credit::grant_purchase(&tx, "alice", &package, "cs_test_1")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let events = inbox(&db, "a1").await;
+    let credits: Vec<_> = events
+        .into_iter()
+        .filter_map(|(_, b)| match b {
+            EventBody::Credit(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(credits.len(), 1);
+    assert_eq!(credits[0].kind, CreditEventKind::Purchase);
+    assert_eq!(credits[0].package.as_deref(), Some("Value Pack"));
+    assert_eq!(credits[0].idempotency_key, "stripe:cs_test_1");
+    // A package changed since checkout is not named (the agent would refuse the mismatch); the
+    // credits bought still are.
+    db.pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE credit_packages SET credits = 600 WHERE name = 'Value Pack'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut conn = db.pool.get().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let applied = credit::grant_purchase(&tx, "alice", &package, "cs_test_2")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(applied.result.package, None);
+    assert_eq!(applied.result.amount, c("500"));
+}

@@ -1,0 +1,344 @@
+//! The end-to-end harness: the real `tollgate` and `tollgate-server` binaries as child processes,
+//! a fresh PostgreSQL database per test, the mock LLM upstream and a mock Stripe API, all on
+//! loopback.
+//!
+//! The binaries are the ones cargo built for this workspace (next to this test's own executable,
+//! in `target/<profile>/`): run the suite with `cargo nextest run --workspace` (the README's test
+//! command), which builds both.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+
+/// A built workspace binary by name.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the end-to-end tests with `cargo nextest run --workspace`",
+        path.display()
+    );
+    path
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL
+
+/// A fresh database, dropped when this is dropped. Not migrated: the test runs
+/// `tollgate-server migrate` like an operator would.
+#[derive(Debug)]
+pub struct Database {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl Database {
+    pub async fn create() -> Database {
+        let admin_url = std::env::var("TOLLGATE_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let name = format!("tg_e2e_{}", uuid::Uuid::now_v7().simple());
+        let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+            .await
+            .expect("connects to PostgreSQL (set TOLLGATE_TEST_PG)");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let base = admin_url.rsplit_once('/').unwrap().0;
+        let url = format!("{base}/{name}");
+        Database {
+            name,
+            url,
+            admin_url,
+        }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// A child process killed (and reaped) on drop.
+#[derive(Debug)]
+pub struct Process(pub Child);
+
+impl Process {
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a command to completion, with `stdin` fed if given.
+pub fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn ok(cmd: Command, stdin: Option<&str>) -> String {
+    let what = format!("{cmd:?}");
+    let out = run(cmd, stdin);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The first whitespace-separated word of `text` starting with `prefix`.
+pub fn word_with_prefix(text: &str, prefix: &str) -> String {
+    text.split_whitespace()
+        .find(|w| w.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix}… in {text:?}"))
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_' && c != '-')
+        .to_owned()
+}
+
+/// The central server.
+#[derive(Debug)]
+pub struct Server {
+    pub database_url: String,
+    pub envs: Vec<(String, String)>,
+}
+
+impl Server {
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary("tollgate-server"));
+        cmd.args(args).env("DATABASE_URL", &self.database_url);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        ok(self.command(args), None)
+    }
+
+    /// `serve --listen ADDR`, waiting for its "listening on" line.
+    pub fn serve(&self, listen: &str) -> (Process, SocketAddr) {
+        let mut cmd = self.command(&["serve", "--listen", listen]);
+        cmd.env("TOLLGATE_SERVER_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
+        let addr = line
+            .strip_prefix("tollgate-server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        std::thread::spawn(move || for _ in lines {});
+        (Process(child), addr)
+    }
+}
+
+/// One agent: its data dir, and its gateway once started.
+#[derive(Debug)]
+pub struct Agent {
+    pub name: String,
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    pub fn init(name: &str) -> Agent {
+        let agent = Agent {
+            name: name.to_owned(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        agent.ok(&["init"]);
+        agent
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary("tollgate"));
+        cmd.arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .env_remove("TOLLGATE_CONFIG")
+            .env_remove("TOLLGATE_DATA_DIR");
+        cmd
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        ok(self.command(args), None)
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let text = self.ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+    }
+
+    /// `tollgate serve` on port 0 in front of `upstream`; returns the gateway's base URL.
+    pub fn serve(&self, upstream: &str) -> (Process, String) {
+        let mut child = self
+            .command(&["serve", "--listen", "127.0.0.1:0", "--upstream", upstream])
+            .env("TOLLGATE_UPSTREAM_KEY", "sk-litellm-e2e")
+            .env("TOLLGATE_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("serve exited before listening")
+                .unwrap();
+            if let Ok(log) = serde_json::from_str::<Value>(&line)
+                && let Some(listen) = log["fields"]["listen"].as_str()
+            {
+                break listen.to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        (Process(child), format!("http://{addr}"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A mock Stripe API
+
+/// Answers `POST /v1/checkout/sessions` with a new `cs_test_…` session and records the forms.
+#[derive(Debug, Clone)]
+pub struct MockStripe {
+    pub url: String,
+    pub forms: Arc<Mutex<Vec<String>>>,
+}
+
+impl MockStripe {
+    pub async fn start() -> MockStripe {
+        let forms: Arc<Mutex<Vec<String>>> = Arc::default();
+        let recorded = forms.clone();
+        let app = axum::Router::new().route(
+            "/v1/checkout/sessions",
+            axum::routing::post(move |body: String| {
+                let recorded = recorded.clone();
+                async move {
+                    let n = {
+                        let mut forms = recorded.lock().unwrap();
+                        forms.push(body);
+                        forms.len()
+                    };
+                    axum::Json(serde_json::json!({
+                        "id": format!("cs_test_{n}"),
+                        "object": "checkout.session",
+                        "url": format!("https://checkout.stripe.test/c/pay/cs_test_{n}"),
+                        "payment_status": "unpaid",
+                    }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        MockStripe { url, forms }
+    }
+}
+
+/// A `Stripe-Signature` header for `body` signed with `secret` at unix time `t`.
+pub fn stripe_signature(secret: &str, t: i64, body: &str) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after `limit`. For waiting on
+/// a state another process reaches (convergence), not for pacing.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
