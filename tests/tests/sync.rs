@@ -128,12 +128,24 @@ async fn agents_and_server_converge_after_an_outage() {
     let listen = format!("127.0.0.1:{port}");
     let (mut primary, addr) = server.serve(&listen);
     let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
     let admin = word_with_prefix(
         &server.ok(&["admin-tokens", "create", "ops", "--role", "full"]),
         "tgadm_",
     );
+    // A catalog change before any agent exists: new agents must start from the server's catalog.
+    let response = client
+        .put(format!("{base}/admin/v1/packages/Team%20Pack"))
+        .bearer_auth(&admin)
+        .json(
+            &json!({"credits": "2500", "price_usd": "190.00", "discount_percent": 24,
+                      "sort_order": 5, "description": "For small teams"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
     let upstream = MockUpstream::spawn().await.unwrap();
-    let client = reqwest::Client::new();
 
     // Agents: enrolled, with local users, credit and API keys; then their gateways (with sync).
     let mut hosts = Vec::new();
@@ -164,6 +176,20 @@ async fn agents_and_server_converge_after_an_outage() {
     traffic(&client, &hosts, "before").await;
     let pg = db.client().await;
     eventually("first convergence", CONVERGE, || all_converged(&hosts, &pg)).await;
+    for host in &hosts {
+        let packages = host.agent.json(&["packages", "list"]);
+        let names: Vec<&str> = packages
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"Team Pack"),
+            "{}: {names:?}",
+            host.agent.name
+        );
+    }
 
     // Outage: the server dies (kill -9). The gateways keep serving from what they hold.
     primary.kill();

@@ -60,6 +60,15 @@ pub struct PushReport {
 }
 
 /// What pulling did.
+/// Why a pull applied a snapshot instead of events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SnapshotReason {
+    /// The first pull after enrolment.
+    FirstPull,
+    /// The server no longer holds the events after the cursor.
+    CursorGone,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PullReport {
     pub pages: u32,
@@ -268,12 +277,24 @@ impl Syncer {
     /// One pull: the events after the cursor (waiting up to `wait` for the first), each applied
     /// in its own transaction; on `cursor_gone`, the snapshot instead.
     pub async fn pull(&self, wait: Duration) -> Result<PullReport, SyncError> {
-        let cursor = self.ledger(|l| Ok(l.sync_identity()?.inbox_cursor)).await?;
+        let (cursor, never_pulled) = self
+            .ledger(|l| {
+                let status = l.sync_status()?;
+                Ok((status.inbox_cursor, status.last_pull_at.is_none()))
+            })
+            .await?;
         let mut report = PullReport {
             pages: 1,
             cursor,
             ..PullReport::default()
         };
+        if never_pulled && cursor == 0 {
+            // A newly enrolled agent starts from the server's state (its catalog may have
+            // changed since the seeds), then pulls the events after the snapshot's cursor.
+            self.take_snapshot(&mut report, SnapshotReason::FirstPull)
+                .await?;
+            return Ok(report);
+        }
         match self.client.pull(cursor, wait).await {
             Ok(page) => {
                 let head = page.head;
@@ -307,34 +328,52 @@ impl Syncer {
                 code: ErrorCode::CursorGone,
                 ..
             }) => {
-                let snapshot = self.client.snapshot().await?;
-                let head = snapshot.cursor;
-                let applied = self
-                    .ledger(move |l| {
-                        let applied = l.apply_snapshot(&snapshot)?;
-                        l.record_sync_result(SyncResult::Pulled {
-                            server_inbox_head: head,
-                        })?;
-                        Ok(applied)
-                    })
+                self.take_snapshot(&mut report, SnapshotReason::CursorGone)
                     .await?;
-                tracing::warn!(
-                    from = applied.previous_cursor,
-                    to = applied.cursor,
-                    refused = applied.refused.len(),
-                    "the sync server no longer held this agent's inbox after its cursor: applied \
-                     its snapshot"
-                );
-                for refusal in &applied.refused {
-                    tracing::warn!(%refusal, "snapshot item refused by the books");
-                }
-                report.cursor = applied.cursor;
-                report.server_head = head;
-                report.snapshot = Some(applied);
             }
             Err(e) => return Err(e.into()),
         }
         Ok(report)
+    }
+
+    /// Fetches the server's snapshot for this agent and applies it (one transaction).
+    async fn take_snapshot(
+        &self,
+        report: &mut PullReport,
+        reason: SnapshotReason,
+    ) -> Result<(), SyncError> {
+        let snapshot = self.client.snapshot().await?;
+        let head = snapshot.cursor;
+        let applied = self
+            .ledger(move |l| {
+                let applied = l.apply_snapshot(&snapshot)?;
+                l.record_sync_result(SyncResult::Pulled {
+                    server_inbox_head: head,
+                })?;
+                Ok(applied)
+            })
+            .await?;
+        match reason {
+            SnapshotReason::CursorGone => tracing::warn!(
+                from = applied.previous_cursor,
+                to = applied.cursor,
+                refused = applied.refused.len(),
+                "the sync server no longer held this agent's inbox after its cursor: applied \
+                 its snapshot"
+            ),
+            SnapshotReason::FirstPull => tracing::info!(
+                cursor = applied.cursor,
+                refused = applied.refused.len(),
+                "first pull since enrolment: applied the server's snapshot (catalog, users)"
+            ),
+        }
+        for refusal in &applied.refused {
+            tracing::warn!(%refusal, "snapshot item refused by the books");
+        }
+        report.cursor = applied.cursor;
+        report.server_head = head;
+        report.snapshot = Some(applied);
+        Ok(())
     }
 
     /// One cycle, for `tollgate sync now`: push until caught up, then pull without waiting until
