@@ -76,8 +76,9 @@ pub struct EnrollArgs {
         hide_env_values = true
     )]
     pub token: String,
-    /// Enrol again although this agent is enrolled: the server sees a new agent, to which the
-    /// whole journal is pushed again and whose inbox starts over.
+    /// Enrol again although this agent is enrolled: with a token for the same agent, a new
+    /// credential (the old one stops working). A token for another agent is refused once this
+    /// database's entries are stored centrally (they belong to the first agent).
     #[arg(long)]
     pub force: bool,
 }

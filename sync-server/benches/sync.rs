@@ -12,9 +12,11 @@
 //!   1,000) straight over tokio-postgres: no HTTP, no JSON, no hash checks, no stream lock, no
 //!   balance updates. The ratio ingest / baseline is what the protocol costs.
 //! - **lag**: ten agents each commit entries at a steady 100 a second (1,000 a second in all) and
-//!   push the way the agent's sync task does (whatever is unacknowledged, at most 1,000, as soon
-//!   as the previous push answered, waiting [`AGENT_PUSH_INTERVAL`] when there was nothing new);
-//!   lag = entry committed → acknowledged by the server; p50/p99/max over every entry.
+//!   push the way the agent's sync task does (agent/src/sync/task.rs: push whatever is
+//!   unacknowledged, at most 1,000 per request, until caught up; then look again after
+//!   [`AGENT_PUSH_INTERVAL`]); lag = entry committed → acknowledged by the server; p50/p99/max
+//!   over every entry. The interval dominates the lag: it is the agent's choice, not the
+//!   server's cost.
 //!
 //! Ingest and baseline take turns (fresh database each time; the order alternates); the summary
 //! is the median. Run: `cargo bench -p tollgate-server --bench sync`. `TOLLGATE_BENCH_ENTRIES`
@@ -682,9 +684,8 @@ async fn lag_run(db: &BenchDb, secs: u64) -> Vec<f64> {
         // The agent's journal: entries with their commit instants; the pusher sends what is
         // unacknowledged.
         let journal: Arc<Mutex<Vec<(WireEntry, Instant)>>> = Arc::default();
-        let notify = Arc::new(tokio::sync::Notify::new());
         let producer = {
-            let (journal, notify) = (journal.clone(), notify.clone());
+            let journal = journal.clone();
             tokio::spawn(async move {
                 let mut chain = Chain::new(index + 100);
                 let mut tick =
@@ -694,7 +695,6 @@ async fn lag_run(db: &BenchDb, secs: u64) -> Vec<f64> {
                     tick.tick().await;
                     let entry = chain.next();
                     journal.lock().await.push((entry, Instant::now()));
-                    notify.notify_one();
                 }
             })
         };
@@ -713,7 +713,8 @@ async fn lag_run(db: &BenchDb, secs: u64) -> Vec<f64> {
                     )
                 };
                 if batch.is_empty() {
-                    let _ = tokio::time::timeout(AGENT_PUSH_INTERVAL, notify.notified()).await;
+                    // Caught up: like the agent's push loop, look again after the interval.
+                    tokio::time::sleep(AGENT_PUSH_INTERVAL).await;
                     continue;
                 }
                 let body = serde_json::to_vec(&PushRequest {

@@ -3,6 +3,8 @@
 //! Guarantees:
 //! - `migrate` runs refinery's embedded migrations under a PostgreSQL advisory lock, so replicas
 //!   started together migrate once, one after the other; running it again is a no-op.
+//! - Connections are plain TCP or a Unix socket (no TLS yet): a URL that requires TLS is refused
+//!   rather than silently downgraded.
 //! - A database whose schema is newer than this build is refused (`check_schema`), with a message
 //!   naming both versions: an old binary must not write to books it does not understand.
 
@@ -19,6 +21,12 @@ pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
     let pg: tokio_postgres::Config = url
         .parse()
         .map_err(|e| anyhow!("the database URL is not valid ({e})"))?;
+    if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err(anyhow!(
+            "the database URL asks for sslmode=require, but this build connects without TLS: \
+             reach PostgreSQL over a Unix socket or a private network (sslmode=disable)"
+        ));
+    }
     let mut config = deadpool_postgres::Config::new();
     config.user = pg.get_user().map(str::to_owned);
     config.password = pg

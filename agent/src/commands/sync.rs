@@ -62,6 +62,22 @@ pub fn enroll(ctx: &Ctx, args: EnrollArgs) -> anyhow::Result<ExitCode> {
         .block_on(SyncClient::enroll(&server, &token, &identity.incarnation))
         .with_context(|| format!("enrolling with {server}"))?;
     let agent_name = answer.agent_name;
+    if let Some(previous) = identity.agent_id.as_deref()
+        && previous != answer.agent_id
+        && identity.acked_seq > 0
+    {
+        // Re-enrolled as another agent: its entries are already stored under the previous one,
+        // and pushing them again as a new agent's would be refused as duplicates (quarantine).
+        bail!(
+            "the server enrolled this database as a new agent ({agent_name}, {}), but its \
+             entries 1..={} are already stored under agent {previous}; nothing was changed here. \
+             Ask the server's admin for a token for the same agent (`tollgate-server agents \
+             enroll <its name>` issues one), or enrol a new database (`tollgate init` in a new \
+             data dir) as the new agent",
+            answer.agent_id,
+            identity.acked_seq
+        );
+    }
     let config = SyncConfig::new(&server, &answer.agent_id, Secret::new(answer.credential))
         .context("the server's enrolment answer")?;
     config.save(&path).context(

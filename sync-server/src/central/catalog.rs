@@ -96,20 +96,7 @@ pub fn validate_package(p: &PackageSpec) -> Result<(), CentralError> {
 /// [`COST_MULTIPLIER_MAX`].
 pub fn cost_multiplier(text: &str) -> Result<Decimal, CentralError> {
     let refuse = |why: &str| CentralError::invalid("cost_multiplier", format!("{text:?} {why}"));
-    let plain = !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && text.bytes().filter(|&b| b == b'.').count() <= 1
-        && text.bytes().any(|b| b.is_ascii_digit());
-    if !plain {
-        return Err(refuse("is not a plain decimal number like \"0.7\""));
-    }
-    let value = Decimal::from_str_exact(text).map_err(|_| refuse("is out of range"))?;
-    let thousandths = value
-        .checked_mul(Decimal::from(1_000))
-        .ok_or_else(|| refuse("is out of range"))?;
-    if !thousandths.fract().is_zero() {
-        return Err(refuse("has more than 3 decimal places"));
-    }
+    let value = plain_decimal(text, "cost_multiplier", "0.7", 3)?;
     if value <= Decimal::ZERO {
         return Err(refuse("is not positive"));
     }
@@ -442,24 +429,39 @@ pub async fn power_levels(
         .collect()
 }
 
-/// Whole cents from an exact USD text with at most 2 decimals ("45", "45.5", "45.00").
-pub fn price_cents(text: &str) -> Result<i64, CentralError> {
-    let refuse = |why: &str| CentralError::invalid("price_usd", format!("{text:?} {why}"));
+/// A non-negative decimal written plainly (digits and at most one point: no sign, exponent or
+/// spaces) with at most `places` decimal places, exactly.
+fn plain_decimal(
+    text: &str,
+    field: &'static str,
+    example: &str,
+    places: u32,
+) -> Result<Decimal, CentralError> {
+    let refuse = |why: String| CentralError::invalid(field, format!("{text:?} {why}"));
     let plain = !text.is_empty()
         && text.bytes().all(|b| b.is_ascii_digit() || b == b'.')
         && text.bytes().filter(|&b| b == b'.').count() <= 1
         && text.bytes().any(|b| b.is_ascii_digit());
     if !plain {
-        return Err(refuse("is not a plain decimal number like \"45.00\""));
+        return Err(refuse(format!(
+            "is not a plain decimal number like \"{example}\""
+        )));
     }
-    let value = Decimal::from_str_exact(text).map_err(|_| refuse("is out of range"))?;
-    let cents = value
+    let value = Decimal::from_str_exact(text).map_err(|_| refuse("is out of range".to_owned()))?;
+    if value.normalize().scale() > places {
+        return Err(refuse(format!("has more than {places} decimal places")));
+    }
+    Ok(value)
+}
+
+/// Whole cents from an exact USD text with at most 2 decimals ("45", "45.5", "45.00").
+pub fn price_cents(text: &str) -> Result<i64, CentralError> {
+    let refuse = |why: &str| CentralError::invalid("price_usd", format!("{text:?} {why}"));
+    let value = plain_decimal(text, "price_usd", "45.00", 2)?;
+    value
         .checked_mul(Decimal::from(100))
-        .ok_or_else(|| refuse("is out of range"))?;
-    if !cents.fract().is_zero() {
-        return Err(refuse("has more than 2 decimal places"));
-    }
-    cents.to_i64().ok_or_else(|| refuse("is out of range"))
+        .and_then(|cents| cents.to_i64())
+        .ok_or_else(|| refuse("is out of range"))
 }
 
 #[cfg(test)]

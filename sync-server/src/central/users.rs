@@ -147,26 +147,17 @@ pub async fn set_user(
     if !created {
         let row = tx
             .query_one(
-                "SELECT u.home_agent_id, u.balance, a.name FROM user_credits u \
+                "SELECT u.home_agent_id, a.name FROM user_credits u \
                  LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
                  WHERE u.user_id = $1 FOR UPDATE OF u",
                 &[&req.user_id],
             )
             .await?;
         let old_home: Option<Uuid> = row.get(0);
-        let balance: Decimal = row.get(1);
-        let old_name: Option<String> = row.get(2);
+        let old_name: Option<String> = row.get(1);
         if let Some(old_home) = old_home.filter(|old| *old != home_id) {
             let old_name = old_name.unwrap_or_else(|| old_home.to_string());
-            refuse_move(
-                &tx,
-                &req.user_id,
-                old_home,
-                &old_name,
-                balance,
-                &req.home_agent,
-            )
-            .await?;
+            return Err(refuse_move(&req.user_id, &old_name, &req.home_agent));
         }
         tx.execute(
             "UPDATE user_credits SET home_agent_id = $2, subscription_tier = $3, power_level = $4, \
@@ -208,41 +199,17 @@ pub async fn set_user(
     })
 }
 
-/// Refuses to move a user away from `old_home` while it may hold credit for them.
-async fn refuse_move(
-    tx: &tokio_postgres::Transaction<'_>,
-    user_id: &str,
-    old_home: Uuid,
-    old_name: &str,
-    balance: Decimal,
-    new_name: &str,
-) -> Result<(), CentralError> {
-    if !balance.is_zero() {
-        return Err(CentralError::Refused(format!(
-            "user {user_id:?} holds {} credits on agent {old_name:?}; in home-agent mode that \
-             agent alone holds the balance and would keep spending it, so the home cannot move \
-             to {new_name:?} until the balance is 0 (adjust it away on {old_name:?} first)",
-            balance.normalize()
-        )));
-    }
-    let pending: i64 = tx
-        .query_one(
-            "SELECT count(*) FROM central_operations o \
-             WHERE o.kind = 'credit' AND o.user_id = $1 AND o.agent_id = $2 \
-               AND NOT EXISTS (SELECT 1 FROM credit_transactions ct \
-                               WHERE ct.idempotency_key = o.operation_key)",
-            &[&user_id, &old_home],
-        )
-        .await?
-        .get(0);
-    if pending > 0 {
-        return Err(CentralError::Refused(format!(
-            "user {user_id:?} has {pending} credit operation(s) sent to agent {old_name:?} and \
-             not yet applied there; the home cannot move to {new_name:?} until they come back \
-             as entries (see `reconcile`)"
-        )));
-    }
-    Ok(())
+/// Refuses to move a user away from `old_home`. In home-agent mode the old home keeps the user's
+/// account: it would go on spending what it holds, granting allowances at renewal and booking
+/// credit the server cannot see yet, so no check made here can prove it holds nothing. Moving a
+/// user between agents needs the escrow protocol (SYNC.md); until then a home is permanent.
+fn refuse_move(user_id: &str, old_name: &str, new_name: &str) -> CentralError {
+    CentralError::Refused(format!(
+        "user {user_id:?} is homed on agent {old_name:?}, which holds their balance and keeps \
+         their account; moving them to {new_name:?} is not supported in home-agent mode (the old \
+         agent would go on spending and granting allowances). Create a new user id on \
+         {new_name:?} instead"
+    ))
 }
 
 /// One user in a listing.

@@ -68,7 +68,8 @@ pub async fn create_enrollment(
     let status: String = row.get(1);
     if status == "revoked" {
         return Err(AgentError::State(format!(
-            "agent {name:?} is revoked; enrol the host under a new name"
+            "agent {name:?} is revoked for good; enrol a new database (`tollgate init` in a new \
+             data dir) under a new name"
         )));
     }
     tx.execute(

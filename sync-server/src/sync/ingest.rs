@@ -10,6 +10,9 @@
 //!   `quarantined_entries`, the agent is quarantined, and only that is committed (409
 //!   `conflict`). The same happens when the first new entry does not chain on the stored head.
 //! - An entry past head + 1 is a gap: nothing is written (409 `gap`).
+//! - An entry keyed by a central credit operation must match it (the agent it was sent to, its
+//!   user and amount) and be its only entry; otherwise the agent is quarantined (409 `conflict`)
+//!   and nothing of the batch is stored, so a central credit is never counted twice.
 //! - New entries are stored with one multi-row insert, exactly as hashed; users first seen are
 //!   created homed on this agent; each user's balance moves once per batch by its net delta
 //!   through `add_credits` / `debit_credits` (which refuse to overdraw); purchases and usage
@@ -107,6 +110,10 @@ const ADVANCE_STREAM: &str = "WITH s AS (UPDATE agent_streams SET acked_seq = $3
 const HEARTBEAT: &str = "WITH s AS (UPDATE agent_streams SET reported_head_seq = $3, \
      last_push_at = now() WHERE agent_id = $1 AND incarnation = $2) \
      UPDATE agents SET incarnation = $2 WHERE agent_id = $1 AND incarnation IS DISTINCT FROM $2";
+const CENTRAL_OPERATIONS: &str = "SELECT operation_key, agent_id, user_id, amount \
+     FROM central_operations WHERE kind = 'credit' AND operation_key = ANY($1)";
+const STORED_KEYS: &str = "SELECT idempotency_key FROM credit_transactions \
+     WHERE idempotency_key = ANY($1)";
 const INSERT_EVIDENCE: &str = "INSERT INTO quarantined_entries \
      (agent_id, incarnation, seq, held_hash, offered_hash, offered) VALUES ($1, $2, $3, $4, $5, $6)";
 const QUARANTINE: &str = "UPDATE agents SET status = 'quarantined', quarantine_reason = $2 \
@@ -254,6 +261,13 @@ pub(crate) async fn ingest(
         return Err(quarantine(tx, agent, incarnation, acked, reason, &evidence).await);
     }
 
+    // An entry carrying a central operation's key must be that operation, applied once, by the
+    // agent it was sent to: anything else would count central credit twice or in the wrong place.
+    if let Some(reason) = central_key_mismatch(&tx, agent_id, new).await? {
+        drop(tx);
+        return Err(quarantine_alone(pool, agent, acked, reason).await);
+    }
+
     // Users first seen are homed on this agent.
     let effects = Effects::of(new)?;
     let insert_users = tx.prepare_cached(INSERT_USERS).await?;
@@ -371,6 +385,69 @@ pub(crate) async fn ingest(
         acked_seq: last.seq,
         ingested: new.len(),
     })
+}
+
+/// A central credit operation as an entry must match it: (agent sent to, user, amount).
+type CentralCredit = (Option<Uuid>, Option<String>, Option<Decimal>);
+
+/// Why entries keyed by a central credit operation do not match it, if they do not: the
+/// operation was sent to another agent, is for another user or amount, or already has its entry
+/// (stored, or earlier in this batch).
+async fn central_key_mismatch(
+    tx: &Transaction<'_>,
+    agent_id: Uuid,
+    new: &[WireEntry],
+) -> Result<Option<String>, ApiError> {
+    let keys: Vec<&str> = new
+        .iter()
+        .filter_map(|e| e.idempotency_key.as_deref())
+        .collect();
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    let operations: BTreeMap<String, CentralCredit> = tx
+        .query(CENTRAL_OPERATIONS, &[&keys])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect();
+    if operations.is_empty() {
+        return Ok(None);
+    }
+    let applied: Vec<String> = tx
+        .query(STORED_KEYS, &[&keys])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut seen: Vec<&str> = Vec::new();
+    for entry in new {
+        let Some(key) = entry.idempotency_key.as_deref() else {
+            continue;
+        };
+        let Some((op_agent, op_user, op_amount)) = operations.get(key) else {
+            continue;
+        };
+        let why = if *op_agent != Some(agent_id) {
+            Some("it was sent to another agent")
+        } else if op_user.as_deref() != Some(entry.user_id.as_str()) {
+            Some("it is for another user")
+        } else if *op_amount != Some(entry.amount.to_decimal()) {
+            Some("its amount differs")
+        } else if applied.iter().any(|k| k == key) || seen.contains(&key) {
+            Some("it already has its entry")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Ok(Some(format!(
+                "seq {} carries central operation key {key:?}, but {why}",
+                entry.seq
+            )));
+        }
+        seen.push(key);
+    }
+    Ok(None)
 }
 
 /// One conflicting entry, as kept in `quarantined_entries`.

@@ -364,8 +364,26 @@ fn check_fields(entry: &WireEntry) -> Result<(Uuid, Option<Uuid>), ApiError> {
             return Err(field(name, "contains a NUL character".to_owned()));
         }
     }
+    // Indexed keys: bounded like the agent's own (and far below PostgreSQL's btree row limit).
+    for (name, value) in [
+        ("idempotency_key", entry.idempotency_key.as_deref()),
+        ("request_id", entry.request_id.as_deref()),
+        (
+            "stripe_payment_intent_id",
+            entry.stripe_payment_intent_id.as_deref(),
+        ),
+        ("stripe_charge_id", entry.stripe_charge_id.as_deref()),
+        ("invoice_id", entry.invoice_id.as_deref()),
+    ] {
+        if value.is_some_and(|v| v.len() > KEY_LEN_MAX) {
+            return Err(field(name, format!("is longer than {KEY_LEN_MAX} bytes")));
+        }
+    }
     Ok((entry_id, corrects))
 }
+
+/// Longest idempotency key, request id or payment reference accepted (the agent's own limit).
+pub const KEY_LEN_MAX: usize = 255;
 
 /// Every free-text field of an entry, by name (PostgreSQL text cannot hold NUL).
 fn text_fields(e: &WireEntry) -> [(&'static str, Option<&str>); 12] {

@@ -391,6 +391,20 @@ async fn bad_input_is_refused_clearly_and_writes_nothing() {
             "user_id must be 1 to 128",
         ),
         push_case(
+            "idempotency key too long for its index",
+            altered(0, &|e| e.idempotency_key = Some("k".repeat(3_000))),
+            400,
+            error_code::BAD_REQUEST,
+            "idempotency_key is longer than 255 bytes",
+        ),
+        push_case(
+            "request id too long for its index",
+            altered(0, &|e| e.request_id = Some("r".repeat(256))),
+            400,
+            error_code::BAD_REQUEST,
+            "request_id is longer than 255 bytes",
+        ),
+        push_case(
             "NUL in notes",
             altered(0, &|e| e.notes = Some("a\0b".to_owned())),
             400,

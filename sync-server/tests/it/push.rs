@@ -453,3 +453,67 @@ async fn metrics_count_pushes_by_outcome() {
         assert!(text.contains(line), "{line} in\n{text}");
     }
 }
+
+/// An entry carrying a central credit operation's key must be that operation (sent to this
+/// agent, same user and amount) and its only entry: a second entry for the key, or one with
+/// another amount, quarantines the agent and stores nothing, so central credit never counts twice.
+#[tokio::test]
+async fn entries_claiming_a_central_operation_must_match_it_once() {
+    use tollgate_server::central::credit::{CreditKind, CreditOp, credit};
+
+    let (db, _server, base, agent) = setup("a1").await;
+    let mut chain = Chain::new("a1", 1);
+    let first = chain.take(1); // the user's first entry: the server learns them, homed here
+    assert_eq!(push(&base, &agent, &first).await.acked_seq(), 1);
+    let user = first[0].user_id.clone();
+    let grant = |operation_id: &str| CreditOp {
+        user_id: user.clone(),
+        kind: CreditKind::Grant,
+        amount: "7.5".parse().unwrap(),
+        operation_id: operation_id.to_owned(),
+        note: None,
+        actor: "test".to_owned(),
+    };
+    credit(&db.pool, &grant("op-1")).await.unwrap();
+    credit(&db.pool, &grant("op-2")).await.unwrap();
+
+    // An entry of `amount` keyed `key`, chained on `chain`'s head.
+    let keyed = |chain: &mut Chain, key: &str, amount: &str| {
+        let prev = chain.prev;
+        let mut entry = chain.entry(&user, "bonus", amount.parse().unwrap());
+        entry.idempotency_key = Some(key.to_owned());
+        chain.prev = prev;
+        chain.seal(entry)
+    };
+    // The agent books op-1 as sent: accepted.
+    let ok = keyed(&mut chain, "admin:op-1", "7.5");
+    assert_eq!(push(&base, &agent, &[ok]).await.acked_seq(), 2);
+
+    for (key, amount, why) in [
+        ("admin:op-1", "7.5", "already has its entry"),
+        ("admin:op-2", "8", "amount differs"),
+    ] {
+        let mut fork = Chain {
+            users: chain.users.clone(),
+            seq: chain.seq,
+            prev: chain.prev,
+            balances: chain.balances.clone(),
+        };
+        let bad = keyed(&mut fork, key, amount);
+        let answer = push(&base, &agent, &[bad]).await;
+        assert_eq!(answer.status, 409, "{key}: {}", answer.body);
+        let error = answer.error().error;
+        assert_eq!(error.code, error_code::CONFLICT);
+        assert!(error.message.contains(why), "{}", error.message);
+        assert_eq!(
+            scalar(&db.pool, "SELECT count(*) FROM credit_transactions").await,
+            2,
+            "{key}: nothing stored"
+        );
+        agents::release(&db.pool, "a1").await.unwrap();
+    }
+    assert_eq!(
+        central_balance(&db.pool, &user).await,
+        chain.balances[&user].to_decimal()
+    );
+}
