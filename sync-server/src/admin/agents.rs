@@ -15,6 +15,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 
+use super::extract::FullAdmin;
 use crate::http::AppState;
 use crate::http::auth::AdminAuth;
 use crate::http::error::ApiError;
@@ -54,10 +55,9 @@ pub struct EnrollAnswer {
 
 pub async fn enroll(
     State(state): State<AppState>,
-    admin: AdminAuth,
+    FullAdmin(admin): FullAdmin,
     ApiJson(body): ApiJson<EnrollBody>,
 ) -> Result<Json<EnrollAnswer>, ApiError> {
-    admin.require_full()?;
     let ttl_minutes = body.ttl_minutes.unwrap_or(ENROLLMENT_TTL_DEFAULT_MINUTES);
     let ttl = Duration::from_secs(u64::from(ttl_minutes) * 60);
     let (agent_id, token) = create_enrollment(&state.pool, &body.name, ttl).await?;
@@ -72,10 +72,9 @@ pub async fn enroll(
 
 pub async fn revoke(
     State(state): State<AppState>,
-    admin: AdminAuth,
+    FullAdmin(admin): FullAdmin,
     Path(name): Path<String>,
 ) -> Result<Json<AgentSummary>, ApiError> {
-    admin.require_full()?;
     let agent = agents::revoke(&state.pool, &name).await?;
     tracing::info!(admin = %admin.name, agent = %name, "agent revoked");
     Ok(Json(agent))
@@ -83,10 +82,9 @@ pub async fn revoke(
 
 pub async fn release(
     State(state): State<AppState>,
-    admin: AdminAuth,
+    FullAdmin(admin): FullAdmin,
     Path(name): Path<String>,
 ) -> Result<Json<AgentSummary>, ApiError> {
-    admin.require_full()?;
     let agent = agents::release(&state.pool, &name).await?;
     tracing::info!(admin = %admin.name, agent = %name, "agent released");
     Ok(Json(agent))

@@ -308,6 +308,14 @@ async fn the_admin_api_manages_agents() {
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
     assert_eq!(answer.error().error.code, error_code::FORBIDDEN);
     assert_eq!(scalar(&db.pool, "SELECT count(*) FROM agents").await, 0);
+    // The role is checked before the body is read: a bad body from a read token is still a 403.
+    let answer = Answer::of(
+        post("/admin/v1/agents", &read, serde_json::json!({"name": 5}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.body);
 
     let answer = Answer::of(
         post(
