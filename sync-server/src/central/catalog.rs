@@ -170,12 +170,8 @@ pub async fn set_package(
         amount: None,
         actor,
     };
-    if let Begin::Replay(result) = operation::begin(&tx, claim).await? {
-        return Ok(Applied {
-            result,
-            replayed: true,
-            events_written: 0,
-        });
+    if let Begin::Replay(done) = operation::begin(&tx, claim).await? {
+        return Ok(Applied::replayed(done));
     }
     let sort_order = i32::try_from(package.sort_order)
         .map_err(|_| CentralError::invalid("sort_order", "does not fit"))?;
@@ -249,12 +245,8 @@ pub async fn set_power_level(
         amount: None,
         actor,
     };
-    if let Begin::Replay(result) = operation::begin(&tx, claim).await? {
-        return Ok(Applied {
-            result,
-            replayed: true,
-            events_written: 0,
-        });
+    if let Begin::Replay(done) = operation::begin(&tx, claim).await? {
+        return Ok(Applied::replayed(done));
     }
     let providers = serde_json::to_value(&level.preferred_providers)
         .map_err(|e| CentralError::Internal(anyhow::anyhow!("providers: {e}")))?;

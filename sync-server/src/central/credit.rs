@@ -272,12 +272,8 @@ async fn credit_in_tx(
         amount: Some(req.amount.to_decimal()),
         actor: req.actor,
     };
-    if let Begin::Replay(result) = operation::begin(tx, claim).await? {
-        return Ok(Applied {
-            result,
-            replayed: true,
-            events_written: 0,
-        });
+    if let Begin::Replay(done) = operation::begin(tx, claim).await? {
+        return Ok(Applied::replayed(done));
     }
     // FOR SHARE: a concurrent home change (FOR UPDATE) waits for this operation to commit, and
     // then sees it as pending on the old home.

@@ -101,6 +101,17 @@ pub struct Applied<T> {
     pub events_written: u64,
 }
 
+impl<T> Applied<T> {
+    /// The stored result of an earlier identical request: nothing was written now.
+    pub fn replayed(result: T) -> Applied<T> {
+        Applied {
+            result,
+            replayed: true,
+            events_written: 0,
+        }
+    }
+}
+
 /// An amount read from a `NUMERIC(38,9)` column.
 pub fn credits_from_db(
     value: rust_decimal::Decimal,

@@ -95,12 +95,8 @@ pub async fn set_user(
         amount: None,
         actor,
     };
-    if let Begin::Replay(result) = operation::begin(&tx, claim).await? {
-        return Ok(Applied {
-            result,
-            replayed: true,
-            events_written: 0,
-        });
+    if let Begin::Replay(done) = operation::begin(&tx, claim).await? {
+        return Ok(Applied::replayed(done));
     }
     let agent = tx
         .query_opt(
