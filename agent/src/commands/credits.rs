@@ -33,7 +33,7 @@ pub fn run(ctx: &Ctx, cmd: CreditsCommand) -> anyhow::Result<ExitCode> {
             let kind: CreditKind = parse_choice(&kind, "--type")?;
             let req = AddCredits {
                 package,
-                idempotency_key,
+                idempotency_key: local_key(idempotency_key)?,
                 note,
                 refund_of,
                 expires_at,
@@ -51,7 +51,7 @@ pub fn run(ctx: &Ctx, cmd: CreditsCommand) -> anyhow::Result<ExitCode> {
             let req = Debit {
                 user_id: user,
                 amount: parse_amount(&amount, "AMOUNT")?,
-                idempotency_key,
+                idempotency_key: local_key(idempotency_key)?,
                 note,
             };
             let receipt = ctx.ledger()?.debit(req)?;
@@ -159,6 +159,23 @@ struct LineResult {
     error: Option<String>,
 }
 
+/// Prefixes of the central server's operation keys (`admin:<id>`, `stripe:<session>`): entries
+/// carrying them come only through sync, where the server pairs each with its operation.
+pub const CENTRAL_KEY_PREFIXES: &[&str] = &["admin:", "stripe:"];
+
+/// A key given on this host, refusing the central server's namespaces.
+fn local_key(key: Option<String>) -> anyhow::Result<Option<String>> {
+    if let Some(key) = &key
+        && let Some(prefix) = CENTRAL_KEY_PREFIXES.iter().find(|p| key.starts_with(**p))
+    {
+        anyhow::bail!(
+            "idempotency key {key:?}: keys starting with {prefix:?} are reserved for the central \
+             server's operations (they arrive through sync)"
+        );
+    }
+    Ok(key)
+}
+
 fn parse_line(text: &str) -> anyhow::Result<Op> {
     Ok(match serde_json::from_str::<ImportLine>(text)? {
         ImportLine::Add {
@@ -172,7 +189,7 @@ fn parse_line(text: &str) -> anyhow::Result<Op> {
             expires_at,
         } => Op::AddCredits(AddCredits {
             package,
-            idempotency_key,
+            idempotency_key: local_key(idempotency_key)?,
             note,
             refund_of,
             expires_at,
@@ -186,7 +203,7 @@ fn parse_line(text: &str) -> anyhow::Result<Op> {
         } => Op::Debit(Debit {
             user_id: user,
             amount,
-            idempotency_key,
+            idempotency_key: local_key(idempotency_key)?,
             note,
         }),
     })

@@ -155,6 +155,30 @@ const CASES: &[(&[&str], &str)] = &[
         &["credits", "debit", "alice", "1", "--idempotency-key", ""],
         "invalid idempotency key: it must be 1 to 255 bytes long",
     ),
+    (
+        &[
+            "credits",
+            "add",
+            "alice",
+            "5",
+            "--type",
+            "bonus",
+            "--idempotency-key",
+            "admin:x",
+        ],
+        "keys starting with \"admin:\" are reserved for the central server",
+    ),
+    (
+        &[
+            "credits",
+            "debit",
+            "alice",
+            "1",
+            "--idempotency-key",
+            "stripe:cs_1",
+        ],
+        "keys starting with \"stripe:\" are reserved for the central server",
+    ),
     (&["credits", "history", "nobody"], "unknown user \"nobody\""),
     (&["users", "add", "alice"], "user \"alice\" already exists"),
     (

@@ -166,6 +166,11 @@ CREATE TABLE credit_transactions (
 CREATE INDEX idx_credit_transactions_user ON credit_transactions (user_id, id);
 CREATE INDEX idx_credit_transactions_idempotency ON credit_transactions (idempotency_key)
     WHERE idempotency_key IS NOT NULL;
+-- A central credit operation's key (admin:<id>, stripe:<session>) is applied by exactly one entry
+-- across all agents (ingest checks each against its operation first; this closes the race).
+-- Agents refuse these prefixes for their own keys.
+CREATE UNIQUE INDEX idx_credit_transactions_central_key ON credit_transactions (idempotency_key)
+    WHERE idempotency_key LIKE 'admin:%' OR idempotency_key LIKE 'stripe:%';
 CREATE INDEX idx_credit_transactions_usage_request ON credit_transactions (request_id)
     WHERE transaction_type = 'usage';
 CREATE INDEX idx_credit_transactions_stripe ON credit_transactions (stripe_payment_intent_id)

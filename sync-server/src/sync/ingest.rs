@@ -110,6 +110,8 @@ const ADVANCE_STREAM: &str = "WITH s AS (UPDATE agent_streams SET acked_seq = $3
 const HEARTBEAT: &str = "WITH s AS (UPDATE agent_streams SET reported_head_seq = $3, \
      last_push_at = now() WHERE agent_id = $1 AND incarnation = $2) \
      UPDATE agents SET incarnation = $2 WHERE agent_id = $1 AND incarnation IS DISTINCT FROM $2";
+/// The unique index on central operation keys (V1__central.sql).
+const CENTRAL_KEY_INDEX: &str = "idx_credit_transactions_central_key";
 const CENTRAL_OPERATIONS: &str = "SELECT operation_key, agent_id, user_id, amount \
      FROM central_operations WHERE kind = 'credit' AND operation_key = ANY($1)";
 const STORED_KEYS: &str = "SELECT idempotency_key FROM credit_transactions \
@@ -322,12 +324,16 @@ pub(crate) async fn ingest(
         .await;
     if let Err(e) = inserted {
         if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-            // The only unique key a locked, contiguous stream can hit is entry_id: an entry id
-            // already stored at another place (another stream or seq).
+            // A locked, contiguous stream can hit two unique keys: a central operation's key
+            // already applied (by a push that raced this one's check), or an entry id already
+            // stored at another place (another stream or seq).
+            let what = match e.as_db_error().and_then(|d| d.constraint()) {
+                Some(CENTRAL_KEY_INDEX) => "a central operation key that already has its entry",
+                _ => "an entry_id already stored elsewhere",
+            };
             drop(tx);
             let reason = format!(
-                "a batch of incarnation {incarnation} (seqs {}..={}) carries an entry_id already \
-                 stored elsewhere",
+                "a batch of incarnation {incarnation} (seqs {}..={}) carries {what}",
                 new[0].seq,
                 new[new.len() - 1].seq
             );

@@ -236,6 +236,15 @@ async fn an_entry_whose_amount_differs_from_its_operation_is_found() {
 #[tokio::test]
 async fn a_credit_operation_applied_twice_is_found() {
     let (db, mut a1, _a2) = clean().await;
+    // Ingest and a unique index both prevent this; reconcile must still find it in books that
+    // lost the index (a restore, a manual repair).
+    db.pool
+        .get()
+        .await
+        .unwrap()
+        .batch_execute("DROP INDEX idx_credit_transactions_central_key")
+        .await
+        .unwrap();
     let mut again = Draft::new("alice", "bonus", "100");
     again.key = Some("admin:g1".to_owned());
     a1.append(&db, &again).await;
