@@ -92,7 +92,8 @@ impl Ledger {
             } else {
                 if let Some(other) = tx
                     .query_row(
-                        "SELECT event_id FROM inbox_events WHERE agent_id = ?1 AND seq = ?2",
+                        "SELECT event_id FROM inbox_events WHERE agent_id = ?1 AND seq = ?2 \
+                         AND epoch = (SELECT inbox_epoch FROM sync_state WHERE id = 1)",
                         params![agent_id, event.seq],
                         |r| r.get::<_, String>(0),
                     )
@@ -169,6 +170,15 @@ impl Ledger {
             "UPDATE agent_identity SET inbox_cursor = ?1 WHERE id = 1",
             [snapshot.cursor],
         )?;
+        if snapshot.cursor < applied.previous_cursor {
+            // The server no longer has events it sent: the seqs after the new cursor will be
+            // new events. A new epoch keeps them apart from the ones recorded before (an event
+            // seen before, by its id, is still never applied twice).
+            tx.execute(
+                "UPDATE sync_state SET inbox_epoch = inbox_epoch + 1 WHERE id = 1",
+                [],
+            )?;
+        }
         tx.commit()?;
         Ok(applied)
     }
@@ -222,7 +232,8 @@ fn record_event(
     };
     session.conn.execute(
         "INSERT INTO inbox_events (agent_id, seq, event_id, kind, outcome, detail, entry_id, \
-         applied_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         applied_at, epoch) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+         (SELECT inbox_epoch FROM sync_state WHERE id = 1))",
         params![
             agent_id,
             event.seq,

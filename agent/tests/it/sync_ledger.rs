@@ -811,6 +811,50 @@ fn a_snapshot_upserts_everything_and_sets_the_cursor() {
     assert!(ledger.verify().unwrap().is_clean());
 }
 
+/// A server restored from a backup hands out seqs the agent already recorded, with new event ids:
+/// after the snapshot that moves the cursor back, they are new events (a new epoch), not a
+/// conflict that would stop the inbox; an event seen before (same id) is still not applied again.
+#[test]
+fn after_a_snapshot_moves_the_cursor_back_reused_seqs_are_new_events() {
+    let (_dir, mut ledger) = enrolled();
+    for (seq, key) in [(1, "k1"), (2, "k2"), (3, "k3")] {
+        ledger
+            .apply_inbox_event(&event(
+                seq,
+                credit("alice", CreditEventKind::Bonus, "1", key),
+            ))
+            .unwrap();
+    }
+    let old_two = event(2, credit("alice", CreditEventKind::Bonus, "1", "k2"));
+    let applied = ledger
+        .apply_snapshot(&Snapshot {
+            protocol_version: tollgate_schema::wire::PROTOCOL_VERSION,
+            cursor: 1,
+            users: Vec::new(),
+            packages: Vec::new(),
+            power_levels: Vec::new(),
+        })
+        .unwrap();
+    assert_eq!((applied.previous_cursor, applied.cursor), (3, 1));
+    // The restored server's seq 2 is another event (its own id): applied, not a conflict.
+    let mut new_two = event(2, credit("alice", CreditEventKind::Bonus, "4", "k4"));
+    new_two.event_id = "0193a3c4-0000-7000-8000-0000000000f2".to_owned();
+    assert!(matches!(
+        ledger.apply_inbox_event(&new_two),
+        Ok(InboxOutcome::Applied { .. })
+    ));
+    // The server re-sending the very event applied before (same id) changes nothing.
+    let mut resent = old_two.clone();
+    resent.seq = 3;
+    assert_eq!(
+        ledger.apply_inbox_event(&resent).unwrap(),
+        InboxOutcome::AlreadyApplied
+    );
+    assert_eq!(ledger.account("alice").unwrap().balance, c("7"));
+    assert_eq!(cursor(&ledger), 3);
+    assert!(ledger.verify().unwrap().is_clean());
+}
+
 #[test]
 fn a_new_enrolment_starts_a_new_stream_and_a_new_inbox() {
     let (dir, mut ledger) = enrolled();

@@ -25,7 +25,11 @@ CREATE TABLE sync_state (
     -- drained when agent_identity.inbox_cursor reaches it.
     server_inbox_head  INTEGER NOT NULL DEFAULT 0 CHECK (server_inbox_head >= 0),
     -- When agent_identity.acked_seq last moved forward (the server acknowledged new entries).
-    server_acked_at    TEXT
+    server_acked_at    TEXT,
+    -- Bumped when a snapshot moves the inbox cursor back (the server lost events it had sent,
+    -- e.g. restored from a backup): seqs after the new cursor are then new events, recorded in
+    -- the new epoch, not conflicts with the ones recorded before.
+    inbox_epoch        INTEGER NOT NULL DEFAULT 0 CHECK (inbox_epoch >= 0)
 );
 INSERT INTO sync_state (id) VALUES (1);
 
@@ -42,6 +46,8 @@ CREATE TABLE inbox_events (
     agent_id     TEXT    NOT NULL,
     -- The event's gapless seq in that agent's inbox on the server.
     seq          INTEGER NOT NULL CHECK (seq >= 1),
+    -- sync_state.inbox_epoch when the event was recorded.
+    epoch        INTEGER NOT NULL DEFAULT 0 CHECK (epoch >= 0),
     -- The server's event id (UUID): an event is applied at most once, whatever its seq.
     event_id     TEXT    NOT NULL UNIQUE,
     -- The event's type on the wire: user_upsert, credit, package_upsert, power_level_upsert.
@@ -53,7 +59,7 @@ CREATE TABLE inbox_events (
     -- key); NULL for other events and for refusals.
     entry_id     TEXT REFERENCES credit_transactions (entry_id),
     applied_at   TEXT    NOT NULL,
-    UNIQUE (agent_id, seq),
+    UNIQUE (agent_id, epoch, seq),
     CHECK ((outcome = 'refused') = (detail IS NOT NULL))
 );
 
