@@ -78,8 +78,11 @@ async fn push(
     body: Body,
 ) -> Result<(PushResponse, Outcome), ApiError> {
     let bytes = read_body(body, PUSH_BODY_BYTES_MAX).await?;
-    let request = parse_request(&bytes)?;
-    let batch = Batch::check(request)?;
+    // Parsing and hashing up to a thousand entries is CPU work (about a millisecond): off the
+    // async workers, so other requests (long polls, health checks) are not held behind it.
+    let batch = tokio::task::spawn_blocking(move || Batch::check(parse_request(&bytes)?))
+        .await
+        .map_err(|e| ApiError::internal("checking a push batch", e))??;
     if agent.status == AgentStatus::Quarantined {
         let acked = ingest::acked_seq(&state.pool, agent.agent_id, batch.incarnation).await?;
         return Err(quarantined(&agent.name, acked));
