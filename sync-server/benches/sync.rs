@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 use tokio::sync::Mutex;
+use tollgate_e2e::Database;
 use tollgate_schema::money::Credits;
 use tollgate_schema::wire::{
     Canonical, GENESIS_HASH, PROTOCOL_VERSION, PushRequest, PushResponse, WireEntry,
@@ -319,34 +320,21 @@ impl AgentLoad {
 // Database and server
 
 struct BenchDb {
-    name: String,
-    admin_url: String,
     url: String,
     pool: deadpool_postgres::Pool,
+    _database: Database,
 }
 
 impl BenchDb {
+    /// A fresh, migrated database (dropped with this).
     async fn new() -> BenchDb {
-        let admin_url = std::env::var("TOLLGATE_TEST_PG")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let name = format!("tg_bench_{}", Uuid::now_v7().simple());
-        let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-            .await
-            .expect("connects to PostgreSQL");
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let base = admin_url.rsplit_once('/').unwrap().0;
-        let url = format!("{base}/{name}");
-        let pool = tollgate_server::db::pool(&url, 16).unwrap();
+        let database = Database::create().await;
+        let pool = tollgate_server::db::pool(&database.url, 16).unwrap();
         tollgate_server::db::migrate(&pool).await.unwrap();
         BenchDb {
-            name,
-            admin_url,
-            url,
+            url: database.url.clone(),
             pool,
+            _database: database,
         }
     }
 
@@ -366,28 +354,6 @@ impl BenchDb {
             .await
             .unwrap();
         }
-    }
-}
-
-impl Drop for BenchDb {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin_url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                let _ = client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-            });
-        })
-        .join();
     }
 }
 

@@ -33,8 +33,11 @@ pub fn binary(name: &str) -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL
 
-/// A fresh database, dropped when this is dropped. Not migrated: the test runs
-/// `tollgate-server migrate` like an operator would.
+/// A fresh database, dropped (with its connections) when this is dropped. Not migrated: the
+/// end-to-end test runs `tollgate-server migrate` like an operator would; the server's own tests
+/// and its benchmark wrap this and migrate through the library. The PostgreSQL to use:
+/// `TOLLGATE_TEST_PG` (a URL of a database allowed to create others), default
+/// `postgres://postgres@127.0.0.1:5432/test`.
 #[derive(Debug)]
 pub struct Database {
     pub name: String,
@@ -46,7 +49,7 @@ impl Database {
     pub async fn create() -> Database {
         let admin_url = std::env::var("TOLLGATE_TEST_PG")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let name = format!("tg_e2e_{}", uuid::Uuid::now_v7().simple());
+        let name = format!("tg_test_{}", uuid::Uuid::now_v7().simple());
         let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
             .await
             .expect("connects to PostgreSQL (set TOLLGATE_TEST_PG)");

@@ -2,8 +2,8 @@
 //! the server in-process on a loopback port ([`TestServer`]), or as a real child process
 //! ([`ServerProcess`], for kill -9).
 //!
-//! The PostgreSQL to use: `TOLLGATE_TEST_PG` (a URL of a database the tests may connect to in
-//! order to create others), default `postgres://postgres@127.0.0.1:5432/test`.
+//! Fresh databases come from the end-to-end harness (`tollgate_e2e::Database`): one
+//! implementation of create-and-drop, configured by `TOLLGATE_TEST_PG`.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -11,21 +11,16 @@ use std::process::{Child, Command, Stdio};
 
 use deadpool_postgres::Pool;
 use tokio::sync::oneshot;
+use tollgate_e2e::Database;
 use tollgate_server::config::ServerConfig;
 use tollgate_server::http::AppState;
-
-pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn admin_url() -> String {
-    std::env::var("TOLLGATE_TEST_PG").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
-}
 
 /// A fresh database, migrated; dropped (with its connections) when this is dropped.
 #[derive(Debug)]
 pub struct TestDb {
-    pub name: String,
     pub url: String,
     pub pool: Pool,
+    _database: Database,
 }
 
 impl TestDb {
@@ -39,19 +34,13 @@ impl TestDb {
 
     /// A fresh database with no schema (for migration tests).
     pub async fn empty() -> TestDb {
-        let admin = admin_url();
-        let name = format!("tg_test_{}", uuid::Uuid::now_v7().simple());
-        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-            .await
-            .expect("connects to the test PostgreSQL (set TOLLGATE_TEST_PG)");
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("creates the test database");
-        let url = replace_db(&admin, &name);
-        let pool = tollgate_server::db::pool(&url, 8).expect("pool");
-        TestDb { name, url, pool }
+        let database = Database::create().await;
+        let pool = tollgate_server::db::pool(&database.url, 8).expect("pool");
+        TestDb {
+            url: database.url.clone(),
+            pool,
+            _database: database,
+        }
     }
 
     /// A server config for this database (Stripe unset; tests that need it fill it in).
@@ -62,37 +51,6 @@ impl TestDb {
             &|_| None,
         )
         .expect("config")
-    }
-}
-
-/// `url` with its database name replaced.
-fn replace_db(url: &str, name: &str) -> String {
-    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
-    format!("{base}/{name}")
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let admin = admin_url();
-        let name = self.name.clone();
-        // Drop runs outside any runtime guarantee: use a thread with its own runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
     }
 }
 
