@@ -107,10 +107,71 @@ pub struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PricesCommand {
-    /// The active price table: per model, provider and USD per input / output token.
+    /// The active price table: per model, provider and USD per million input / output tokens.
     List,
     /// Import LiteLLM's price map (model_prices_and_context_window.json) as a new table version.
-    Import { file: PathBuf },
+    /// Entries that cannot be read are skipped and listed.
+    Import {
+        file: PathBuf,
+        /// Refuse the whole file if any entry cannot be read (nothing is stored).
+        #[arg(long)]
+        strict: bool,
+    },
+    /// One model's prices in every dimension (a name, an alias, or a provider-prefixed name).
+    Show { model: String },
+    /// Set a model's prices (USD per million tokens; fees in USD) as a new table version. A model
+    /// not in the table needs --provider, --input and --output.
+    Set(Box<PriceSetArgs>),
+    /// Charge NAME as MODEL (e.g. a name your upstream serves that the price map spells
+    /// differently), as a new table version.
+    Alias { name: String, model: String },
+    /// Every stored table version, newest (active) first.
+    Versions,
+    /// Make an earlier version, or `builtin`, the active table again (stored as a new version,
+    /// a copy: history is never rewritten).
+    Use { version: String },
+}
+
+/// `prices set`: every price is optional; what is not given stays as it is.
+#[derive(Debug, Args)]
+pub struct PriceSetArgs {
+    pub model: String,
+    /// USD per million input tokens.
+    #[arg(long, value_name = "USD")]
+    pub input: Option<String>,
+    /// USD per million output tokens.
+    #[arg(long, value_name = "USD")]
+    pub output: Option<String>,
+    /// USD per million prompt tokens read from the provider's cache.
+    #[arg(long, value_name = "USD")]
+    pub cache_read: Option<String>,
+    /// USD per million prompt tokens written to the cache.
+    #[arg(long, value_name = "USD")]
+    pub cache_write: Option<String>,
+    /// USD per million reasoning tokens (default: the output price).
+    #[arg(long, value_name = "USD")]
+    pub reasoning: Option<String>,
+    /// USD per million audio input tokens.
+    #[arg(long, value_name = "USD")]
+    pub audio_input: Option<String>,
+    /// USD per million audio output tokens.
+    #[arg(long, value_name = "USD")]
+    pub audio_output: Option<String>,
+    /// A fee per request, in USD.
+    #[arg(long, value_name = "USD")]
+    pub per_request: Option<String>,
+    /// The provider (openai, anthropic, openrouter, google, …); needed for a new model.
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// chat, completion, embedding or responses [default for a new model: chat].
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// The model's own output limit, in tokens.
+    #[arg(long, value_name = "TOKENS")]
+    pub max_output_tokens: Option<u32>,
+    /// 0-100, for the aliases auto / eco / balanced / precision.
+    #[arg(long, value_name = "SCORE")]
+    pub quality: Option<u8>,
 }
 
 #[derive(Debug, Subcommand)]

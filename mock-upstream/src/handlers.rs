@@ -150,9 +150,37 @@ pub(crate) async fn embeddings(
     json_response(headers, &list)
 }
 
+/// `GET /v1/models` (no call number: only completions and embeddings are calls).
 pub(crate) async fn models(State(shared): AppState) -> Response {
-    let headers = litellm_headers(shared.next_call(), Usage::new(0, 0));
-    json_response(headers, &wire::models())
+    match &shared.catalog.models {
+        Some(names) => json_response(HeaderMap::new(), &wire::model_list(names)),
+        None => json_response(HeaderMap::new(), &wire::models()),
+    }
+}
+
+/// LiteLLM's `GET /model/info` (the deployments behind each model name), when the mock was
+/// given one; else a 404, as a plain OpenAI-compatible server answers.
+pub(crate) async fn model_info(State(shared): AppState, headers: HeaderMap) -> Response {
+    let Some(info) = &shared.catalog.model_info else {
+        return openai_error(StatusCode::NOT_FOUND, "Unknown route: GET /model/info");
+    };
+    if headers.get(AUTHORIZATION).is_none() {
+        return openai_error(StatusCode::UNAUTHORIZED, "model info needs the master key");
+    }
+    json_response(HeaderMap::new(), info)
+}
+
+/// `mock:stall_body`: the headers of a JSON response now, its body never (until shutdown).
+fn stalled_body(shared: Arc<Shared>, headers: HeaderMap) -> Response {
+    let body = futures_util::stream::once(async move {
+        shared.stopped().await;
+        Err::<Bytes, std::io::Error>(std::io::Error::other("mock upstream is shutting down"))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let map = response.headers_mut();
+    map.extend(headers);
+    map.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 /// LiteLLM's own liveness route; its body is the JSON string `"I'm alive!"`.
@@ -192,15 +220,16 @@ struct Generation<'a> {
 
 async fn generate(shared: Arc<Shared>, g: Generation<'_>) -> Response {
     let scenario = g.scenario;
+    let model = scenario.model.clone().unwrap_or_else(|| g.model.to_owned());
     if g.stream && scenario.status.is_none() && !scenario.hang {
         let reply = scenario::reply(&scenario, g.cap);
-        let usage = Usage::new(g.prompt_tokens, reply.tokens);
+        let usage = Usage::of(&scenario, g.prompt_tokens, reply.tokens);
         let call = shared.next_call();
         let headers = litellm_headers(call, usage);
         let plan = Plan {
             kind: g.kind,
             seq: call,
-            model: g.model.to_owned(),
+            model,
             reply_tokens: reply.tokens,
             finish_reason: reply.finish_reason,
             usage: (g.include_usage && !scenario.no_usage).then_some(usage),
@@ -217,11 +246,14 @@ async fn generate(shared: Arc<Shared>, g: Generation<'_>) -> Response {
         return response;
     }
     let reply = scenario::reply(&scenario, g.cap);
-    let usage = Usage::new(g.prompt_tokens, reply.tokens);
+    let usage = Usage::of(&scenario, g.prompt_tokens, reply.tokens);
     let call = shared.next_call();
     let headers = litellm_headers(call, usage);
     if scenario.malformed {
         return malformed(headers);
+    }
+    if scenario.stall_body {
+        return stalled_body(shared, headers);
     }
     let id = SeqId {
         prefix: g.kind.id_prefix(),
@@ -237,7 +269,7 @@ async fn generate(shared: Arc<Shared>, g: Generation<'_>) -> Response {
                 id,
                 object: "chat.completion",
                 created: wire::CREATED,
-                model: g.model,
+                model: &model,
                 choices: [wire::ChatChoice {
                     index: 0,
                     message: wire::AssistantMessage {
@@ -255,7 +287,7 @@ async fn generate(shared: Arc<Shared>, g: Generation<'_>) -> Response {
                 id,
                 object: "text_completion",
                 created: wire::CREATED,
-                model: g.model,
+                model: &model,
                 choices: &[wire::TextChoice {
                     text: text.as_str(),
                     index: 0,

@@ -6,8 +6,9 @@
 //! [`MockUpstream`] is dropped), even with hanging, stalled or endless requests in flight.
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
-//! `GET /v1/models`, `GET /health/liveliness`; anything else is a 404 (405 for a known path with
-//! the wrong method) in OpenAI's error shape.
+//! `GET /v1/models`, `GET /model/info` (LiteLLM's deployments, when started with a [`Catalog`]
+//! that has one; else a 404 as from a plain OpenAI-compatible server), `GET /health/liveliness`;
+//! anything else is a 404 (405 for a known path with the wrong method) in OpenAI's error shape.
 //!
 //! Tokens: prompt tokens are the whitespace-separated words of the chat messages' texts (all
 //! messages; string contents and `text` parts), of the prompt strings, or of the input strings;
@@ -18,7 +19,9 @@
 //! Scenarios: directives `mock:NAME[=VALUE]` in the last chat message, in any prompt string, or
 //! in the first embedding input: `tokens=N`, `no_usage`, `status=CODE` (200..=599),
 //! `malformed`, `slow=MS`, `endless`, `hang`, `stall_after=K`, `cut_after=K`,
-//! `error_after=K`; see the
+//! `error_after=K`, `stall_body`, `ignore_cap`; usage details `prompt_tokens=N`, `cached=N`,
+//! `cache_write=N`, `audio_in=N`, `audio_out=N`, `reasoning=N`, `searches=N`; stream shape
+//! `chunk_words=K`, `usage_delay=MS`; and `model=NAME` (the model the response names). See the
 //! `scenario` and `stream` modules for the exact behaviour of each.
 //!
 //! Modules: `scenario` (directives, token and cost arithmetic; pure), `wire` (OpenAI's shapes),
@@ -66,6 +69,14 @@ pub struct MockUpstream {
     task: Option<JoinHandle<io::Result<()>>>,
 }
 
+/// What the mock serves: `GET /v1/models`' names (`None`: a fixed list of four) and LiteLLM's
+/// `GET /model/info` answer (`None`: a 404, as from a plain OpenAI-compatible server).
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub models: Option<Vec<String>>,
+    pub model_info: Option<serde_json::Value>,
+}
+
 /// What the mock has seen so far; a snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
@@ -89,8 +100,13 @@ impl MockUpstream {
     /// Serves on `listener` (already bound, e.g. to 127.0.0.1:0) in a task on the current tokio
     /// runtime. Connections get `TCP_NODELAY`, so paced stream events leave at once.
     pub async fn start(listener: TcpListener) -> io::Result<MockUpstream> {
+        MockUpstream::start_with(listener, Catalog::default()).await
+    }
+
+    /// As [`MockUpstream::start`], serving `catalog`.
+    pub async fn start_with(listener: TcpListener, catalog: Catalog) -> io::Result<MockUpstream> {
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new());
+        let shared = Arc::new(Shared::with_catalog(catalog));
         let app = router(shared.clone());
         let stopped = shared.stopped();
         let listener = listener.tap_io(|tcp| {
@@ -111,8 +127,13 @@ impl MockUpstream {
 
     /// Binds 127.0.0.1:0 and starts.
     pub async fn spawn() -> io::Result<MockUpstream> {
+        MockUpstream::spawn_with(Catalog::default()).await
+    }
+
+    /// Binds 127.0.0.1:0 and starts, serving `catalog`.
+    pub async fn spawn_with(catalog: Catalog) -> io::Result<MockUpstream> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        MockUpstream::start(listener).await
+        MockUpstream::start_with(listener, catalog).await
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -169,6 +190,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(handlers::models))
+        .route("/model/info", get(handlers::model_info))
         .route("/health/liveliness", get(handlers::liveliness))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)

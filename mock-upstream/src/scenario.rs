@@ -10,7 +10,13 @@
 //!   `mock:tokens=N` directive (at most [`REPLY_TOKENS_MAX`]) or [`REPLY_TOKENS_DEFAULT`], then
 //!   capped by the request's `max_completion_tokens`/`max_tokens`; the finish reason is `length`
 //!   exactly when the cap cut the reply, else `stop`.
-//! - Cost is exact integer arithmetic in 1e-8 USD, printed with eight decimals.
+//! - Usage details are reported as LiteLLM reports them (OpenAI's `prompt_tokens_details` /
+//!   `completion_tokens_details`, and for cache writes also the top-level
+//!   `cache_creation_input_tokens` / `cache_read_input_tokens` LiteLLM adds for Anthropic
+//!   models); `prompt_tokens` includes the cached, written and audio tokens, `completion_tokens`
+//!   the reasoning and audio tokens, as the providers count them.
+//! - Cost is exact integer arithmetic in 1e-9 USD at gpt-4o-mini's prices (cached reads at
+//!   half price), printed with nine decimals.
 
 use std::time::Duration;
 
@@ -83,6 +89,33 @@ pub struct Scenario {
     /// `mock:error_after=K`: a stream that sends an error event after K tokens and ends there,
     /// without `[DONE]` (how LiteLLM reports a provider failing after its 200 headers).
     pub error_after: Option<u64>,
+    /// `mock:prompt_tokens=N`: report N prompt tokens instead of counting words.
+    pub prompt_tokens: Option<u64>,
+    /// `mock:cached=N`: N of the prompt tokens were read from the cache.
+    pub cached: Option<u64>,
+    /// `mock:cache_write=N`: N prompt tokens were written to the cache (added to the prompt).
+    pub cache_write: Option<u64>,
+    /// `mock:audio_in=N`: N of the prompt tokens were audio.
+    pub audio_in: Option<u64>,
+    /// `mock:audio_out=N`: N audio tokens generated besides the reply (added to the completion).
+    pub audio_out: Option<u64>,
+    /// `mock:reasoning=N`: N reasoning tokens generated besides the reply (added to the
+    /// completion).
+    pub reasoning: Option<u64>,
+    /// `mock:searches=N`: N web searches run (`usage.server_tool_use.web_search_requests`).
+    pub searches: Option<u64>,
+    /// `mock:chunk_words=K`: K reply words per stream chunk (default 1).
+    pub chunk_words: Option<u64>,
+    /// `mock:usage_delay=MS`: in a stream, wait MS before the usage chunk.
+    pub usage_delay_ms: Option<u64>,
+    /// `mock:model=NAME`: the response names this model instead of the one asked for.
+    pub model: Option<String>,
+    /// `mock:stall_body`: a non-stream response whose headers come at once and whose body never
+    /// does (until the mock shuts down).
+    pub stall_body: bool,
+    /// `mock:ignore_cap`: the reply ignores the request's token cap (as LiteLLM's
+    /// `mock_response` models do).
+    pub ignore_cap: bool,
 }
 
 impl Scenario {
@@ -104,6 +137,12 @@ impl Scenario {
             Some((name, value)) => (name, Some(value)),
             None => (directive, None),
         };
+        if name == "model" {
+            if let Some(model) = value.filter(|v| !v.is_empty()) {
+                self.model = Some(model.chars().take(200).collect());
+            }
+            return;
+        }
         let number = value.and_then(|v| v.parse::<u64>().ok());
         match (name, number) {
             ("tokens", Some(n)) => self.tokens = Some(n.min(REPLY_TOKENS_MAX)),
@@ -118,6 +157,17 @@ impl Scenario {
             ("stall_after", Some(k)) => self.stall_after = Some(k),
             ("cut_after", Some(k)) => self.cut_after = Some(k),
             ("error_after", Some(k)) => self.error_after = Some(k),
+            ("prompt_tokens", Some(n)) => self.prompt_tokens = Some(n.min(REPLY_TOKENS_MAX)),
+            ("cached", Some(n)) => self.cached = Some(n),
+            ("cache_write", Some(n)) => self.cache_write = Some(n.min(REPLY_TOKENS_MAX)),
+            ("audio_in", Some(n)) => self.audio_in = Some(n),
+            ("audio_out", Some(n)) => self.audio_out = Some(n.min(REPLY_TOKENS_MAX)),
+            ("reasoning", Some(n)) => self.reasoning = Some(n.min(REPLY_TOKENS_MAX)),
+            ("searches", Some(n)) => self.searches = Some(n.min(100)),
+            ("chunk_words", Some(k)) if k > 0 => self.chunk_words = Some(k),
+            ("usage_delay", Some(ms)) => self.usage_delay_ms = Some(ms.min(SLOW_MS_MAX)),
+            ("stall_body", _) => self.stall_body = true,
+            ("ignore_cap", _) => self.ignore_cap = true,
             _ => {}
         }
     }
@@ -156,6 +206,7 @@ pub struct Reply {
 /// Plans the reply for `scenario` under the request's token cap, if any.
 pub fn reply(scenario: &Scenario, cap: Option<u64>) -> Reply {
     let wanted = scenario.tokens.unwrap_or(REPLY_TOKENS_DEFAULT);
+    let cap = cap.filter(|_| !scenario.ignore_cap);
     match cap {
         Some(cap) if cap < wanted => Reply {
             tokens: cap,
@@ -195,12 +246,24 @@ pub fn count_words(text: &str) -> u64 {
     text.split_whitespace().count() as u64
 }
 
-/// Token counts as OpenAI reports them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// The breakdown of a usage report (all zero: none reported).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Details {
+    pub cached: u64,
+    pub cache_write: u64,
+    pub audio_in: u64,
+    pub audio_out: u64,
+    pub reasoning: u64,
+    pub searches: u64,
+}
+
+/// Token counts as OpenAI (through LiteLLM) reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    pub details: Details,
 }
 
 impl Usage {
@@ -209,15 +272,78 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens.saturating_add(completion_tokens),
+            details: Details::default(),
         }
     }
 
-    /// `x-litellm-response-cost`: 0.15 USD per million prompt tokens plus 0.60 USD per million
-    /// completion tokens, exact, with eight decimals (e.g. `0.00001110`).
+    /// What a request with `prompt_words` of prompt and `reply_tokens` of reply used under
+    /// `scenario` (its `prompt_tokens`, cache, audio, reasoning and search directives).
+    pub fn of(scenario: &Scenario, prompt_words: u64, reply_tokens: u64) -> Usage {
+        let details = Details {
+            cached: scenario.cached.unwrap_or(0),
+            cache_write: scenario.cache_write.unwrap_or(0),
+            audio_in: scenario.audio_in.unwrap_or(0),
+            audio_out: scenario.audio_out.unwrap_or(0),
+            reasoning: scenario.reasoning.unwrap_or(0),
+            searches: scenario.searches.unwrap_or(0),
+        };
+        let prompt = scenario
+            .prompt_tokens
+            .unwrap_or(prompt_words)
+            .saturating_add(details.cache_write);
+        let completion = reply_tokens
+            .saturating_add(details.reasoning)
+            .saturating_add(details.audio_out);
+        Usage {
+            details,
+            ..Usage::new(prompt, completion)
+        }
+    }
+
+    /// `x-litellm-response-cost`: gpt-4o-mini's 0.15 USD per million prompt tokens (0.075 for
+    /// cached ones) plus 0.60 USD per million completion tokens, exact, with nine decimals
+    /// (e.g. `0.000011100`).
     pub fn cost_text(&self) -> String {
-        const UNITS_PER_USD: u128 = 100_000_000; // the unit is 1e-8 USD
-        let units = u128::from(self.prompt_tokens) * 15 + u128::from(self.completion_tokens) * 60;
-        format!("{}.{:08}", units / UNITS_PER_USD, units % UNITS_PER_USD)
+        const UNITS_PER_USD: u128 = 1_000_000_000; // the unit is 1e-9 USD
+        let cached = u128::from(self.details.cached.min(self.prompt_tokens));
+        let uncached = u128::from(self.prompt_tokens) - cached;
+        let units = uncached * 150 + cached * 75 + u128::from(self.completion_tokens) * 600;
+        format!("{}.{:09}", units / UNITS_PER_USD, units % UNITS_PER_USD)
+    }
+}
+
+impl serde::Serialize for Usage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let d = &self.details;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("prompt_tokens", &self.prompt_tokens)?;
+        map.serialize_entry("completion_tokens", &self.completion_tokens)?;
+        map.serialize_entry("total_tokens", &self.total_tokens)?;
+        if d.cached > 0 || d.cache_write > 0 || d.audio_in > 0 {
+            map.serialize_entry(
+                "prompt_tokens_details",
+                &serde_json::json!({"cached_tokens": d.cached, "audio_tokens": d.audio_in,
+                    "cache_creation_tokens": d.cache_write}),
+            )?;
+        }
+        if d.reasoning > 0 || d.audio_out > 0 {
+            map.serialize_entry(
+                "completion_tokens_details",
+                &serde_json::json!({"reasoning_tokens": d.reasoning, "audio_tokens": d.audio_out}),
+            )?;
+        }
+        if d.cache_write > 0 {
+            map.serialize_entry("cache_creation_input_tokens", &d.cache_write)?;
+            map.serialize_entry("cache_read_input_tokens", &d.cached)?;
+        }
+        if d.searches > 0 {
+            map.serialize_entry(
+                "server_tool_use",
+                &serde_json::json!({"web_search_requests": d.searches}),
+            )?;
+        }
+        map.end()
     }
 }
 
@@ -332,8 +458,28 @@ mod tests {
                 },
             ),
             (
-                "xmock:hang mock:unknown=1 mock: mock:=",
+                "xmock:hang mock:unknown=1 mock: mock:= mock:model= mock:chunk_words=0",
                 Scenario::default(),
+            ),
+            (
+                "mock:cached=3 mock:cache_write=4 mock:reasoning=5 mock:audio_in=6 mock:audio_out=7 \
+                 mock:searches=2 mock:chunk_words=100 mock:usage_delay=50 mock:model=gpt-4o \
+                 mock:prompt_tokens=250000 mock:stall_body mock:ignore_cap",
+                Scenario {
+                    cached: Some(3),
+                    cache_write: Some(4),
+                    reasoning: Some(5),
+                    audio_in: Some(6),
+                    audio_out: Some(7),
+                    searches: Some(2),
+                    chunk_words: Some(100),
+                    usage_delay_ms: Some(50),
+                    model: Some("gpt-4o".into()),
+                    prompt_tokens: Some(250_000),
+                    stall_body: true,
+                    ignore_cap: true,
+                    ..Default::default()
+                },
             ),
             (
                 "line\nmock:hang\tend",
@@ -404,11 +550,34 @@ mod tests {
 
     #[test]
     fn cost_is_exact_with_eight_decimals() {
-        assert_eq!(Usage::new(0, 0).cost_text(), "0.00000000");
-        assert_eq!(Usage::new(10, 16).cost_text(), "0.00001110");
-        assert_eq!(Usage::new(1_000_000, 1_000_000).cost_text(), "0.75000000");
+        assert_eq!(Usage::new(0, 0).cost_text(), "0.000000000");
+        assert_eq!(Usage::new(10, 16).cost_text(), "0.000011100");
+        assert_eq!(Usage::new(1_000_000, 1_000_000).cost_text(), "0.750000000");
+        let cached = Usage::of(&scan("mock:cached=4"), 10, 0);
+        assert_eq!(cached.cost_text(), "0.000001200");
         assert_eq!(Usage::new(u64::MAX, u64::MAX).total_tokens, u64::MAX);
         assert!(!Usage::new(u64::MAX, u64::MAX).cost_text().is_empty());
+    }
+
+    #[test]
+    fn usage_details_are_reported_as_litellm_does() {
+        let usage = Usage::of(
+            &scan("mock:cached=3 mock:cache_write=4 mock:reasoning=5 mock:searches=1"),
+            10,
+            20,
+        );
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (14, 25));
+        let json = serde_json::to_value(usage).unwrap();
+        assert_eq!(json["prompt_tokens_details"]["cached_tokens"], 3);
+        assert_eq!(json["prompt_tokens_details"]["cache_creation_tokens"], 4);
+        assert_eq!(json["cache_creation_input_tokens"], 4);
+        assert_eq!(json["completion_tokens_details"]["reasoning_tokens"], 5);
+        assert_eq!(json["server_tool_use"]["web_search_requests"], 1);
+        let plain = serde_json::to_value(Usage::new(1, 2)).unwrap();
+        assert_eq!(
+            plain,
+            serde_json::json!({"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     last_body: Mutex<Option<Bytes>>,
     /// Flips to `true` once: the server is stopping, and everything that waits must end.
     shutdown: watch::Sender<bool>,
+    /// What `GET /v1/models` and `GET /model/info` answer (fixed at start).
+    pub(crate) catalog: crate::Catalog,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -37,8 +39,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    #[cfg(test)]
     pub(crate) fn new() -> Shared {
+        Shared::with_catalog(crate::Catalog::default())
+    }
+
+    pub(crate) fn with_catalog(catalog: crate::Catalog) -> Shared {
         Shared {
+            catalog,
             requests: AtomicU64::new(0),
             streams_started: AtomicU64::new(0),
             streams_completed: AtomicU64::new(0),

@@ -119,6 +119,8 @@ pub(crate) struct SseStream {
     plan: Plan,
     /// Wait before each token chunk.
     pace: Option<Duration>,
+    /// `usage_delay`: wait before the usage chunk.
+    usage_delay: Option<Duration>,
     /// The pacing timer, allocated once and re-armed per token.
     sleep: Option<Pin<Box<Sleep>>>,
     armed: bool,
@@ -135,7 +137,12 @@ impl SseStream {
             (_, true) => Some(Duration::from_millis(scenario::ENDLESS_PACE_MS)),
             _ => None,
         };
-        let waits = pace.is_some() || plan.scenario.stall_after.is_some();
+        let usage_delay = plan
+            .scenario
+            .usage_delay_ms
+            .filter(|ms| *ms > 0 && plan.usage.is_some())
+            .map(Duration::from_millis);
+        let waits = pace.is_some() || plan.scenario.stall_after.is_some() || usage_delay.is_some();
         let shutdown: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = if waits {
             Some(Box::pin(shared.stopped()))
         } else {
@@ -143,10 +150,12 @@ impl SseStream {
         };
         shared.stream_started();
         SseStream {
-            sleep: pace.map(|_| Box::pin(tokio::time::sleep(Duration::ZERO))),
+            sleep: (pace.is_some() || usage_delay.is_some())
+                .then(|| Box::pin(tokio::time::sleep(Duration::ZERO))),
             shared,
             plan,
             pace,
+            usage_delay,
             armed: false,
             shutdown,
             phase: Phase::Start,
@@ -212,7 +221,8 @@ impl SseStream {
         let delta = Delta {
             role: Some("assistant"),
             content: Some(Token {
-                word: "",
+                first: 0,
+                count: 0,
                 space: false,
             }),
         };
@@ -226,9 +236,10 @@ impl SseStream {
         )
     }
 
-    fn token_chunk(&self, index: u64, last: bool) -> Result<Bytes, StreamEnd> {
+    fn token_chunk(&self, first: u64, count: u64, last: bool) -> Result<Bytes, StreamEnd> {
         let token = Token {
-            word: scenario::word(index),
+            first,
+            count,
             space: !last,
         };
         match self.plan.kind {
@@ -338,7 +349,7 @@ impl Stream for SseStream {
                             return this.emit(chunk);
                         }
                         Kind::Text if malformed => {
-                            let chunk = this.token_chunk(0, false);
+                            let chunk = this.token_chunk(0, 1, false);
                             return this.emit(chunk);
                         }
                         Kind::Text => {}
@@ -377,10 +388,16 @@ impl Stream for SseStream {
                         ready!(sleep.as_mut().poll(cx));
                         this.armed = false;
                     }
-                    let last =
-                        !scenario.endless && sent.saturating_add(1) >= this.plan.reply_tokens;
-                    this.phase = Phase::Token(sent.saturating_add(1));
-                    let chunk = this.token_chunk(sent, last);
+                    let per_chunk = scenario.chunk_words.unwrap_or(1).max(1);
+                    let count = if scenario.endless {
+                        per_chunk
+                    } else {
+                        per_chunk.min(this.plan.reply_tokens - sent)
+                    };
+                    let next = sent.saturating_add(count);
+                    let last = !scenario.endless && next >= this.plan.reply_tokens;
+                    this.phase = Phase::Token(next);
+                    let chunk = this.token_chunk(sent, count, last);
                     return this.emit(chunk);
                 }
                 Phase::Finish => {
@@ -393,6 +410,15 @@ impl Stream for SseStream {
                     return this.emit(chunk);
                 }
                 Phase::Usage => {
+                    if let (Some(delay), Some(sleep)) = (this.usage_delay, this.sleep.as_mut()) {
+                        if !this.armed {
+                            sleep.as_mut().reset(Instant::now() + delay);
+                            this.armed = true;
+                        }
+                        ready!(sleep.as_mut().poll(cx));
+                        this.armed = false;
+                        this.usage_delay = None;
+                    }
                     this.phase = Phase::Done;
                     let chunk = match this.plan.usage {
                         Some(usage) => this.usage_chunk(usage),

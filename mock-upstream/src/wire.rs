@@ -235,14 +235,27 @@ impl Serialize for SeqId {
 /// Concatenating a stream's deltas gives exactly the non-streaming reply text.
 #[derive(Debug, Clone, Copy)]
 pub struct Token {
-    pub word: &'static str,
+    /// The number of the first reply word in this piece.
+    pub first: u64,
+    /// How many words (0: an empty piece).
+    pub count: u64,
+    /// Whether a space follows (every piece but the last).
     pub space: bool,
 }
 
 impl Serialize for Token {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let space = if self.space { " " } else { "" };
-        serializer.collect_str(&format_args!("{}{}", self.word, space))
+        let mut text = String::new();
+        for i in 0..self.count {
+            if i > 0 {
+                text.push(' ');
+            }
+            text.push_str(crate::scenario::word(self.first.saturating_add(i)));
+        }
+        if self.space {
+            text.push(' ');
+        }
+        serializer.serialize_str(&text)
     }
 }
 
@@ -353,6 +366,18 @@ pub struct Model {
     pub owned_by: &'static str,
 }
 
+/// `GET /v1/models` for the names the mock was configured to serve.
+pub fn model_list(names: &[String]) -> serde_json::Value {
+    let data: Vec<serde_json::Value> = names
+        .iter()
+        .map(|id| {
+            serde_json::json!({"id": id, "object": "model", "created": CREATED,
+                "owned_by": "mock-upstream"})
+        })
+        .collect();
+    serde_json::json!({"object": "list", "data": data})
+}
+
 /// The models `GET /v1/models` lists. Any model name is accepted by the other routes.
 pub fn models() -> ModelList {
     let model = |id| Model {
@@ -440,9 +465,19 @@ mod tests {
         };
         assert_eq!(serde_json::to_string(&id).unwrap(), r#""chatcmpl-mock-7""#);
         let token = Token {
-            word: "lorem",
+            first: 0,
+            count: 1,
             space: true,
         };
         assert_eq!(serde_json::to_string(&token).unwrap(), r#""lorem ""#);
+        let three = Token {
+            first: 31,
+            count: 3,
+            space: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&three).unwrap(),
+            r#""ea lorem ipsum""#
+        );
     }
 }

@@ -61,7 +61,7 @@ async fn chat_json_with_usage_and_litellm_headers() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["x-litellm-call-id"], "mock-call-1");
     // 3 prompt words × 0.15e-6 + 3 completion words × 0.6e-6 = 2.25e-6.
-    assert_eq!(response.headers()["x-litellm-response-cost"], "0.00000225");
+    assert_eq!(response.headers()["x-litellm-response-cost"], "0.000002250");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["id"], "chatcmpl-mock-1");
@@ -287,7 +287,7 @@ async fn embeddings() {
     let body = json!({"model": "text-embedding-3-small", "input": ["a b c", "d"]});
     let response = post(&mock, "/v1/embeddings", &body).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["x-litellm-response-cost"], "0.00000060");
+    assert_eq!(response.headers()["x-litellm-response-cost"], "0.000000600");
     let reply: Value = response.json().await.unwrap();
     assert_eq!(reply["object"], "list");
     assert_eq!(reply["model"], "text-embedding-3-small");
@@ -557,4 +557,119 @@ async fn shutdown_ends_an_endless_stream() {
     mock.shutdown().await;
     let rest: Vec<_> = body.collect().await;
     assert!(rest.last().is_some_and(|item| item.is_err()));
+}
+
+#[tokio::test]
+async fn usage_details_multi_word_chunks_and_another_model() {
+    let mock = MockUpstream::spawn().await.unwrap();
+    let body = chat(
+        "hi mock:tokens=7 mock:chunk_words=3 mock:cached=1 mock:reasoning=4 mock:model=gpt-4o",
+    );
+    let json: Value = post(&mock, "/v1/chat/completions", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(json["model"], "gpt-4o");
+    assert_eq!(
+        json["usage"]["completion_tokens"], 11,
+        "7 words + 4 reasoning"
+    );
+    assert_eq!(json["usage"]["prompt_tokens_details"]["cached_tokens"], 1);
+    assert_eq!(
+        json["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        4
+    );
+    let events = events(
+        post(
+            &mock,
+            "/v1/chat/completions",
+            &chat_stream("hi mock:tokens=7 mock:chunk_words=3", true),
+        )
+        .await,
+    )
+    .await;
+    let contents: Vec<String> = events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            parse(e)["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        contents,
+        ["lorem ipsum dolor ", "sit amet consectetur ", "adipiscing"]
+    );
+}
+
+#[tokio::test]
+async fn a_delayed_usage_chunk_comes_after_the_content() {
+    let mock = MockUpstream::spawn().await.unwrap();
+    let started = tokio::time::Instant::now();
+    let events = events(
+        post(
+            &mock,
+            "/v1/chat/completions",
+            &chat_stream("hi mock:tokens=2 mock:usage_delay=150", true),
+        )
+        .await,
+    )
+    .await;
+    assert!(started.elapsed() >= std::time::Duration::from_millis(150));
+    let usage = parse(&events[events.len() - 2]);
+    assert_eq!(usage["usage"]["completion_tokens"], 2);
+}
+
+#[tokio::test]
+async fn a_stalled_body_sends_headers_and_no_body_until_shutdown() {
+    let mock = MockUpstream::spawn().await.unwrap();
+    let response = post(&mock, "/v1/chat/completions", &chat("hi mock:stall_body")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.bytes_stream();
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(100), body.next()).await;
+    assert!(waited.is_err(), "no body before shutdown");
+    mock.shutdown().await;
+}
+
+#[tokio::test]
+async fn model_info_is_served_only_when_configured() {
+    let plain = MockUpstream::spawn().await.unwrap();
+    let status = Client::new()
+        .get(format!("{}/model/info", plain.url()))
+        .bearer_auth("k")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let info = json!({"data": [{"model_name": "m", "litellm_params": {"model": "openai/gpt-4o"}}]});
+    let mock = MockUpstream::spawn_with(tollgate_mock_upstream::Catalog {
+        models: Some(vec!["m".into()]),
+        model_info: Some(info.clone()),
+    })
+    .await
+    .unwrap();
+    let got: Value = Client::new()
+        .get(format!("{}/model/info", mock.url()))
+        .bearer_auth("k")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got, info);
+    let models: Value = Client::new()
+        .get(format!("{}/v1/models", mock.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "m");
+    assert_eq!(models["data"].as_array().unwrap().len(), 1);
 }

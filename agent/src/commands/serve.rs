@@ -42,6 +42,9 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Listen for the signals before anything else, so one sent while the gateway starts
+        // (loading its tokenizers, reading the upstream's catalogue) stops it cleanly.
+        let signal = shutdown_signal();
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
@@ -55,7 +58,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let sync_task = syncer.map(|s| tokio::spawn(s.run(stopped)));
         let shutdown = async move {
-            shutdown_signal().await;
+            signal.await;
             let _ = stop.send(true);
         };
         let served =
@@ -114,20 +117,21 @@ fn init_logging(config: &GatewayConfig) -> anyhow::Result<()> {
     installed.map_err(|e| anyhow::anyhow!("installing the logger: {e}"))
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on Ctrl-C or SIGTERM. SIGTERM is listened for from this call on (not from the
+/// first poll), so a signal that arrives before the future is awaited is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        if let Some(mut term) = term {
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}
             }
             return;
         }
+        let _ = ctrl_c.await;
     }
-    let _ = ctrl_c.await;
 }

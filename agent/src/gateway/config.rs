@@ -69,6 +69,25 @@ pub struct GatewayConfig {
     pub providers: BTreeMap<String, ProviderConfig>,
     pub alerts: AlertsConfig,
     pub log: LogConfig,
+    pub requests: RequestsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestsConfig {
+    /// Request fields to forward beyond OpenAI's documented ones, by endpoint
+    /// (`chat_completions`, `completions`, `embeddings`). Only add a field you know cannot
+    /// change the model served or what it costs.
+    pub extra_fields: BTreeMap<String, Vec<String>>,
+}
+
+impl RequestsConfig {
+    /// The operator's extra fields for `endpoint`.
+    pub fn extra_fields(&self, endpoint: super::request::Endpoint) -> &[String] {
+        self.extra_fields
+            .get(endpoint.config_name())
+            .map_or(&[], Vec::as_slice)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +106,11 @@ pub struct UpstreamConfig {
     /// Longest a streamed response may last in all; it is ended (and charged for what was
     /// streamed) after this.
     pub stream_max_secs: u64,
+    /// After a client hangs up mid-stream, how long to keep reading the upstream for the usage
+    /// it reports (then charge that; only if none comes, an estimate).
+    pub disconnect_usage_wait_secs: u64,
+    /// How often to re-read what the upstream serves (`/v1/models`, LiteLLM's `/model/info`).
+    pub catalog_refresh_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -96,12 +120,22 @@ pub struct LimitsConfig {
     pub body_bytes_max: usize,
     /// Largest non-streamed upstream body read (502 above).
     pub response_bytes_max: usize,
-    /// Output tokens reserved when neither the client nor the price table gives a cap.
-    pub default_max_output_tokens: u32,
+    /// An output cap for requests that set none, below the model's own maximum; unset, such a
+    /// request may use the model's maximum. When it applies, `x-tollgate-max-tokens` says so.
+    pub default_max_output_tokens: Option<u32>,
     /// How long a cached API-key lookup is trusted: a revoked key stops working within this.
     pub auth_cache_ttl_ms: u64,
     /// Ledger writes waiting for the writer thread; beyond it requests get 503.
     pub write_queue_max: usize,
+    /// How long a request waits in line for credit the user's other requests hold (what their
+    /// settles return), before it takes what is left or is refused.
+    pub admission_wait_ms: u64,
+    /// Connections served at once.
+    pub connections_max: usize,
+    /// How long a client may take to send a request's headers (idle keep-alive included).
+    pub header_read_timeout_secs: u64,
+    /// How long a client may take to send a request's body.
+    pub body_read_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +190,7 @@ impl Default for GatewayConfig {
             providers: default_providers(),
             alerts: AlertsConfig::default(),
             log: LogConfig::default(),
+            requests: RequestsConfig::default(),
         }
     }
 }
@@ -169,6 +204,8 @@ impl Default for UpstreamConfig {
             response_timeout_secs: 600,
             stream_idle_timeout_secs: 120,
             stream_max_secs: 1_800,
+            disconnect_usage_wait_secs: 5,
+            catalog_refresh_secs: 60,
         }
     }
 }
@@ -178,9 +215,13 @@ impl Default for LimitsConfig {
         LimitsConfig {
             body_bytes_max: 4 << 20,
             response_bytes_max: 64 << 20,
-            default_max_output_tokens: 4_096,
+            default_max_output_tokens: None,
             auth_cache_ttl_ms: 1_000,
             write_queue_max: 10_000,
+            admission_wait_ms: 5_000,
+            connections_max: 4_096,
+            header_read_timeout_secs: 15,
+            body_read_timeout_secs: 60,
         }
     }
 }
@@ -391,10 +432,43 @@ impl GatewayConfig {
             "limits.response_bytes_max",
             self.limits.response_bytes_max as u64,
         )?;
+        if let Some(n) = self.limits.default_max_output_tokens {
+            positive("limits.default_max_output_tokens", u64::from(n))?;
+        }
         positive(
-            "limits.default_max_output_tokens",
-            u64::from(self.limits.default_max_output_tokens),
+            "upstream.disconnect_usage_wait_secs",
+            self.upstream.disconnect_usage_wait_secs,
         )?;
+        positive(
+            "upstream.catalog_refresh_secs",
+            self.upstream.catalog_refresh_secs,
+        )?;
+        positive("limits.connections_max", self.limits.connections_max as u64)?;
+        positive(
+            "limits.header_read_timeout_secs",
+            self.limits.header_read_timeout_secs,
+        )?;
+        positive(
+            "limits.body_read_timeout_secs",
+            self.limits.body_read_timeout_secs,
+        )?;
+        for (endpoint, fields) in &self.requests.extra_fields {
+            let known = super::request::Endpoint::ALL
+                .iter()
+                .any(|e| e.config_name() == endpoint);
+            if !known {
+                return Err(invalid(
+                    &format!("requests.extra_fields.{endpoint}"),
+                    "not an endpoint: use chat_completions, completions or embeddings",
+                ));
+            }
+            if let Some(f) = fields.iter().find(|f| f.is_empty() || f.len() > 64) {
+                return Err(invalid(
+                    &format!("requests.extra_fields.{endpoint}"),
+                    format!("{f:?} is not a field name"),
+                ));
+            }
+        }
         positive("limits.write_queue_max", self.limits.write_queue_max as u64)?;
         positive("alerts.attempts_max", u64::from(self.alerts.attempts_max))?;
         positive("alerts.queue_max", self.alerts.queue_max as u64)?;
@@ -455,12 +529,30 @@ impl GatewayConfig {
     pub fn stream_max(&self) -> Duration {
         Duration::from_secs(self.upstream.stream_max_secs)
     }
+    pub fn disconnect_usage_wait(&self) -> Duration {
+        Duration::from_secs(self.upstream.disconnect_usage_wait_secs)
+    }
+    pub fn catalog_refresh(&self) -> Duration {
+        Duration::from_secs(self.upstream.catalog_refresh_secs)
+    }
+    pub fn admission_wait(&self) -> Duration {
+        Duration::from_millis(self.limits.admission_wait_ms)
+    }
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.header_read_timeout_secs)
+    }
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.body_read_timeout_secs)
+    }
 
     /// How long a request's hold lives: its longest possible life (the wait for the response's
     /// headers plus the longest stream) and a minute, so it never expires under a live request,
     /// while a crashed gateway's holds free their credit soon after.
     pub fn hold_ttl(&self) -> time::Duration {
-        let secs = self.upstream.response_timeout_secs + self.upstream.stream_max_secs + 60;
+        let secs = self.upstream.response_timeout_secs
+            + self.upstream.stream_max_secs
+            + self.limits.admission_wait_ms / 1000
+            + 60;
         time::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX))
     }
 

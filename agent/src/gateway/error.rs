@@ -48,6 +48,8 @@ pub enum ApiError {
     #[error("request body over {limit} bytes")]
     TooLarge { limit: usize },
     #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
     TooManyInFlight(String),
     #[error("{message}")]
     UpstreamRejected { status: u16, message: String },
@@ -71,6 +73,7 @@ impl ApiError {
             ApiError::ModelNotAllowed { .. } | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyInFlight(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpstreamRejected { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
@@ -87,9 +90,10 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => "invalid_request_error",
             ApiError::InsufficientCredit { .. } | ApiError::SpendCap { .. } => "insufficient_quota",
-            ApiError::BadRequest(_) | ApiError::NotFound(_) | ApiError::TooLarge { .. } => {
-                "invalid_request_error"
-            }
+            ApiError::BadRequest(_)
+            | ApiError::NotFound(_)
+            | ApiError::TooLarge { .. }
+            | ApiError::RequestTimeout(_) => "invalid_request_error",
             ApiError::ModelNotAllowed { .. } | ApiError::Forbidden(_) => "permission_denied",
             ApiError::TooManyInFlight(_) => "rate_limit_error",
             ApiError::UpstreamRejected { .. }
@@ -110,6 +114,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "permission_denied",
             ApiError::NotFound(_) => "not_found",
             ApiError::TooLarge { .. } => "request_too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::TooManyInFlight(_) => "too_many_requests_in_flight",
             ApiError::UpstreamRejected { .. } => "upstream_refused",
             ApiError::UpstreamFailed(_) => "upstream_error",
@@ -127,9 +132,10 @@ impl ApiError {
             | ApiError::ModelNotAllowed { .. } => UsageErrorType::AuthError,
             ApiError::InsufficientCredit { .. } => UsageErrorType::InsufficientCredits,
             ApiError::SpendCap { .. } => UsageErrorType::SpendCap,
-            ApiError::BadRequest(_) | ApiError::NotFound(_) | ApiError::TooLarge { .. } => {
-                UsageErrorType::InvalidRequest
-            }
+            ApiError::BadRequest(_)
+            | ApiError::NotFound(_)
+            | ApiError::TooLarge { .. }
+            | ApiError::RequestTimeout(_) => UsageErrorType::InvalidRequest,
             ApiError::TooManyInFlight(_) => UsageErrorType::RateLimit,
             ApiError::UpstreamRejected { status: 429, .. } => UsageErrorType::RateLimit,
             ApiError::UpstreamRejected { .. } | ApiError::UpstreamFailed(_) => {

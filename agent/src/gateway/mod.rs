@@ -6,10 +6,15 @@
 //! (tests bind port 0 and read the address before serving) and runs until `shutdown` resolves.
 //! The ledger is owned by one writer thread ([`writer`]) that group-commits every request's
 //! hold and settle; everything else is async. Modules: [`config`] (file < env < flags),
-//! [`auth`] (API keys, cached briefly), [`routing`] (levels and models, pure), [`pricing`]
-//! (credits, pure), [`usage`] and [`sse`] (reading bodies and streams, pure), [`proxy`] (the
-//! request path), [`stream`] (the metered SSE body), [`health`] (latency and provider health),
-//! [`alerts`] (low-balance webhooks), [`metrics`] (Prometheus).
+//! [`server`] (the HTTP loop: connection limit, header timeout), [`auth`] (API keys, cached
+//! briefly), [`served`] (what the upstream serves: LiteLLM's `/v1/models` and `/model/info`),
+//! [`request`] (the body's allowlist and output bounds, pure), [`routing`] (levels and models,
+//! pure), [`tokens`] (the prompt's ceiling, pure), [`pricing`] (credits, pure), [`money`] (the
+//! hold as a value, admission), [`exchange`] (an admitted request and how it ends),
+//! [`upstream`] (forwarding), [`usage`] and [`sse`] (reading answers and streams, pure),
+//! [`proxy`] (the request path), [`stream`] (the metered SSE body), [`models`] (the model
+//! list), [`health`] (latency and provider health), [`alerts`] (low-balance webhooks),
+//! [`metrics`] (Prometheus).
 //!
 //! Guarantees: no route forwards anything unmetered (unknown routes get a 404 in OpenAI's
 //! shape); every authenticated metered request leaves exactly one usage-log row; the ledger
@@ -21,13 +26,21 @@ pub mod alerts;
 mod auth;
 pub mod config;
 pub mod error;
+mod exchange;
 pub mod health;
 pub mod metrics;
+mod models;
+mod money;
 pub mod pricing;
 mod proxy;
+pub mod request;
 pub mod routing;
+pub mod served;
+mod server;
 pub mod sse;
 mod stream;
+pub mod tokens;
+mod upstream;
 pub mod usage;
 pub mod writer;
 
@@ -46,6 +59,7 @@ use crate::keys::crypto::MasterKey;
 use crate::ledger::catalog::PowerLevelConfig;
 use crate::ledger::{Ledger, LedgerError};
 use crate::prices::PriceTable;
+use served::Served;
 
 pub use config::GatewayConfig;
 use error::ApiError;
@@ -57,13 +71,26 @@ use writer::LedgerWriter;
 /// writes provider health.
 pub const BACKGROUND_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The price table and power levels a request is routed and priced by.
+/// The price table, power levels and upstream catalogue a request is routed and priced by.
 #[derive(Debug)]
 pub struct Catalog {
     pub prices: Arc<PriceTable>,
-    /// The imported table's version (`None`: the built-in table).
+    /// The stored table's version (`None`: the built-in table).
     pub imported_version: Option<i64>,
     pub levels: Vec<PowerLevelConfig>,
+    /// What the upstream serves; `None` until it has answered.
+    pub served: Option<Arc<Served>>,
+}
+
+impl Catalog {
+    /// The view routing works on.
+    pub fn routing(&self) -> routing::Catalog<'_> {
+        routing::Catalog {
+            prices: &self.prices,
+            levels: &self.levels,
+            served: self.served.as_deref(),
+        }
+    }
 }
 
 /// Everything the request path shares.
@@ -77,6 +104,8 @@ pub struct Gateway {
     observations: Observations,
     metrics: Arc<Metrics>,
     auth_cache: auth::AuthCache,
+    /// Each user's line for credit (see `money`).
+    admission: money::Admission,
     /// Opens users' BYOK keys; `None` when the vault holds no key and no master key is set.
     master: Option<Arc<MasterKey>>,
     alerts: Option<alerts::AlertSender>,
@@ -88,6 +117,52 @@ impl Gateway {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    fn set_catalog(&self, catalog: Catalog) {
+        *self
+            .catalog
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(catalog);
+    }
+
+    /// A bounded metric label for a model: its name if the upstream serves it or the price
+    /// table knows it, else "other".
+    fn model_label(&self, model: &str) -> String {
+        let catalog = self.catalog();
+        let known = catalog.prices.get(model).is_some()
+            || catalog.served.as_ref().is_some_and(|s| s.serves(model));
+        if known {
+            model.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+
+    /// Reads what the upstream serves, keeping what was known if it does not answer.
+    async fn refresh_served(&self) {
+        let key = self.config.upstream.api_key.as_ref().map(|k| k.expose());
+        match served::fetch(&self.http, &self.config.upstream.url, key).await {
+            Ok(served) => {
+                let current = self.catalog();
+                if current.served.as_deref() != served.as_ref() {
+                    if let Some(s) = &served {
+                        tracing::info!(
+                            models = s.names.len(),
+                            deployments = s.deployments.is_some(),
+                            "upstream catalogue read"
+                        );
+                    }
+                    self.set_catalog(Catalog {
+                        prices: current.prices.clone(),
+                        imported_version: current.imported_version,
+                        levels: current.levels.clone(),
+                        served: served.map(Arc::new),
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the upstream's catalogue"),
+        }
     }
 }
 
@@ -107,6 +182,7 @@ fn load_catalog(ledger: &Ledger) -> Result<Catalog, LedgerError> {
         prices: Arc::new(imported.unwrap_or_else(PriceTable::builtin)),
         imported_version,
         levels: crate::ledger::catalog::power_levels(ledger.conn())?,
+        served: None,
     })
 }
 
@@ -135,6 +211,7 @@ pub async fn serve(
     let alerts = alerts::start(&config.alerts, http.clone(), metrics.clone());
     let gateway = Arc::new(Gateway {
         auth_cache: auth::AuthCache::new(config.auth_cache_ttl()),
+        admission: money::Admission::new(config.admission_wait()),
         config,
         writer,
         http,
@@ -144,14 +221,17 @@ pub async fn serve(
         master: parts.master.map(Arc::new),
         alerts,
     });
+    // Before the first request: the tokenizers, and what the upstream serves (if it answers).
+    let warm = tokio::task::spawn_blocking(tokens::warm_up);
+    gateway.refresh_served().await;
+    let _ = warm.await;
     let background = tokio::spawn(background(gateway.clone()));
     let app = router(gateway.clone());
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let limits = server::ConnectionLimits {
+        connections_max: gateway.config.limits.connections_max,
+        header_read_timeout: gateway.config.header_read_timeout(),
+    };
+    let served = server::serve(listener, app, limits, shutdown).await;
     background.abort();
     // Last provider health, then let the writer finish what is queued and stop.
     flush_health(&gateway).await;
@@ -166,8 +246,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/chat/completions", post(proxy::chat))
         .route("/v1/completions", post(proxy::completions))
         .route("/v1/embeddings", post(proxy::embeddings))
-        .route("/v1/models", get(proxy::models))
-        .route("/v1/models/{*id}", get(proxy::model))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{*id}", get(models::one))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -232,13 +312,20 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Reloads the catalog when a new price table was imported (or levels changed) and writes
-/// provider health, every [`BACKGROUND_INTERVAL`].
+/// Reloads the catalog when a new price table was stored (or levels changed) and writes
+/// provider health, every [`BACKGROUND_INTERVAL`]; re-reads what the upstream serves every
+/// `upstream.catalog_refresh_secs`.
 async fn background(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(BACKGROUND_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let refresh = gw.config.catalog_refresh();
+    let mut next_refresh = tokio::time::Instant::now() + refresh;
     loop {
         tick.tick().await;
+        if tokio::time::Instant::now() >= next_refresh {
+            gw.refresh_served().await;
+            next_refresh = tokio::time::Instant::now() + refresh;
+        }
         let known = gw.catalog().imported_version;
         // Levels are re-read every time; the price table only when a new version was imported.
         let reloaded = gw
@@ -263,12 +350,12 @@ async fn background(gw: Arc<Gateway>) {
                     }
                     None => gw.catalog().prices.clone(),
                 };
-                *gw.catalog
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Catalog {
+                let served = gw.catalog().served.clone();
+                gw.set_catalog(Catalog {
                     prices,
                     imported_version,
                     levels,
+                    served,
                 });
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "could not reload the catalog"),

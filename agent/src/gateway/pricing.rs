@@ -1,13 +1,14 @@
-//! What a request costs in credits: one place turns a model's USD prices into credits per token
-//! (credits per USD × the level's multiplier × the tier's markup, × the BYOK fee for BYOK), and
-//! tokens into credits. Pure and exact: `Decimal` arithmetic, rounded up to whole nano-credits
-//! once, at the end (a request is never charged less than its price; the rounding is at most one
-//! nano-credit).
+//! What a request costs in credits: one place turns a model's USD cost (exactly LiteLLM's, see
+//! `prices::cost`) into credits — × credits per USD × the level's multiplier × the tier's markup
+//! (× the BYOK fee for a BYOK request) — and bounds what a request may cost before it is sent.
+//! Pure and exact: `Decimal` arithmetic, rounded up to whole nano-credits once, at the end (a
+//! request is never charged less than its price; the rounding is at most one nano-credit).
 
 use rust_decimal::{Decimal, RoundingStrategy};
 use tollgate_schema::money::Credits;
 
 use crate::prices::ModelPrice;
+use crate::prices::cost::{self, Ceiling, TokenUsage};
 
 /// The factors a request's price is multiplied by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,54 +21,76 @@ pub struct Factors {
     pub byok_fee: Option<Decimal>,
 }
 
-/// A model's price in credits per token, for one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub input_per_token: Decimal,
-    pub output_per_token: Decimal,
+impl Factors {
+    /// Credits per USD of provider cost, all factors applied. Saturating: an absurd factor
+    /// makes every request unaffordable, never a panic.
+    pub fn credits_per_usd(&self) -> Decimal {
+        let mul = |a: Decimal, b: Decimal| a.checked_mul(b).unwrap_or(Decimal::MAX);
+        mul(
+            mul(
+                mul(self.credits_per_usd, self.level_multiplier),
+                self.tier_markup,
+            ),
+            self.byok_fee.unwrap_or(Decimal::ONE),
+        )
+    }
 }
 
-impl Rate {
-    pub fn new(price: &ModelPrice, f: &Factors) -> Rate {
-        // Saturating: an absurd price makes every request unaffordable, never a panic.
-        let mul = |a: Decimal, b: Decimal| a.checked_mul(b).unwrap_or(Decimal::MAX);
-        let factor = mul(
-            mul(mul(f.credits_per_usd, f.level_multiplier), f.tier_markup),
-            f.byok_fee.unwrap_or(Decimal::ONE),
-        );
-        Rate {
-            input_per_token: mul(price.input_usd_per_token, factor),
-            output_per_token: mul(price.output_usd_per_token, factor),
+/// A model's price for one request: its USD prices and the request's credits per USD.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quote {
+    pub price: ModelPrice,
+    credits_per_usd: Decimal,
+}
+
+impl Quote {
+    pub fn new(price: ModelPrice, factors: &Factors) -> Quote {
+        Quote {
+            price,
+            credits_per_usd: factors.credits_per_usd(),
         }
     }
 
-    /// The cost of `prompt` input and `completion` output tokens, rounded up to a nano-credit;
-    /// `Credits::MAX` if it does not fit (such a request is never affordable).
-    pub fn cost(&self, prompt: u64, completion: u64) -> Credits {
-        let total = Decimal::from(prompt)
-            .checked_mul(self.input_per_token)
-            .and_then(|input| {
-                Decimal::from(completion)
-                    .checked_mul(self.output_per_token)
-                    .and_then(|output| input.checked_add(output))
-            });
-        total.map_or(Credits::MAX, to_credits_ceil)
+    /// The same factors at another model's price.
+    pub fn at(&self, price: ModelPrice) -> Quote {
+        Quote {
+            price,
+            credits_per_usd: self.credits_per_usd,
+        }
     }
 
-    /// The most output tokens `budget` pays for after `prompt` input tokens (`u64::MAX` when
-    /// output is free, as for embeddings).
-    pub fn output_tokens_affordable(&self, budget: Credits, prompt: u64) -> u64 {
-        if self.output_per_token <= Decimal::ZERO {
+    fn credits(&self, usd: Decimal) -> Credits {
+        usd.checked_mul(self.credits_per_usd)
+            .map_or(Credits::MAX, to_credits_ceil)
+    }
+
+    /// What `usage` costs, rounded up to a nano-credit; `Credits::MAX` if it does not fit.
+    pub fn cost(&self, usage: &TokenUsage) -> Credits {
+        self.credits(cost::usd_cost(&self.price, usage))
+    }
+
+    /// The most a request within `ceiling` can cost.
+    pub fn worst(&self, ceiling: &Ceiling) -> Credits {
+        self.credits(cost::worst_case(&self.price, ceiling))
+    }
+
+    /// The most output tokens (all choices together) `budget` pays for, besides what `ceiling`
+    /// needs without output (its output tokens are ignored); `u64::MAX` when output is free.
+    pub fn output_tokens_affordable(&self, budget: Credits, ceiling: &Ceiling) -> u64 {
+        let per_token = cost::output_price_ceiling(&self.price, ceiling)
+            .checked_mul(self.credits_per_usd)
+            .unwrap_or(Decimal::MAX);
+        if per_token <= Decimal::ZERO {
             return u64::MAX;
         }
-        let prompt_cost = Decimal::from(prompt)
-            .checked_mul(self.input_per_token)
+        let fixed = cost::worst_case_without_output(&self.price, ceiling)
+            .checked_mul(self.credits_per_usd)
             .unwrap_or(Decimal::MAX);
-        let left = budget.to_decimal().saturating_sub(prompt_cost);
+        let left = budget.to_decimal().saturating_sub(fixed);
         if left <= Decimal::ZERO {
             return 0;
         }
-        left.checked_div(self.output_per_token)
+        left.checked_div(per_token)
             .unwrap_or(Decimal::MAX)
             .floor()
             .try_into()
@@ -96,7 +119,7 @@ fn to_credits_ceil(credits: Decimal) -> Credits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prices::ModelMode;
+    use crate::prices::{ModelMode, PriceDims};
 
     fn d(s: &str) -> Decimal {
         s.parse().unwrap()
@@ -111,6 +134,7 @@ mod tests {
             output_usd_per_token: d(output),
             max_output_tokens: None,
             quality_score: None,
+            dims: PriceDims::default(),
         }
     }
 
@@ -126,47 +150,70 @@ mod tests {
     #[test]
     fn costs_are_exact_and_round_up_to_a_nano_credit() {
         // gpt-4o-mini: 0.15 / 0.60 USD per million tokens; 10 credits per USD.
-        let rate = Rate::new(&price("0.00000015", "0.0000006"), &factors("1"));
+        let quote = Quote::new(price("0.00000015", "0.0000006"), &factors("1"));
         // 1000 × 1.5e-6 + 500 × 6e-6 = 0.0015 + 0.003 credits.
-        assert_eq!(rate.cost(1000, 500), Credits::from_nanos(4_500_000));
+        assert_eq!(
+            quote.cost(&TokenUsage::plain(1000, 500)),
+            Credits::from_nanos(4_500_000)
+        );
         // Eco's 0.7: 7 × 1.5e-7 × 10 = 1.05e-6 per input token → 1 token = 1050 nanos.
-        let eco = Rate::new(&price("0.00000015", "0.0000006"), &factors("0.7"));
-        assert_eq!(eco.cost(1, 0), Credits::from_nanos(1_050));
+        let eco = Quote::new(price("0.00000015", "0.0000006"), &factors("0.7"));
+        assert_eq!(
+            eco.cost(&TokenUsage::plain(1, 0)),
+            Credits::from_nanos(1_050)
+        );
         // A third of a nano-credit is charged as one.
-        let tiny = Rate::new(&price("0.0000000000333", "0"), &factors("1"));
-        assert_eq!(tiny.cost(1, 0), Credits::from_nanos(1));
-        assert_eq!(tiny.cost(0, 0), Credits::ZERO);
+        let tiny = Quote::new(price("0.0000000000333", "0"), &factors("1"));
+        assert_eq!(tiny.cost(&TokenUsage::plain(1, 0)), Credits::from_nanos(1));
+        assert_eq!(tiny.cost(&TokenUsage::plain(0, 0)), Credits::ZERO);
     }
 
     #[test]
     fn byok_pays_only_the_fee() {
         let mut f = factors("1");
         f.byok_fee = Some(d("0.05"));
-        let rate = Rate::new(&price("0.000001", "0.000002"), &f);
+        let quote = Quote::new(price("0.000001", "0.000002"), &f);
         // 100 × 1e-5 + 100 × 2e-5 = 0.003 credits, 5 % of it = 0.00015.
-        assert_eq!(rate.cost(100, 100), Credits::from_nanos(150_000));
+        assert_eq!(
+            quote.cost(&TokenUsage::plain(100, 100)),
+            Credits::from_nanos(150_000)
+        );
         f.byok_fee = Some(Decimal::ZERO);
         assert_eq!(
-            Rate::new(&price("0.000001", "0.000002"), &f).cost(100, 100),
+            Quote::new(price("0.000001", "0.000002"), &f).cost(&TokenUsage::plain(100, 100)),
             Credits::ZERO
         );
     }
 
     #[test]
     fn affordable_output_never_exceeds_the_budget() {
-        let rate = Rate::new(&price("0.000001", "0.000003"), &factors("1"));
+        let quote = Quote::new(price("0.000001", "0.000003"), &factors("1"));
         let budget = Credits::from_nanos(1_000_000); // 0.001 credits
-        let out = rate.output_tokens_affordable(budget, 10);
-        assert!(rate.cost(10, out) <= budget);
-        assert!(rate.cost(10, out + 1) > budget);
-        assert_eq!(rate.output_tokens_affordable(Credits::ZERO, 10), 0);
-        let free_output = Rate::new(&price("0.000001", "0"), &factors("1"));
-        assert_eq!(free_output.output_tokens_affordable(budget, 10), u64::MAX);
+        let ceiling = |output| Ceiling {
+            prompt_tokens: 10,
+            output_tokens: output,
+            ..Ceiling::default()
+        };
+        let out = quote.output_tokens_affordable(budget, &ceiling(0));
+        assert!(quote.worst(&ceiling(out)) <= budget);
+        assert!(quote.worst(&ceiling(out + 1)) > budget);
+        assert_eq!(
+            quote.output_tokens_affordable(Credits::ZERO, &ceiling(0)),
+            0
+        );
+        let free_output = Quote::new(price("0.000001", "0"), &factors("1"));
+        assert_eq!(
+            free_output.output_tokens_affordable(budget, &ceiling(0)),
+            u64::MAX
+        );
     }
 
     #[test]
     fn absurd_token_counts_saturate_instead_of_wrapping() {
-        let rate = Rate::new(&price("1000000", "1000000"), &factors("1"));
-        assert_eq!(rate.cost(u64::MAX, u64::MAX), Credits::MAX);
+        let quote = Quote::new(price("1", "1"), &factors("1"));
+        assert_eq!(
+            quote.cost(&TokenUsage::plain(u64::MAX, u64::MAX)),
+            Credits::MAX
+        );
     }
 }

@@ -10,7 +10,9 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 
-use super::usage::{self, Usage};
+use crate::prices::cost::TokenUsage;
+
+use super::usage;
 
 /// The largest single event accepted from an upstream (a stream chunk is a few hundred bytes;
 /// tool-call arguments can be large, but never this).
@@ -79,9 +81,13 @@ pub enum Event {
     /// choices (a chunk with usage and no choices is OpenAI's usage-only chunk).
     Chunk {
         generated_bytes: u64,
-        usage: Option<Usage>,
+        usage: Option<TokenUsage>,
         has_choices: bool,
         is_error: bool,
+        /// The model the chunk names.
+        model: Option<String>,
+        /// It cites the web (a search was billed).
+        cites: bool,
     },
     /// A comment, a keep-alive, or data that is not JSON.
     Other,
@@ -104,6 +110,8 @@ impl Event {
                     .and_then(Value::as_array)
                     .is_some_and(|c| !c.is_empty()),
                 is_error: json.get("error").is_some(),
+                model: usage::response_model(&json).map(str::to_owned),
+                cites: usage::cites_the_web(&json),
             },
             Err(_) => Event::Other,
         }
@@ -200,22 +208,23 @@ mod tests {
                 generated_bytes: 4,
                 usage: None,
                 has_choices: true,
-                is_error: false
+                is_error: false,
+                model: None,
+                cites: false,
             }
         );
         let usage = Event::read(
-            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7}}\n\n",
+            b"data: {\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7}}\n\n",
         );
         assert_eq!(
             usage,
             Event::Chunk {
                 generated_bytes: 0,
-                usage: Some(Usage {
-                    prompt_tokens: 5,
-                    completion_tokens: 7
-                }),
+                usage: Some(TokenUsage::plain(5, 7)),
                 has_choices: false,
-                is_error: false
+                is_error: false,
+                model: Some("m".into()),
+                cites: false,
             }
         );
     }

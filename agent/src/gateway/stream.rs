@@ -1,16 +1,19 @@
-//! A streamed (SSE) response, metered as it passes: each upstream event is forwarded as soon as
-//! it is whole (never the whole stream buffered), its content counted, the usage chunk read (and
+//! A streamed (SSE) answer, metered as it passes: each upstream event is forwarded as soon as it
+//! is whole (never the whole stream buffered), its content counted, the usage chunk read (and
 //! hidden from a client that did not ask for it), and the final `data: [DONE]` held back until
 //! the request is settled durably.
 //!
-//! How a stream ends decides what is charged:
+//! How a stream ends decides what is charged — what the provider bills:
 //! - `[DONE]` or the upstream's clean end: the reported usage, else an estimate (marked);
-//! - the client goes away: what was generated so far (reported usage if it already came, else
-//!   one token per content chunk, marked estimated) — dropping the stream drops the upstream
-//!   response, which closes the upstream connection and stops the generation;
-//! - the upstream breaks off or stalls past the idle timeout: what was generated so far, with
-//!   the error in the usage log and an error event to the client; if nothing was generated, the
-//!   hold is released and nothing charged.
+//! - the client goes away: the gateway keeps reading the upstream, for at most
+//!   `upstream.disconnect_usage_wait_secs`, until its usage arrives, and charges that; only if
+//!   none comes is it an estimate of everything generated (every content, reasoning and
+//!   tool-call delta, those read after the client left included); then the upstream connection
+//!   is closed, which stops the generation;
+//! - the upstream breaks off, sends an error event, or stalls past the idle timeout: what was
+//!   generated (the reported usage if it came, else an estimate), with the error logged and an
+//!   error event to the client; if nothing was generated, the hold is released and nothing
+//!   charged.
 //!
 //! Settling runs in its own task, so a client vanishing mid-settle cannot cut it short.
 
@@ -23,51 +26,151 @@ use axum::response::Response;
 use bytes::Bytes;
 
 use crate::ledger::UsageErrorType;
+use crate::prices::cost::TokenUsage;
 
 use super::error::ApiError;
-use super::proxy::{Meter, Outcome, early_end};
+use super::exchange::{Exchange, Outcome};
 use super::sse::{self, Event, EventSplitter};
-use super::usage::{self, Usage};
 
+/// What has been read of the upstream's stream, and metered.
 #[derive(Debug)]
-pub struct StreamMeter {
-    /// `None` once the request's ledger work has been handed to a task.
-    meter: Option<Meter>,
+struct Reading {
     upstream: reqwest::Response,
-    hide_usage: bool,
     splitter: EventSplitter,
-    reported: Option<Usage>,
+    reported: Option<TokenUsage>,
+    /// Bytes of generated text seen (content, reasoning, tool calls).
+    generated_bytes: u64,
+    /// Chunks that carried generated text.
     content_chunks: u64,
-    first_token_ms: Option<u32>,
-    out: VecDeque<Bytes>,
-    done: bool,
+    /// An event cited the web (a search was billed).
+    cited: bool,
+    /// The model the chunks name.
+    model: Option<String>,
     /// The upstream sent `[DONE]`.
     saw_done: bool,
     /// The upstream sent an error event (LiteLLM's way to fail after the 200 headers).
     upstream_error: Option<String>,
+}
+
+impl Reading {
+    fn new(upstream: reqwest::Response) -> Reading {
+        Reading {
+            upstream,
+            splitter: EventSplitter::default(),
+            reported: None,
+            generated_bytes: 0,
+            content_chunks: 0,
+            cited: false,
+            model: None,
+            saw_done: false,
+            upstream_error: None,
+        }
+    }
+
+    /// Meters one event; returns what it means.
+    fn meter(&mut self, event: &Bytes) -> Event {
+        let read = Event::read(event);
+        match &read {
+            Event::Done => self.saw_done = true,
+            Event::Chunk {
+                generated_bytes,
+                usage,
+                is_error,
+                model,
+                cites,
+                ..
+            } => {
+                if *generated_bytes > 0 {
+                    self.content_chunks += 1;
+                    self.generated_bytes = self.generated_bytes.saturating_add(*generated_bytes);
+                }
+                if let Some(u) = usage {
+                    self.reported = Some(*u);
+                }
+                if self.model.is_none() {
+                    self.model.clone_from(model);
+                }
+                self.cited |= *cites;
+                if *is_error && self.upstream_error.is_none() {
+                    let text = String::from_utf8_lossy(event);
+                    self.upstream_error = Some(format!(
+                        "the upstream sent an error mid-stream: {}",
+                        text.trim().chars().take(300).collect::<String>()
+                    ));
+                }
+            }
+            Event::Other => {}
+        }
+        read
+    }
+
+    /// Whether anything was generated or reported.
+    fn served_anything(&self) -> bool {
+        self.content_chunks > 0 || self.reported.is_some()
+    }
+
+    /// What was used so far: the reported usage, else an estimate (at least one token per
+    /// content chunk); and whether it is an estimate.
+    fn usage(&self, exchange: &mut Exchange) -> (TokenUsage, bool) {
+        let (mut usage, estimated) = match self.reported {
+            Some(u) => (u, false),
+            None => {
+                let mut u = exchange.estimate(self.generated_bytes);
+                u.completion_tokens = u.completion_tokens.max(self.content_chunks);
+                (u, true)
+            }
+        };
+        exchange.count_searches(&mut usage, self.cited);
+        (usage, estimated)
+    }
+
+    fn outcome(&self, exchange: &mut Exchange, ttft: Option<u32>) -> Outcome {
+        let (usage, estimated) = self.usage(exchange);
+        Outcome {
+            usage,
+            estimated,
+            http_status: 200,
+            time_to_first_token_ms: ttft,
+            error: None,
+            response_model: self.model.clone(),
+        }
+    }
+}
+
+/// The metered stream: the client's body, event by event.
+#[derive(Debug)]
+pub struct StreamMeter {
+    /// `None` once the request's ledger work has been handed to a task.
+    exchange: Option<Exchange>,
+    /// `None` once the stream is over (or handed to a drain after the client left).
+    reading: Option<Reading>,
+    hide_usage: bool,
+    first_token_ms: Option<u32>,
+    out: VecDeque<Bytes>,
+    done: bool,
     idle: Duration,
     /// When the stream must end, whatever the upstream does.
     deadline: tokio::time::Instant,
+    /// How long to read on for the usage after the client left.
+    disconnect_wait: Duration,
 }
 
 impl StreamMeter {
-    pub fn new(meter: Meter, upstream: reqwest::Response, hide_usage: bool) -> StreamMeter {
-        let idle = meter.gw.config.stream_idle_timeout();
-        let deadline = tokio::time::Instant::now() + meter.gw.config.stream_max();
+    pub fn new(exchange: Exchange, upstream: reqwest::Response, hide_usage: bool) -> StreamMeter {
+        let config = &exchange.gw.config;
+        let idle = config.stream_idle_timeout();
+        let deadline = tokio::time::Instant::now() + config.stream_max();
+        let disconnect_wait = config.disconnect_usage_wait();
         StreamMeter {
-            meter: Some(meter),
-            upstream,
+            exchange: Some(exchange),
+            reading: Some(Reading::new(upstream)),
             hide_usage,
-            splitter: EventSplitter::default(),
-            reported: None,
-            content_chunks: 0,
             first_token_ms: None,
             out: VecDeque::new(),
             done: false,
-            saw_done: false,
-            upstream_error: None,
             idle,
             deadline,
+            disconnect_wait,
         }
     }
 
@@ -80,9 +183,10 @@ impl StreamMeter {
             if self.done {
                 return None;
             }
+            let reading = self.reading.as_mut()?;
             let now = tokio::time::Instant::now();
             let wait = self.idle.min(self.deadline.saturating_duration_since(now));
-            match tokio::time::timeout(wait, self.upstream.chunk()).await {
+            match tokio::time::timeout(wait, reading.upstream.chunk()).await {
                 Err(_) => {
                     let why = if tokio::time::Instant::now() >= self.deadline {
                         "the stream reached the gateway's stream_max_secs limit".to_owned()
@@ -92,45 +196,53 @@ impl StreamMeter {
                             self.idle.as_secs()
                         )
                     };
-                    self.end_early(UsageErrorType::Timeout, why).await;
+                    self.end_early(UsageErrorType::Timeout, why, true).await;
                 }
                 Ok(Err(e)) => {
                     let why = format!(
                         "the upstream stream broke off: {}",
                         super::error_chain(&e.without_url())
                     );
-                    self.end_early(UsageErrorType::UpstreamError, why).await;
+                    self.end_early(UsageErrorType::UpstreamError, why, true)
+                        .await;
                 }
                 Ok(Ok(None)) => {
-                    if let Some(rest) = self.splitter.finish() {
+                    if let Some(rest) = reading.splitter.finish() {
                         self.pass(rest);
                     }
-                    match self.upstream_error.take() {
-                        Some(why) => self.end_early(UsageErrorType::UpstreamError, why).await,
+                    let reading = self.reading.as_mut()?;
+                    match reading.upstream_error.take() {
+                        Some(why) => {
+                            self.end_early(UsageErrorType::UpstreamError, why, false)
+                                .await;
+                        }
                         // Ended without [DONE] and without a token: nothing was served.
-                        None if !self.saw_done
-                            && self.content_chunks == 0
-                            && self.reported.is_none() =>
-                        {
+                        None if !reading.saw_done && !reading.served_anything() => {
                             let why = "the upstream stream ended before any output".to_owned();
-                            self.end_early(UsageErrorType::UpstreamError, why).await;
+                            self.end_early(UsageErrorType::UpstreamError, why, true)
+                                .await;
                         }
                         None => self.finish().await,
                     }
                 }
-                Ok(Ok(Some(bytes))) => match self.splitter.push(&bytes) {
+                Ok(Ok(Some(bytes))) => match reading.splitter.push(&bytes) {
                     Err(e) => {
-                        self.end_early(UsageErrorType::UpstreamError, e.to_string())
-                            .await
+                        self.end_early(UsageErrorType::UpstreamError, e.to_string(), true)
+                            .await;
                     }
                     Ok(events) => {
                         for event in events {
                             if Event::read(&event) == Event::Done {
-                                self.saw_done = true;
+                                if let Some(r) = self.reading.as_mut() {
+                                    r.saw_done = true;
+                                }
                                 // Settle first: the last byte goes out only once it is durable.
-                                match self.upstream_error.take() {
+                                let error =
+                                    self.reading.as_mut().and_then(|r| r.upstream_error.take());
+                                match error {
                                     Some(why) => {
-                                        self.end_early(UsageErrorType::UpstreamError, why).await;
+                                        self.end_early(UsageErrorType::UpstreamError, why, false)
+                                            .await;
                                     }
                                     None => self.finish().await,
                                 }
@@ -147,35 +259,18 @@ impl StreamMeter {
 
     /// Meters one event and queues it for the client (without usage, if hidden).
     fn pass(&mut self, event: Bytes) {
-        let read = Event::read(&event);
-        if let Event::Chunk {
-            generated_bytes,
-            usage,
-            is_error,
-            ..
-        } = &read
+        let Some(reading) = self.reading.as_mut() else {
+            return;
+        };
+        let had_content = reading.content_chunks > 0;
+        let read = reading.meter(&event);
+        if !had_content
+            && reading.content_chunks > 0
+            && let Some(exchange) = &self.exchange
         {
-            if *generated_bytes > 0 {
-                self.content_chunks += 1;
-                if self.first_token_ms.is_none()
-                    && let Some(m) = &self.meter
-                {
-                    let after = m.started.elapsed();
-                    m.observe_first_token(after);
-                    self.first_token_ms =
-                        Some(u32::try_from(after.as_millis()).unwrap_or(u32::MAX));
-                }
-            }
-            if let Some(u) = usage {
-                self.reported = Some(*u);
-            }
-            if *is_error && self.upstream_error.is_none() {
-                let text = String::from_utf8_lossy(&event);
-                self.upstream_error = Some(format!(
-                    "the upstream sent an error mid-stream: {}",
-                    text.trim().chars().take(300).collect::<String>()
-                ));
-            }
+            let after = exchange.origin.started.elapsed();
+            exchange.observe_first_token(after);
+            self.first_token_ms = Some(u32::try_from(after.as_millis()).unwrap_or(u32::MAX));
         }
         let forwarded = if self.hide_usage {
             sse::without_usage(&event, &read)
@@ -187,99 +282,113 @@ impl StreamMeter {
         }
     }
 
-    /// What was generated so far: the reported usage, else an estimate (one token per content
-    /// chunk, as OpenAI streams them); and whether it is an estimate.
-    fn usage_so_far(&self, prompt_bound: u64) -> (Usage, bool) {
-        match self.reported {
-            Some(u) => (u, false),
-            None => (
-                Usage {
-                    prompt_tokens: usage::estimate_prompt_tokens(prompt_bound),
-                    completion_tokens: self.content_chunks,
-                },
-                true,
-            ),
-        }
-    }
-
     /// The stream ended normally: settle (in a task, awaited).
     async fn finish(&mut self) {
         self.done = true;
-        let Some(meter) = self.meter.take() else {
+        let (Some(mut exchange), Some(reading)) = (self.exchange.take(), self.reading.take())
+        else {
             return;
         };
         let to_first_token = self.first_token_ms.map_or_else(
-            || meter.started.elapsed(),
+            || exchange.origin.started.elapsed(),
             |ms| Duration::from_millis(u64::from(ms)),
         );
-        meter.observe(to_first_token, true, None);
-        let (usage, estimated) = self.usage_so_far(meter.prompt_bound);
-        let outcome = Outcome {
-            usage,
-            estimated,
-            http_status: 200,
-            time_to_first_token_ms: self.first_token_ms,
-            error: None,
-        };
-        if let Err(e) = settle_in_task(meter, outcome).await {
+        exchange.observe(to_first_token, true, None);
+        let outcome = reading.outcome(&mut exchange, self.first_token_ms);
+        drop(reading);
+        if let Err(e) = settle_in_task(exchange, outcome).await {
             self.out
                 .push_back(sse::error_event(&e.to_string(), "server_error"));
         }
     }
 
-    /// The upstream failed mid-stream: charge what was generated, tell the client.
-    async fn end_early(&mut self, error: UsageErrorType, why: String) {
+    /// The upstream failed mid-stream: charge what was generated; tell the client unless the
+    /// upstream's own error event already did (`tell`).
+    async fn end_early(&mut self, error: UsageErrorType, why: String, tell: bool) {
         self.done = true;
-        // The upstream's own error event was forwarded already; otherwise tell the client.
-        if !why.starts_with("the upstream sent an error") {
+        if tell {
             self.out.push_back(sse::error_event(&why, "upstream_error"));
         }
-        let Some(mut meter) = self.meter.take() else {
+        let (Some(mut exchange), Some(reading)) = (self.exchange.take(), self.reading.take())
+        else {
             return;
         };
-        meter.observe(meter.started.elapsed(), false, Some(&why));
-        let (usage, estimated) = self.usage_so_far(meter.prompt_bound);
-        if self.reported.is_none() && self.content_chunks == 0 {
+        exchange.observe(exchange.origin.started.elapsed(), false, Some(&why));
+        if !reading.served_anything() {
             // Nothing generated: release, charge nothing.
             let e = if error == UsageErrorType::Timeout {
                 ApiError::UpstreamTimeout(why)
             } else {
                 ApiError::UpstreamFailed(why)
             };
-            tokio::spawn(async move { meter.fail(&e, None).await });
+            // In a task, awaited: durable before the stream's last byte, and not cancelled
+            // if the client leaves meanwhile.
+            let _ = tokio::spawn(async move { exchange.fail(&e, None).await }).await;
             return;
         }
-        let outcome = early_end(usage, estimated, self.first_token_ms, error, why, 200);
-        let _ = settle_in_task(meter, outcome).await;
+        let mut outcome = reading.outcome(&mut exchange, self.first_token_ms);
+        outcome.error = Some((error, why));
+        drop(reading);
+        let _ = settle_in_task(exchange, outcome).await;
     }
 }
 
 impl Drop for StreamMeter {
-    /// The client went away before the end: charge what was generated, in a task. Dropping
-    /// `upstream` with this struct closes the upstream connection.
+    /// The client went away before the end: read on for the usage, then charge, in a task.
     fn drop(&mut self) {
-        let Some(meter) = self.meter.take() else {
+        let (Some(exchange), Some(reading)) = (self.exchange.take(), self.reading.take()) else {
             return;
         };
-        let (usage, estimated) = self.usage_so_far(meter.prompt_bound);
-        let outcome = early_end(
-            usage,
-            estimated,
-            self.first_token_ms,
-            UsageErrorType::ClientDisconnected,
-            "the client disconnected mid-stream".into(),
-            200,
-        );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(settle_in_task(meter, outcome));
+            runtime.spawn(drain(
+                exchange,
+                reading,
+                self.disconnect_wait,
+                self.first_token_ms,
+            ));
         }
     }
 }
 
+/// After the client left: reads the upstream for at most `wait` until its usage (or its end)
+/// arrives, then closes it and charges what it reported, or an estimate of all it generated.
+async fn drain(
+    mut exchange: Exchange,
+    mut reading: Reading,
+    wait: Duration,
+    first_token_ms: Option<u32>,
+) {
+    let deadline = tokio::time::Instant::now() + wait;
+    while reading.reported.is_none() && !reading.saw_done {
+        match tokio::time::timeout_at(deadline, reading.upstream.chunk()).await {
+            Ok(Ok(Some(bytes))) => match reading.splitter.push(&bytes) {
+                Ok(events) => {
+                    for event in events {
+                        reading.meter(&event);
+                    }
+                }
+                Err(_) => break,
+            },
+            // Over, broken, or out of time.
+            _ => break,
+        }
+    }
+    let mut outcome = reading.outcome(&mut exchange, first_token_ms);
+    // Dropping the response closes the upstream connection and stops the generation.
+    drop(reading);
+    outcome.error = Some((
+        UsageErrorType::ClientDisconnected,
+        "the client disconnected mid-stream".into(),
+    ));
+    if let Err(e) = exchange.settle(outcome).await {
+        tracing::error!(error = %e, "settling a stream the client left failed");
+    }
+}
+
 /// Settles in a spawned task (it completes even if the caller is dropped) and waits for it.
-async fn settle_in_task(mut meter: Meter, outcome: Outcome) -> Result<(), ApiError> {
-    let request_id = meter.request_id.clone();
-    let task = tokio::spawn(async move { meter.settle(outcome).await.map(|_| ()) });
+async fn settle_in_task(exchange: Exchange, outcome: Outcome) -> Result<(), ApiError> {
+    let request_id = exchange.origin.request_id.clone();
+    let task = tokio::spawn(async move { exchange.settle(outcome).await.map(|_| ()) });
     task.await.unwrap_or_else(|e| {
         tracing::error!(request_id = %request_id, error = %e, "a settle task failed");
         Err(ApiError::Internal { request_id })

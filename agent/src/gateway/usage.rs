@@ -1,247 +1,98 @@
-//! Reading a request and its response for metering, as pure functions over JSON: the prompt's
-//! token bound, the output cap the client asked for, the usage the upstream reported, and an
-//! estimate where it reported none.
+//! Reading what an answer used, as pure functions over JSON: the usage the upstream reported
+//! (with every detail LiteLLM passes on: cached and cache-written prompt tokens, audio, images,
+//! reasoning, web searches), the text it generated, and an estimate where it reported none.
 //!
-//! The prompt bound is a bound, not a guess: every tokenizer in use (byte-level BPE, and
-//! SentencePiece with byte fallback) spends at least one byte of text per token, and the JSON
-//! serialization of the prompt holds every byte of its text (serde_json does not escape non-ASCII),
-//! so its length bounds the text tokens; message framing costs a few tokens per message, far less
-//! than the JSON punctuation around each. Only images are not text: each image part adds
-//! [`IMAGE_PART_TOKENS_MAX`].
+//! Field by field, as LiteLLM 1.82.6 reports usage on its OpenAI-compatible routes:
+//! `prompt_tokens` (cached, written and audio tokens included), `completion_tokens` (reasoning
+//! and audio included), `prompt_tokens_details.{cached_tokens, cache_creation_tokens,
+//! audio_tokens, image_tokens, text_tokens, image_count}` (and for Anthropic models the top-level
+//! `cache_read_input_tokens` / `cache_creation_input_tokens`, and `cache_creation` split into
+//! five-minute and one-hour writes), `completion_tokens_details.{reasoning_tokens,
+//! audio_tokens, image_tokens, text_tokens}`, `server_tool_use.web_search_requests`. A count
+//! that is absent, null or not a whole number reads as 0, as in LiteLLM.
 
 use serde_json::Value;
 
-/// Tokens one image part may cost at most (OpenAI's high-detail 2048×2048 image is 1,105; models
-/// that tile finer stay under this).
-pub const IMAGE_PART_TOKENS_MAX: u64 = 2_000;
-/// Framing tokens added once per request (priming the reply).
-const FRAMING_TOKENS: u64 = 16;
+use crate::prices::cost::TokenUsage;
+
 /// Bytes per token assumed when an upstream reports no usage and tokens must be estimated.
 pub const ESTIMATE_BYTES_PER_TOKEN: u64 = 4;
 
-/// The three metered routes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    ChatCompletions,
-    Completions,
-    Embeddings,
+fn count(v: Option<&Value>) -> u64 {
+    v.and_then(Value::as_u64).unwrap_or(0)
 }
 
-impl Endpoint {
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::ChatCompletions => "/v1/chat/completions",
-            Endpoint::Completions => "/v1/completions",
-            Endpoint::Embeddings => "/v1/embeddings",
-        }
-    }
-
-    /// The request field holding the prompt.
-    fn prompt_field(self) -> &'static str {
-        match self {
-            Endpoint::ChatCompletions => "messages",
-            Endpoint::Completions => "prompt",
-            Endpoint::Embeddings => "input",
-        }
-    }
-
-    /// Whether the route produces output tokens.
-    pub fn has_output(self) -> bool {
-        self != Endpoint::Embeddings
-    }
-}
-
-/// What was wrong with a request body, safe to show the client.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct BodyError(pub String);
-
-/// An upper bound on the request's prompt tokens.
-pub fn prompt_token_bound(endpoint: Endpoint, body: &Value) -> Result<u64, BodyError> {
-    let field = endpoint.prompt_field();
-    let prompt = body
-        .get(field)
-        .ok_or_else(|| BodyError(format!("missing required field {field:?}")))?;
-    match (endpoint, prompt) {
-        (Endpoint::ChatCompletions, Value::Array(_)) => {}
-        (Endpoint::ChatCompletions, _) => {
-            return Err(BodyError("\"messages\" must be an array".into()));
-        }
-        (_, Value::String(_) | Value::Array(_)) => {}
-        _ => {
-            return Err(BodyError(format!("{field:?} must be a string or an array")));
-        }
-    }
-    let mut bytes = json_len(prompt);
-    // Tool and function definitions are part of the prompt too.
-    for extra in ["tools", "functions", "tool_choice", "response_format"] {
-        if let Some(v) = body.get(extra) {
-            bytes += json_len(v);
-        }
-    }
-    Ok(bytes + images(prompt) * IMAGE_PART_TOKENS_MAX + FRAMING_TOKENS)
-}
-
-fn json_len(v: &Value) -> u64 {
-    serde_json::to_vec(v).map_or(0, |b| b.len() as u64)
-}
-
-/// Image parts (`{"type": "image_url", …}`) anywhere in the prompt.
-fn images(v: &Value) -> u64 {
-    match v {
-        Value::Array(items) => items.iter().map(images).sum(),
-        Value::Object(map) => {
-            let own = u64::from(
-                map.get("type")
-                    .and_then(Value::as_str)
-                    .is_some_and(|t| t == "image_url" || t == "input_image"),
-            );
-            own + map.values().map(images).sum::<u64>()
-        }
-        _ => 0,
-    }
-}
-
-/// Which field carries the client's output cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CapField {
-    MaxCompletionTokens,
-    MaxTokens,
-}
-
-impl CapField {
-    pub fn name(self) -> &'static str {
-        match self {
-            CapField::MaxCompletionTokens => "max_completion_tokens",
-            CapField::MaxTokens => "max_tokens",
-        }
-    }
-}
-
-/// The client's output cap: the larger of `max_completion_tokens` and `max_tokens` (either may
-/// be what the upstream obeys), or `None` when neither is set.
-pub fn output_cap(body: &Value) -> Result<Option<u64>, BodyError> {
-    let mut cap = None;
-    for field in [CapField::MaxCompletionTokens, CapField::MaxTokens] {
-        match body.get(field.name()) {
-            None | Some(Value::Null) => {}
-            Some(v) => {
-                let n = v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
-                    BodyError(format!("{:?} must be a positive integer", field.name()))
-                })?;
-                cap = Some(cap.map_or(n, |c: u64| c.max(n)));
-            }
-        }
-    }
-    Ok(cap)
-}
-
-/// Writes `cap` into every output-cap field the request uses, or into `default_field` if it
-/// uses none, so no field the upstream might obey asks for more than was reserved.
-pub fn set_output_cap(body: &mut Value, cap: u64, default_field: CapField) {
-    let mut set = false;
-    for field in [CapField::MaxCompletionTokens, CapField::MaxTokens] {
-        if body.get(field.name()).is_some_and(|v| !v.is_null()) {
-            body[field.name()] = Value::from(cap);
-            set = true;
-        }
-    }
-    if !set {
-        body[default_field.name()] = Value::from(cap);
-    }
-}
-
-/// Request fields LiteLLM's proxy acts on that would let a client change what is served or
-/// billed behind tollgate's back (fallback models, mock responses, other keys or endpoints):
-/// removed before forwarding, with every field named `litellm_*` or `mock_*`.
-pub const UPSTREAM_CONTROL_FIELDS: &[&str] = &[
-    "fallbacks",
-    "context_window_fallback_dict",
-    "content_policy_fallbacks",
-    "api_key",
-    "api_base",
-    "base_url",
-    "api_version",
-    "user_config",
-    "num_retries",
-    "model_list",
-    "metadata",
-    "guardrails",
-];
-
-/// Removes [`UPSTREAM_CONTROL_FIELDS`] and `litellm_*` / `mock_*` fields from the body.
-pub fn strip_upstream_controls(body: &mut Value) {
-    if let Some(map) = body.as_object_mut() {
-        map.retain(|key, _| {
-            !UPSTREAM_CONTROL_FIELDS.contains(&key.as_str())
-                && !key.starts_with("litellm_")
-                && !key.starts_with("mock_")
+/// The `usage` object of a response or a final stream chunk, if it has one with a prompt count.
+pub fn reported_usage(body: &Value) -> Option<TokenUsage> {
+    let usage = body.get("usage").filter(|u| u.is_object())?;
+    let prompt_tokens = usage.get("prompt_tokens")?.as_u64()?;
+    let details = usage.get("prompt_tokens_details");
+    let detail = |name: &str| count(details.and_then(|d| d.get(name)));
+    let out = usage.get("completion_tokens_details");
+    let out_detail = |name: &str| count(out.and_then(|d| d.get(name)));
+    let cached = match detail("cached_tokens") {
+        0 => count(usage.get("cache_read_input_tokens")),
+        n => n,
+    };
+    let written = match detail("cache_creation_tokens") {
+        0 => count(usage.get("cache_creation_input_tokens")),
+        n => n,
+    };
+    let split = usage
+        .get("cache_creation")
+        .or_else(|| details.and_then(|d| d.get("cache_creation_token_details")))
+        .filter(|s| s.is_object())
+        .map(|s| {
+            (
+                count(s.get("ephemeral_5m_input_tokens")),
+                count(s.get("ephemeral_1h_input_tokens")),
+            )
         });
-    }
-}
-
-/// How many prompts a `/v1/completions` request carries (each gets its own completions): an
-/// array of strings or of token arrays counts its items; a string or a flat token array is one.
-pub fn prompt_count(endpoint: Endpoint, body: &Value) -> u64 {
-    match (endpoint, body.get("prompt")) {
-        (Endpoint::Completions, Some(Value::Array(items)))
-            if items.iter().any(|i| i.is_string() || i.is_array()) =>
-        {
-            items.len().max(1) as u64
-        }
-        _ => 1,
-    }
-}
-
-/// Most choices (`n`, `best_of`) one request may ask for.
-pub const CHOICES_MAX: u64 = 128;
-
-/// How many completions the request generates (`n`, and `best_of` for completions): each can
-/// produce up to the output cap, so the reservation multiplies by this.
-pub fn choices(body: &Value) -> Result<u64, BodyError> {
-    let mut most = 1;
-    for field in ["n", "best_of"] {
-        match body.get(field) {
-            None | Some(Value::Null) => {}
-            Some(v) => {
-                let n = v
-                    .as_u64()
-                    .filter(|n| (1..=CHOICES_MAX).contains(n))
-                    .ok_or_else(|| {
-                        BodyError(format!(
-                            "{field:?} must be an integer from 1 to {CHOICES_MAX}"
-                        ))
-                    })?;
-                most = most.max(n);
-            }
-        }
-    }
-    Ok(most)
-}
-
-/// Token counts as the upstream reported them (or as estimated).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-}
-
-/// The `usage` object of a response or a final stream chunk, if it has one.
-pub fn reported_usage(body: &Value) -> Option<Usage> {
-    let usage = body.get("usage")?;
-    let prompt = usage.get("prompt_tokens")?.as_u64()?;
-    let completion = usage
-        .get("completion_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    Some(Usage {
-        prompt_tokens: prompt,
-        completion_tokens: completion,
+    Some(TokenUsage {
+        prompt_tokens,
+        completion_tokens: count(usage.get("completion_tokens")),
+        cached_tokens: cached,
+        cache_creation_tokens: written,
+        cache_creation_split: split,
+        prompt_text_tokens: detail("text_tokens"),
+        prompt_audio_tokens: detail("audio_tokens"),
+        prompt_image_tokens: detail("image_tokens"),
+        image_count: detail("image_count"),
+        completion_text_tokens: out_detail("text_tokens"),
+        completion_audio_tokens: out_detail("audio_tokens"),
+        reasoning_tokens: out_detail("reasoning_tokens"),
+        completion_image_tokens: out_detail("image_tokens"),
+        searches: count(
+            usage
+                .get("server_tool_use")
+                .and_then(|s| s.get("web_search_requests")),
+        ),
+        search_size: Default::default(),
     })
 }
 
+/// Whether a response cites the web (`url_citation` annotations): OpenAI's search models bill
+/// one search for it.
+pub fn cites_the_web(body: &Value) -> bool {
+    body.get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("message").or_else(|| c.get("delta")))
+        .filter_map(|m| m.get("annotations").and_then(Value::as_array))
+        .flatten()
+        .any(|a| a.get("type").and_then(Value::as_str) == Some("url_citation"))
+}
+
+/// The model a response or chunk names.
+pub fn response_model(body: &Value) -> Option<&str> {
+    body.get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+}
+
 /// Bytes of generated text in a response body or a stream chunk: chat messages and deltas
-/// (content and tool-call arguments) and completion texts.
+/// (content, reasoning, refusals, tool-call arguments, audio transcripts) and completion texts.
 pub fn generated_bytes(body: &Value) -> u64 {
     let Some(choices) = body.get("choices").and_then(Value::as_array) else {
         return 0;
@@ -252,14 +103,17 @@ pub fn generated_bytes(body: &Value) -> u64 {
             let mut n = str_len(choice.get("text"));
             for part in ["message", "delta"] {
                 if let Some(m) = choice.get(part) {
-                    n += str_len(m.get("content"));
-                    n += str_len(m.get("reasoning_content"));
+                    for field in ["content", "reasoning_content", "reasoning", "refusal"] {
+                        n += str_len(m.get(field));
+                    }
+                    n += str_len(m.get("audio").and_then(|a| a.get("transcript")));
                     if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
                         n += calls
                             .iter()
                             .map(|c| str_len(c.get("function").and_then(|f| f.get("arguments"))))
                             .sum::<u64>();
                     }
+                    n += str_len(m.get("function_call").and_then(|f| f.get("arguments")));
                 }
             }
             n
@@ -276,10 +130,15 @@ pub fn estimate_tokens(bytes: u64) -> u64 {
     bytes.div_ceil(ESTIMATE_BYTES_PER_TOKEN)
 }
 
-/// An estimate of the prompt's tokens when the upstream reported none: the bound's bytes at
-/// [`ESTIMATE_BYTES_PER_TOKEN`], never more than the bound.
-pub fn estimate_prompt_tokens(bound: u64) -> u64 {
-    estimate_tokens(bound).min(bound)
+/// An estimate of the prompt's tokens when the upstream reported none: its ceiling's bytes at
+/// [`ESTIMATE_BYTES_PER_TOKEN`] for a byte-counted ceiling, else the ceiling itself (exact for
+/// OpenAI's tokenizers), never more than the ceiling.
+pub fn estimate_prompt_tokens(ceiling: u64, exact: bool) -> u64 {
+    if exact {
+        ceiling
+    } else {
+        estimate_tokens(ceiling).min(ceiling)
+    }
 }
 
 #[cfg(test)]
@@ -289,140 +148,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_prompt_bound_covers_text_tools_and_images() {
-        let body = json!({"model": "m", "messages": [{"role": "user", "content": "héllo wörld"}]});
-        let bound = prompt_token_bound(Endpoint::ChatCompletions, &body).unwrap();
-        // At least one token per byte of text, however it is tokenized.
-        assert!(bound >= "héllo wörld".len() as u64);
-        let with_image = json!({"messages": [{"role": "user", "content": [
-            {"type": "text", "text": "what is this"},
-            {"type": "image_url", "image_url": {"url": "https://x/y.png"}}
-        ]}]});
-        let b = prompt_token_bound(Endpoint::ChatCompletions, &with_image).unwrap();
-        assert!(b >= IMAGE_PART_TOKENS_MAX);
-        let with_tools = json!({"messages": [], "tools": [{"type": "function", "function": {"name": "a_long_tool_name"}}]});
-        let without = json!({"messages": []});
-        assert!(
-            prompt_token_bound(Endpoint::ChatCompletions, &with_tools).unwrap()
-                > prompt_token_bound(Endpoint::ChatCompletions, &without).unwrap() + 15
-        );
-    }
-
-    #[test]
-    fn bad_prompts_say_which_field() {
-        let cases = [
-            (
-                Endpoint::ChatCompletions,
-                json!({"model": "m"}),
-                "missing required field \"messages\"",
-            ),
-            (
-                Endpoint::ChatCompletions,
-                json!({"messages": "hi"}),
-                "\"messages\" must be an array",
-            ),
-            (
-                Endpoint::Embeddings,
-                json!({"input": 5}),
-                "\"input\" must be a string or an array",
-            ),
-            (
-                Endpoint::Completions,
-                json!({}),
-                "missing required field \"prompt\"",
-            ),
-        ];
-        for (endpoint, body, expected) in cases {
-            let err = prompt_token_bound(endpoint, &body).unwrap_err();
-            assert_eq!(err.0, expected);
-        }
-    }
-
-    #[test]
-    fn output_caps_take_the_larger_field_and_must_be_positive() {
-        assert_eq!(output_cap(&json!({})).unwrap(), None);
-        assert_eq!(
-            output_cap(&json!({"max_tokens": 100000, "max_completion_tokens": 7})).unwrap(),
-            Some(100000)
-        );
-        assert_eq!(output_cap(&json!({"max_tokens": 5})).unwrap(), Some(5));
-        // A cap is written into every field the request uses.
-        let mut both = json!({"max_tokens": 9, "max_completion_tokens": 7});
-        set_output_cap(&mut both, 3, CapField::MaxTokens);
-        assert_eq!(both, json!({"max_tokens": 3, "max_completion_tokens": 3}));
-        let mut none = json!({});
-        set_output_cap(&mut none, 3, CapField::MaxCompletionTokens);
-        assert_eq!(none, json!({"max_completion_tokens": 3}));
-        for bad in [
-            json!({"max_tokens": 0}),
-            json!({"max_tokens": -1}),
-            json!({"max_tokens": "9"}),
-        ] {
-            assert!(
-                output_cap(&bad).unwrap_err().0.contains("max_tokens"),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn litellm_controls_are_stripped_and_prompts_counted() {
-        let mut body = json!({"model": "m", "messages": [], "fallbacks": ["claude-opus-4"],
-            "mock_testing_fallbacks": true, "litellm_logging_obj": 1, "api_base": "http://x",
-            "temperature": 0.2, "user": "u"});
-        strip_upstream_controls(&mut body);
-        assert_eq!(
-            body,
-            json!({"model": "m", "messages": [], "temperature": 0.2, "user": "u"})
-        );
-        let c = Endpoint::Completions;
-        assert_eq!(prompt_count(c, &json!({"prompt": "one"})), 1);
-        assert_eq!(prompt_count(c, &json!({"prompt": [1, 2, 3]})), 1);
-        assert_eq!(prompt_count(c, &json!({"prompt": ["a", "b", "c"]})), 3);
-        assert_eq!(prompt_count(c, &json!({"prompt": [[1], [2]]})), 2);
-        assert_eq!(
-            prompt_count(Endpoint::ChatCompletions, &json!({"prompt": ["a", "b"]})),
-            1
-        );
-    }
-
-    #[test]
-    fn choices_multiply_the_output_and_are_bounded() {
-        assert_eq!(choices(&json!({})).unwrap(), 1);
-        assert_eq!(choices(&json!({"n": 3})).unwrap(), 3);
-        assert_eq!(choices(&json!({"n": 2, "best_of": 5})).unwrap(), 5);
-        for bad in [json!({"n": 0}), json!({"n": 129}), json!({"best_of": "2"})] {
-            assert!(
-                choices(&bad).unwrap_err().0.contains("must be an integer"),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn usage_and_generated_text_are_read_from_bodies_and_chunks() {
-        let body = json!({"choices": [{"message": {"content": "abcd", "tool_calls": [{"function": {"arguments": "{}"}}]}}],
-                          "usage": {"prompt_tokens": 3, "completion_tokens": 4}});
-        assert_eq!(
-            reported_usage(&body),
-            Some(Usage {
-                prompt_tokens: 3,
-                completion_tokens: 4
-            })
-        );
-        assert_eq!(generated_bytes(&body), 6);
-        let chunk = json!({"choices": [{"delta": {"content": "xyz"}}]});
-        assert_eq!(generated_bytes(&chunk), 3);
-        assert_eq!(reported_usage(&chunk), None);
+    fn usage_and_its_details_are_read_as_litellm_reports_them() {
+        let body = json!({"usage": {"prompt_tokens": 1000, "completion_tokens": 500,
+            "prompt_tokens_details": {"cached_tokens": 800, "audio_tokens": 3},
+            "completion_tokens_details": {"reasoning_tokens": 200, "audio_tokens": null},
+            "server_tool_use": {"web_search_requests": 2}}});
+        let u = reported_usage(&body).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (1000, 500));
+        assert_eq!((u.cached_tokens, u.prompt_audio_tokens), (800, 3));
+        assert_eq!((u.reasoning_tokens, u.completion_audio_tokens), (200, 0));
+        assert_eq!(u.searches, 2);
+        // Anthropic through LiteLLM: top-level cache counts and the 5m/1h split.
+        let anthropic = json!({"usage": {"prompt_tokens": 1300, "completion_tokens": 10,
+            "cache_creation_input_tokens": 300, "cache_read_input_tokens": 900,
+            "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200}}});
+        let u = reported_usage(&anthropic).unwrap();
+        assert_eq!((u.cached_tokens, u.cache_creation_tokens), (900, 300));
+        assert_eq!(u.cache_creation_split, Some((100, 200)));
         let embedding = json!({"usage": {"prompt_tokens": 8, "total_tokens": 8}});
-        assert_eq!(
-            reported_usage(&embedding),
-            Some(Usage {
-                prompt_tokens: 8,
-                completion_tokens: 0
-            })
-        );
+        assert_eq!(reported_usage(&embedding), Some(TokenUsage::plain(8, 0)));
+        assert_eq!(reported_usage(&json!({"usage": null})), None);
+        assert_eq!(reported_usage(&json!({"choices": []})), None);
+    }
+
+    #[test]
+    fn generated_text_is_counted_from_every_kind_of_delta() {
+        let body = json!({"choices": [{"message": {"content": "abcd", "reasoning_content": "xy",
+            "tool_calls": [{"function": {"arguments": "{}"}}]}}], "model": "gpt-4o"});
+        assert_eq!(generated_bytes(&body), 8);
+        assert_eq!(response_model(&body), Some("gpt-4o"));
+        let chunk = json!({"choices": [{"delta": {"content": "xyz", "reasoning": "r"}}]});
+        assert_eq!(generated_bytes(&chunk), 4);
         assert_eq!(estimate_tokens(9), 3);
-        assert_eq!(estimate_prompt_tokens(2), 1);
+        assert_eq!(estimate_prompt_tokens(2, false), 1);
+        assert_eq!(estimate_prompt_tokens(20, true), 20);
+        let cited = json!({"choices": [{"message": {"content": "a",
+            "annotations": [{"type": "url_citation", "url_citation": {}}]}}]});
+        assert!(cites_the_web(&cited));
+        assert!(!cites_the_web(&body));
     }
 }

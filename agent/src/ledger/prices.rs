@@ -1,13 +1,19 @@
-//! Imported price tables in SQLite (`price_tables`, `model_prices`; see V2__prices.sql).
+//! Price tables in SQLite (`price_tables`, `model_prices`, `price_aliases`; see V2__prices.sql and
+//! V4__price_dimensions.sql).
 //!
 //! Guarantees:
-//! - An import is one `BEGIN IMMEDIATE` transaction: every model of the new version or none,
-//!   and bad input (a bad source, hash or model, a duplicate or an empty list) writes nothing.
+//! - Storing a version is one `BEGIN IMMEDIATE` transaction: every model and alias of the new
+//!   version or none, and bad input (a bad source, hash, model or alias, a duplicate or an empty
+//!   list) writes nothing.
 //! - Versions count up from 1 and are never changed (append-only triggers); the newest is the
-//!   active table. Importing a file whose SHA-256 equals the newest version's is a no-op that
-//!   returns that version with `unchanged: true`.
-//! - Prices are stored and read back as exact decimal text, never a float.
+//!   active table. `prices set`, `prices alias` and `prices use` store a new version too (a copy
+//!   with the change), so every version a usage row names can be read back as it was. Storing
+//!   content whose SHA-256 equals the newest version's is a no-op that returns that version with
+//!   `unchanged: true`.
+//! - Prices are stored and read back as exact decimal text, never a float; the dimensions beyond
+//!   input and output as JSON of decimal strings.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
@@ -16,41 +22,130 @@ use serde::Serialize;
 
 use super::{Ledger, LedgerError};
 use crate::prices::{
-    MODEL_NAME_LEN_MAX, ModelMode, ModelPrice, PRICE_MODELS_MAX, PROVIDER_LEN_MAX, PriceTable,
-    USD_PER_TOKEN_MAX,
+    MODEL_NAME_LEN_MAX, ModelMode, ModelPrice, PRICE_MODELS_MAX, PROVIDER_LEN_MAX, PriceDims,
+    PriceTable, USD_PER_TOKEN_MAX, USD_PER_UNIT_MAX,
 };
 
-/// Longest `source` recorded with an import (the file as named).
+/// Longest `source` recorded with a version (the file as named, or the command that made it).
 pub const PRICE_SOURCE_LEN_MAX: usize = 1024;
+/// Most aliases one version holds.
+pub const PRICE_ALIASES_MAX: usize = 10_000;
 
-/// What an import did.
+/// How a price table version was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PriceOrigin {
+    /// `tollgate prices import FILE`.
+    Import,
+    /// `tollgate prices set MODEL …`.
+    Set,
+    /// `tollgate prices alias NAME MODEL`.
+    Alias,
+    /// `tollgate prices use VERSION` (a copy of an earlier version, or of the built-in table).
+    Use,
+}
+
+impl PriceOrigin {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PriceOrigin::Import => "import",
+            PriceOrigin::Set => "set",
+            PriceOrigin::Alias => "alias",
+            PriceOrigin::Use => "use",
+        }
+    }
+
+    fn parse(text: &str) -> Option<PriceOrigin> {
+        [
+            PriceOrigin::Import,
+            PriceOrigin::Set,
+            PriceOrigin::Alias,
+            PriceOrigin::Use,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == text)
+    }
+}
+
+/// What storing a version did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PriceImport {
     /// The version now active.
     pub version: i64,
     /// Models in that version.
     pub model_count: u64,
-    /// True when the file was the newest version's already: nothing was written.
+    /// True when the content was the newest version's already: nothing was written.
     pub unchanged: bool,
     pub sha256: String,
     pub imported_at: String,
 }
 
-/// The version string of imported version `version`, as [`PriceTable::version`] carries it.
+/// One stored version, as `tollgate prices versions` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PriceVersion {
+    pub version: i64,
+    pub origin: PriceOrigin,
+    pub source: String,
+    pub sha256: String,
+    pub model_count: u64,
+    pub alias_count: u64,
+    pub imported_at: String,
+    /// Whether this is the newest version, the one the gateway charges by.
+    pub active: bool,
+}
+
+/// A new version to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewPriceVersion<'a> {
+    pub origin: PriceOrigin,
+    /// The file as named, or the command that made it.
+    pub source: &'a str,
+    /// SHA-256 (hex) of the file, or of the content for a hand-made version.
+    pub sha256_hex: &'a str,
+    pub models: &'a [ModelPrice],
+    pub aliases: &'a BTreeMap<String, String>,
+}
+
+/// The version string of stored version `version`, as [`PriceTable::version`] carries it.
 pub fn imported_version_label(version: i64) -> String {
     format!("imported-{version}")
 }
 
+/// SHA-256 (hex) of a table's content, for versions made by hand: the same models and aliases
+/// always hash the same.
+pub fn content_sha256(models: &[ModelPrice], aliases: &BTreeMap<String, String>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&ModelPrice> = models.iter().collect();
+    sorted.sort_by(|a, b| a.model.cmp(&b.model));
+    let text = serde_json::to_vec(&(sorted, aliases)).unwrap_or_default();
+    hex::encode(Sha256::digest(text))
+}
+
 impl Ledger {
-    /// Stores `models` as a new price table version (newest = max + 1), or, when `sha256_hex`
-    /// equals the newest version's, returns that version unchanged. `source` names the file.
+    /// Stores `models` imported from a file as a new version (newest = max + 1), or, when
+    /// `sha256_hex` equals the newest version's, returns that version unchanged.
     pub fn import_prices(
         &mut self,
         source: &str,
         sha256_hex: &str,
         models: &[ModelPrice],
     ) -> Result<PriceImport, LedgerError> {
-        check_import(source, sha256_hex, models)?;
+        self.store_price_version(&NewPriceVersion {
+            origin: PriceOrigin::Import,
+            source,
+            sha256_hex,
+            models,
+            aliases: &BTreeMap::new(),
+        })
+    }
+
+    /// Stores a new price table version (see [`NewPriceVersion`]).
+    pub fn store_price_version(
+        &mut self,
+        new: &NewPriceVersion<'_>,
+    ) -> Result<PriceImport, LedgerError> {
+        check_import(new.source, new.sha256_hex, new.models)?;
+        check_aliases(new.models, new.aliases)?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -62,7 +157,7 @@ impl Ledger {
             .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()?;
         if let Some((version, sha256, count, imported_at)) = &latest
-            && sha256 == sha256_hex
+            && sha256 == new.sha256_hex
         {
             return Ok(PriceImport {
                 version: *version,
@@ -77,25 +172,33 @@ impl Ledger {
             .map_or(Some(1), |(v, ..)| v.checked_add(1))
             .ok_or_else(|| LedgerError::Corrupt("price table versions have run out".to_owned()))?;
         let imported_at = super::clock::to_text(self.clock.now());
-        let count = models.len();
+        let count = new.models.len();
         tx.prepare_cached(
-            "INSERT INTO price_tables (version, source, sha256, model_count, imported_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO price_tables (version, source, sha256, model_count, imported_at, origin) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
             version,
-            source,
-            sha256_hex,
+            new.source,
+            new.sha256_hex,
             i64::try_from(count).unwrap_or(i64::MAX),
-            imported_at
+            imported_at,
+            new.origin.as_str(),
         ])?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO model_prices (version, model, provider, mode, input_usd_per_token, \
-                 output_usd_per_token, max_output_tokens, quality_score) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 output_usd_per_token, max_output_tokens, quality_score, dimensions) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
-            for m in models {
+            for m in new.models {
+                let dims = if m.dims.is_empty() {
+                    None
+                } else {
+                    Some(serde_json::to_string(&m.dims).map_err(|e| {
+                        LedgerError::Corrupt(format!("prices of {:?}: {e}", m.model))
+                    })?)
+                };
                 insert.execute(params![
                     version,
                     m.model,
@@ -105,7 +208,14 @@ impl Ledger {
                     m.output_usd_per_token.normalize().to_string(),
                     m.max_output_tokens,
                     m.quality_score,
+                    dims,
                 ])?;
+            }
+            let mut alias = tx.prepare_cached(
+                "INSERT INTO price_aliases (version, alias, model) VALUES (?1, ?2, ?3)",
+            )?;
+            for (name, model) in new.aliases {
+                alias.execute(params![version, name, model])?;
             }
         }
         tx.commit()?;
@@ -113,71 +223,195 @@ impl Ledger {
             version,
             model_count: u64::try_from(count).unwrap_or(u64::MAX),
             unchanged: false,
-            sha256: sha256_hex.to_owned(),
+            sha256: new.sha256_hex.to_owned(),
             imported_at,
         })
     }
 
-    /// The newest imported price table, its version string `"imported-<n>"`; `None` when no
-    /// table was ever imported (the caller then charges by [`PriceTable::builtin`]).
+    /// The newest price table, its version string `"imported-<n>"`; `None` when no table was
+    /// ever stored (the caller then charges by [`PriceTable::builtin`]).
     pub fn price_table(&self) -> Result<Option<PriceTable>, LedgerError> {
-        let Some(version) = self.price_table_version()? else {
+        match self.price_table_version()? {
+            Some(version) => self.price_table_at(version),
+            None => Ok(None),
+        }
+    }
+
+    /// Stored version `version`, or `None` if there is no such version.
+    pub fn price_table_at(&self, version: i64) -> Result<Option<PriceTable>, LedgerError> {
+        // A version's rows never change once committed (triggers), so reading them needs no
+        // enclosing transaction.
+        let exists: Option<i64> = self
+            .conn()
+            .prepare_cached("SELECT version FROM price_tables WHERE version = ?1")?
+            .query_row([version], |r| r.get(0))
+            .optional()?;
+        if exists.is_none() {
             return Ok(None);
-        };
-        // A version's rows never change once committed (triggers), so reading them after the
-        // version number needs no enclosing transaction.
+        }
         let mut stmt = self.conn().prepare_cached(
             "SELECT model, provider, mode, input_usd_per_token, output_usd_per_token, \
-             max_output_tokens, quality_score FROM model_prices WHERE version = ?1 ORDER BY model",
+             max_output_tokens, quality_score, dimensions FROM model_prices WHERE version = ?1 \
+             ORDER BY model",
         )?;
         let rows = stmt.query_map([version], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, Option<u32>>(5)?,
-                r.get::<_, Option<u8>>(6)?,
-            ))
+            Ok(StoredPrice {
+                model: r.get("model")?,
+                provider: r.get("provider")?,
+                mode: r.get("mode")?,
+                input: r.get("input_usd_per_token")?,
+                output: r.get("output_usd_per_token")?,
+                max_output_tokens: r.get("max_output_tokens")?,
+                quality_score: r.get("quality_score")?,
+                dimensions: r.get("dimensions")?,
+            })
         })?;
         let mut models = Vec::new();
         for row in rows {
-            let (model, provider, mode, input, output, max_output_tokens, quality_score) = row?;
-            let corrupt = |what: &str, e: String| {
-                LedgerError::Corrupt(format!(
-                    "{what} of model {model:?} in price table {version}: {e}"
-                ))
-            };
-            let mode = ModelMode::from_str(&mode).map_err(|e| corrupt("mode", e))?;
-            let input = Decimal::from_str_exact(&input)
-                .map_err(|e| corrupt("input_usd_per_token", e.to_string()))?;
-            let output = Decimal::from_str_exact(&output)
-                .map_err(|e| corrupt("output_usd_per_token", e.to_string()))?;
-            models.push(ModelPrice {
-                model,
-                provider,
-                mode,
-                input_usd_per_token: input,
-                output_usd_per_token: output,
-                max_output_tokens,
-                quality_score,
-            });
+            models.push(row?.into_price(version)?);
         }
-        Ok(Some(PriceTable::from_models(
-            imported_version_label(version),
-            models,
-        )))
+        let mut aliases = BTreeMap::new();
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT alias, model FROM price_aliases WHERE version = ?1")?;
+        for row in stmt.query_map([version], |r| {
+            Ok((r.get::<_, String>("alias")?, r.get::<_, String>("model")?))
+        })? {
+            let (alias, model) = row?;
+            aliases.insert(alias, model);
+        }
+        Ok(Some(
+            PriceTable::from_models(imported_version_label(version), models).with_aliases(aliases),
+        ))
     }
 
-    /// The newest imported version's number, `None` if none: one indexed read, for a gateway
-    /// that polls for a new import and reloads [`Ledger::price_table`] when it changes.
+    /// The newest stored version's number, `None` if none: one indexed read, for a gateway that
+    /// polls for a new version and reloads [`Ledger::price_table`] when it changes.
     pub fn price_table_version(&self) -> Result<Option<i64>, LedgerError> {
         Ok(self
             .conn()
             .prepare_cached("SELECT MAX(version) FROM price_tables")?
             .query_row([], |r| r.get::<_, Option<i64>>(0))?)
     }
+
+    /// Every stored version, newest first.
+    pub fn price_versions(&self) -> Result<Vec<PriceVersion>, LedgerError> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT t.version, t.origin, t.source, t.sha256, t.model_count, t.imported_at, \
+             (SELECT COUNT(*) FROM price_aliases a WHERE a.version = t.version) AS alias_count \
+             FROM price_tables t ORDER BY t.version DESC",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>("version")?,
+                r.get::<_, String>("origin")?,
+                r.get::<_, String>("source")?,
+                r.get::<_, String>("sha256")?,
+                r.get::<_, i64>("model_count")?,
+                r.get::<_, String>("imported_at")?,
+                r.get::<_, i64>("alias_count")?,
+            ))
+        })?;
+        let mut versions = Vec::new();
+        for row in rows {
+            let (version, origin, source, sha256, models, imported_at, aliases) = row?;
+            versions.push(PriceVersion {
+                version,
+                origin: PriceOrigin::parse(&origin).ok_or_else(|| {
+                    LedgerError::Corrupt(format!("price table {version} has origin {origin:?}"))
+                })?,
+                source,
+                sha256,
+                model_count: u64::try_from(models).unwrap_or(0),
+                alias_count: u64::try_from(aliases).unwrap_or(0),
+                imported_at,
+                active: versions.is_empty(),
+            });
+        }
+        Ok(versions)
+    }
+}
+
+/// A `model_prices` row as stored.
+struct StoredPrice {
+    model: String,
+    provider: String,
+    mode: String,
+    input: String,
+    output: String,
+    max_output_tokens: Option<u32>,
+    quality_score: Option<u8>,
+    dimensions: Option<String>,
+}
+
+impl StoredPrice {
+    fn into_price(self, version: i64) -> Result<ModelPrice, LedgerError> {
+        let model = self.model;
+        let corrupt = |what: &str, e: String| {
+            LedgerError::Corrupt(format!(
+                "{what} of model {model:?} in price table {version}: {e}"
+            ))
+        };
+        let mode = ModelMode::from_str(&self.mode).map_err(|e| corrupt("mode", e))?;
+        let input = Decimal::from_str_exact(&self.input)
+            .map_err(|e| corrupt("input_usd_per_token", e.to_string()))?;
+        let output = Decimal::from_str_exact(&self.output)
+            .map_err(|e| corrupt("output_usd_per_token", e.to_string()))?;
+        let dims = match self.dimensions {
+            None => PriceDims::default(),
+            Some(text) => {
+                serde_json::from_str(&text).map_err(|e| corrupt("dimensions", e.to_string()))?
+            }
+        };
+        Ok(ModelPrice {
+            model,
+            provider: self.provider,
+            mode,
+            input_usd_per_token: input,
+            output_usd_per_token: output,
+            max_output_tokens: self.max_output_tokens,
+            quality_score: self.quality_score,
+            dims,
+        })
+    }
+}
+
+/// Refuses aliases that are not names, shadow a model, or name no model of the version.
+fn check_aliases(
+    models: &[ModelPrice],
+    aliases: &BTreeMap<String, String>,
+) -> Result<(), LedgerError> {
+    let invalid = |why: String| LedgerError::InvalidField {
+        field: "price alias",
+        why,
+    };
+    if aliases.len() > PRICE_ALIASES_MAX {
+        return Err(invalid(format!(
+            "{} aliases, the limit is {PRICE_ALIASES_MAX}",
+            aliases.len()
+        )));
+    }
+    for (alias, model) in aliases {
+        if alias.trim().is_empty()
+            || alias.chars().count() > MODEL_NAME_LEN_MAX
+            || alias.chars().any(char::is_control)
+        {
+            return Err(invalid(format!(
+                "{alias:?} must be 1 to {MODEL_NAME_LEN_MAX} printable characters"
+            )));
+        }
+        if models.iter().any(|m| &m.model == alias) {
+            return Err(invalid(format!(
+                "{alias:?} is a model of the table itself; an alias must be a new name"
+            )));
+        }
+        if !models.iter().any(|m| &m.model == model) {
+            return Err(invalid(format!(
+                "{alias:?} names {model:?}, which is not a model of the table"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses an import that would store anything the tables' meaning does not allow, naming it.
@@ -254,6 +488,24 @@ fn check_import(source: &str, sha256_hex: &str, models: &[ModelPrice]) -> Result
                     format!(
                         "{price} USD per token for model {name:?} is outside 0 to {USD_PER_TOKEN_MAX}"
                     ),
+                ));
+            }
+        }
+        for (field, price) in m.dims.token_prices() {
+            if price.is_sign_negative() && !price.is_zero() || price > USD_PER_TOKEN_MAX {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{price} USD per token for model {name:?} is outside 0 to {USD_PER_TOKEN_MAX}"
+                    ),
+                ));
+            }
+        }
+        for (field, price) in m.dims.unit_prices() {
+            if price.is_sign_negative() && !price.is_zero() || price > USD_PER_UNIT_MAX {
+                return Err(invalid(
+                    field,
+                    format!("{price} USD for model {name:?} is outside 0 to {USD_PER_UNIT_MAX}"),
                 ));
             }
         }

@@ -1,200 +1,281 @@
 //! The price table compiled into tollgate: used until an operator imports LiteLLM's price map.
 //!
 //! Where the prices come from: the providers' public price lists (OpenAI, Anthropic, Google,
-//! OpenRouter, Together, DeepInfra) as of late 2025, per million tokens. Prices change; operators
-//! import LiteLLM's current map (`tollgate prices import model_prices_and_context_window.json`)
-//! to charge by today's. The quality scores (0-100, for routing the aliases auto / eco /
-//! balanced / precision) are tollgate's own ranking; an imported table takes them from here by
-//! exact model name (see `parse_litellm`).
+//! OpenRouter, Together, DeepInfra) as of late 2025, per million tokens, as LiteLLM 1.82.6's map
+//! also lists them (cached reads, cache writes and long-context tiers included). Prices change;
+//! operators import LiteLLM's current map (`tollgate prices import
+//! model_prices_and_context_window.json`) to charge by today's. The quality scores (0-100, for
+//! routing the aliases auto / eco / balanced / precision) are tollgate's own ranking; an imported
+//! table takes them from here by model family (see [`quality_score`]).
 //!
-//! Guarantees: every price is exact. Each is written as whole US cents per million tokens
-//! (every listed price is a whole number of cents), and one token costs cents × 1e-8 USD, which
-//! [`Decimal::new`] builds exactly with no parsing that could fail.
+//! Guarantees: every price is exact. Each is written as a decimal USD per million tokens
+//! (`usd(15, 2)` = 0.15), and one token costs that × 1e-6, which [`Decimal::new`] builds exactly
+//! with no parsing that could fail.
 
 use rust_decimal::Decimal;
 
-use super::{ModelMode, ModelPrice};
+use super::{ModelMode, ModelPrice, PriceDims, PriceTier, model_family};
 
 /// The version string of the built-in table.
 pub const VERSION: &str = "builtin-2026-11";
 
-/// One built-in model: name, provider, mode, input and output price in US cents per million
-/// tokens, max output tokens, quality score.
-type Row = (
-    &'static str,
-    &'static str,
-    ModelMode,
-    i64,
-    i64,
-    Option<u32>,
-    Option<u8>,
-);
+/// A price in USD per million tokens: `mantissa × 10^-scale`.
+#[derive(Clone, Copy)]
+struct Usd(i64, u32);
+
+const fn usd(mantissa: i64, scale: u32) -> Usd {
+    Usd(mantissa, scale)
+}
+
+const NONE: Option<Usd> = None;
+
+/// One built-in model.
+struct Row {
+    model: &'static str,
+    provider: &'static str,
+    mode: ModelMode,
+    input: Usd,
+    output: Usd,
+    cache_read: Option<Usd>,
+    cache_write: Option<Usd>,
+    /// Above 200k prompt tokens: input, output, cache read, cache write.
+    above_200k: Option<(Usd, Usd, Usd, Usd)>,
+    max_output_tokens: Option<u32>,
+    quality_score: Option<u8>,
+}
 
 const ROWS: &[Row] = &[
-    (
-        "gpt-4o-mini",
-        "openai",
-        ModelMode::Chat,
-        15,
-        60,
-        Some(16_384),
-        Some(82),
-    ),
-    (
-        "gpt-4o",
-        "openai",
-        ModelMode::Chat,
-        250,
-        1_000,
-        Some(16_384),
-        Some(88),
-    ),
-    (
-        "gpt-4.1",
-        "openai",
-        ModelMode::Chat,
-        200,
-        800,
-        Some(32_768),
-        Some(90),
-    ),
-    (
-        "gpt-4.1-mini",
-        "openai",
-        ModelMode::Chat,
-        40,
-        160,
-        Some(32_768),
-        Some(84),
-    ),
-    (
-        "o3",
-        "openai",
-        ModelMode::Chat,
-        200,
-        800,
-        Some(100_000),
-        Some(96),
-    ),
-    (
-        "claude-3-5-haiku",
-        "anthropic",
-        ModelMode::Chat,
-        80,
-        400,
-        Some(8_192),
-        Some(83),
-    ),
-    (
-        "claude-sonnet-4",
-        "anthropic",
-        ModelMode::Chat,
-        300,
-        1_500,
-        Some(64_000),
-        Some(95),
-    ),
-    (
-        "claude-opus-4",
-        "anthropic",
-        ModelMode::Chat,
-        1_500,
-        7_500,
-        Some(32_000),
-        Some(98),
-    ),
-    (
-        "gemini-2.0-flash",
-        "google",
-        ModelMode::Chat,
-        10,
-        40,
-        Some(8_192),
-        Some(80),
-    ),
-    (
-        "openrouter/meta-llama/llama-3.3-70b-instruct",
-        "openrouter",
-        ModelMode::Chat,
-        13,
-        40,
-        Some(8_192),
-        Some(78),
-    ),
-    (
-        "together/meta-llama/Llama-3.3-70B-Instruct-Turbo",
-        "together",
-        ModelMode::Chat,
-        88,
-        88,
-        Some(8_192),
-        Some(78),
-    ),
-    (
-        "deepinfra/meta-llama/Meta-Llama-3.1-8B-Instruct",
-        "deepinfra",
-        ModelMode::Chat,
-        3,
-        5,
-        Some(8_192),
-        Some(70),
-    ),
-    (
-        "text-embedding-3-small",
-        "openai",
-        ModelMode::Embedding,
-        2,
-        0,
-        None,
-        None,
-    ),
-    (
-        "text-embedding-3-large",
-        "openai",
-        ModelMode::Embedding,
-        13,
-        0,
-        None,
-        None,
-    ),
-    (
-        "gpt-3.5-turbo-instruct",
-        "openai",
-        ModelMode::Completion,
-        150,
-        200,
-        Some(4_096),
-        Some(70),
-    ),
+    Row {
+        model: "gpt-4o-mini",
+        provider: "openai",
+        mode: ModelMode::Chat,
+        input: usd(15, 2),
+        output: usd(60, 2),
+        cache_read: Some(usd(75, 3)),
+        cache_write: NONE,
+        above_200k: None,
+        max_output_tokens: Some(16_384),
+        quality_score: Some(82),
+    },
+    Row {
+        model: "gpt-4o",
+        provider: "openai",
+        mode: ModelMode::Chat,
+        input: usd(25, 1),
+        output: usd(10, 0),
+        cache_read: Some(usd(125, 2)),
+        cache_write: NONE,
+        above_200k: None,
+        max_output_tokens: Some(16_384),
+        quality_score: Some(88),
+    },
+    Row {
+        model: "gpt-4.1",
+        provider: "openai",
+        mode: ModelMode::Chat,
+        input: usd(2, 0),
+        output: usd(8, 0),
+        cache_read: Some(usd(5, 1)),
+        cache_write: NONE,
+        above_200k: None,
+        max_output_tokens: Some(32_768),
+        quality_score: Some(90),
+    },
+    Row {
+        model: "gpt-4.1-mini",
+        provider: "openai",
+        mode: ModelMode::Chat,
+        input: usd(4, 1),
+        output: usd(16, 1),
+        cache_read: Some(usd(1, 1)),
+        cache_write: NONE,
+        above_200k: None,
+        max_output_tokens: Some(32_768),
+        quality_score: Some(84),
+    },
+    Row {
+        model: "o3",
+        provider: "openai",
+        mode: ModelMode::Chat,
+        input: usd(2, 0),
+        output: usd(8, 0),
+        cache_read: Some(usd(5, 1)),
+        cache_write: NONE,
+        above_200k: None,
+        max_output_tokens: Some(100_000),
+        quality_score: Some(96),
+    },
+    Row {
+        model: "claude-3-5-haiku",
+        provider: "anthropic",
+        mode: ModelMode::Chat,
+        input: usd(8, 1),
+        output: usd(4, 0),
+        cache_read: Some(usd(8, 2)),
+        cache_write: Some(usd(1, 0)),
+        above_200k: None,
+        max_output_tokens: Some(8_192),
+        quality_score: Some(83),
+    },
+    Row {
+        model: "claude-sonnet-4",
+        provider: "anthropic",
+        mode: ModelMode::Chat,
+        input: usd(3, 0),
+        output: usd(15, 0),
+        cache_read: Some(usd(3, 1)),
+        cache_write: Some(usd(375, 2)),
+        above_200k: Some((usd(6, 0), usd(225, 1), usd(6, 1), usd(75, 1))),
+        max_output_tokens: Some(64_000),
+        quality_score: Some(95),
+    },
+    Row {
+        model: "claude-opus-4",
+        provider: "anthropic",
+        mode: ModelMode::Chat,
+        input: usd(15, 0),
+        output: usd(75, 0),
+        cache_read: Some(usd(15, 1)),
+        cache_write: Some(usd(1875, 2)),
+        above_200k: None,
+        max_output_tokens: Some(32_000),
+        quality_score: Some(98),
+    },
+    Row {
+        model: "gemini-2.0-flash",
+        provider: "google",
+        mode: ModelMode::Chat,
+        input: usd(1, 1),
+        output: usd(4, 1),
+        cache_read: Some(usd(25, 3)),
+        cache_write: NONE,
+        above_200k: None,
+        max_output_tokens: Some(8_192),
+        quality_score: Some(80),
+    },
+    Row {
+        model: "openrouter/meta-llama/llama-3.3-70b-instruct",
+        provider: "openrouter",
+        mode: ModelMode::Chat,
+        input: usd(13, 2),
+        output: usd(40, 2),
+        cache_read: NONE,
+        cache_write: NONE,
+        above_200k: None,
+        max_output_tokens: Some(8_192),
+        quality_score: Some(78),
+    },
+    Row {
+        model: "together/meta-llama/Llama-3.3-70B-Instruct-Turbo",
+        provider: "together",
+        mode: ModelMode::Chat,
+        input: usd(88, 2),
+        output: usd(88, 2),
+        cache_read: NONE,
+        cache_write: NONE,
+        above_200k: None,
+        max_output_tokens: Some(8_192),
+        quality_score: Some(78),
+    },
+    Row {
+        model: "deepinfra/meta-llama/Meta-Llama-3.1-8B-Instruct",
+        provider: "deepinfra",
+        mode: ModelMode::Chat,
+        input: usd(3, 2),
+        output: usd(5, 2),
+        cache_read: NONE,
+        cache_write: NONE,
+        above_200k: None,
+        max_output_tokens: Some(8_192),
+        quality_score: Some(70),
+    },
+    Row {
+        model: "text-embedding-3-small",
+        provider: "openai",
+        mode: ModelMode::Embedding,
+        input: usd(2, 2),
+        output: usd(0, 0),
+        cache_read: NONE,
+        cache_write: NONE,
+        above_200k: None,
+        max_output_tokens: None,
+        quality_score: None,
+    },
+    Row {
+        model: "text-embedding-3-large",
+        provider: "openai",
+        mode: ModelMode::Embedding,
+        input: usd(13, 2),
+        output: usd(0, 0),
+        cache_read: NONE,
+        cache_write: NONE,
+        above_200k: None,
+        max_output_tokens: None,
+        quality_score: None,
+    },
+    Row {
+        model: "gpt-3.5-turbo-instruct",
+        provider: "openai",
+        mode: ModelMode::Completion,
+        input: usd(15, 1),
+        output: usd(2, 0),
+        cache_read: NONE,
+        cache_write: NONE,
+        above_200k: None,
+        max_output_tokens: Some(4_096),
+        quality_score: Some(70),
+    },
 ];
 
-/// USD per token from US cents per million tokens: cents × 1e-2 / 1e6 = cents × 1e-8, exactly.
-fn usd_per_token(cents_per_million: i64) -> Decimal {
-    Decimal::new(cents_per_million, 8).normalize()
+/// USD per token from USD per million tokens, exactly: `mantissa × 10^-(scale + 6)`.
+fn per_token(price: Usd) -> Decimal {
+    Decimal::new(price.0, price.1 + 6).normalize()
 }
 
 /// The built-in models, in the order listed above.
 pub fn models() -> Vec<ModelPrice> {
     ROWS.iter()
-        .map(
-            |&(model, provider, mode, input, output, max_output_tokens, quality_score)| {
-                ModelPrice {
-                    model: model.to_owned(),
-                    provider: provider.to_owned(),
-                    mode,
-                    input_usd_per_token: usd_per_token(input),
-                    output_usd_per_token: usd_per_token(output),
-                    max_output_tokens,
-                    quality_score,
-                }
+        .map(|row| ModelPrice {
+            model: row.model.to_owned(),
+            provider: row.provider.to_owned(),
+            mode: row.mode,
+            input_usd_per_token: per_token(row.input),
+            output_usd_per_token: per_token(row.output),
+            max_output_tokens: row.max_output_tokens,
+            quality_score: row.quality_score,
+            dims: PriceDims {
+                cache_read_input: row.cache_read.map(per_token),
+                cache_creation_input: row.cache_write.map(per_token),
+                tiers: row
+                    .above_200k
+                    .map(|(input, output, read, write)| PriceTier {
+                        above_tokens: 200_000,
+                        input: per_token(input),
+                        output: Some(per_token(output)),
+                        cache_read_input: Some(per_token(read)),
+                        cache_creation_input: Some(per_token(write)),
+                        cache_creation_input_1h: None,
+                    })
+                    .into_iter()
+                    .collect(),
+                ..PriceDims::default()
             },
-        )
+        })
         .collect()
 }
 
-/// The built-in quality score of `model` (exact name), if it has one.
+/// The built-in quality score of `model`: of the built-in model of the same family (the name
+/// without a provider prefix or a date suffix, see [`model_family`]), if it has one. So
+/// `claude-sonnet-4-20250514` and `anthropic/claude-sonnet-4` score as `claude-sonnet-4`, and
+/// `gpt-4o-mini` does not score as `gpt-4o`.
 pub fn quality_score(model: &str) -> Option<u8> {
-    ROWS.iter().find(|row| row.0 == model).and_then(|row| row.6)
+    if let Some(row) = ROWS.iter().find(|row| row.model == model) {
+        return row.quality_score;
+    }
+    let family = model_family(model);
+    ROWS.iter()
+        .find(|row| row.model == family || model_family(row.model) == family)
+        .and_then(|row| row.quality_score)
 }
 
 #[cfg(test)]
@@ -222,6 +303,10 @@ mod tests {
                 output_usd_per_token: d("0.0000006"),
                 max_output_tokens: Some(16_384),
                 quality_score: Some(82),
+                dims: PriceDims {
+                    cache_read_input: Some(d("0.000000075")),
+                    ..PriceDims::default()
+                },
             }
         );
         assert_eq!(mini.input_usd_per_token.to_string(), "0.00000015");
@@ -295,6 +380,14 @@ mod tests {
             );
         }
         assert_eq!(quality_score("o3"), Some(96));
+        assert_eq!(quality_score("claude-sonnet-4-20250514"), Some(95));
+        assert_eq!(quality_score("anthropic/claude-opus-4"), Some(98));
+        assert_eq!(quality_score("gpt-4o-mini-2024-07-18"), Some(82));
+        assert_eq!(quality_score("gpt-4o-2024-08-06"), Some(88));
+        assert_eq!(
+            quality_score("openrouter/meta-llama/llama-3.3-70b-instruct"),
+            Some(78)
+        );
         assert_eq!(quality_score("text-embedding-3-small"), None);
         assert_eq!(quality_score("unknown"), None);
     }

@@ -131,8 +131,8 @@ async fn without_reported_usage_the_charge_is_an_estimate_and_marked_so() {
     let response = gw.chat(&keys[0], body).await;
     assert!(response.text().await.unwrap().ends_with("data: [DONE]\n\n"));
     let rows = usage_rows(gw.dir.path());
-    // One token per content chunk.
-    assert_eq!(rows[1].completion_tokens, 7);
+    // A quarter token per byte of generated text (49 bytes), and at least one per chunk.
+    assert_eq!(rows[1].completion_tokens, 13);
     assert_eq!(rows[1].metadata["usage_estimated"], true);
     let dir = gw.stop().await;
     assert_books_balance(dir.path());
@@ -147,7 +147,6 @@ async fn upstream_failures_release_the_hold_and_charge_nothing() {
     let cases = [
         ("mock:status=500", 502, "upstream_error"),
         ("mock:status=503", 502, "upstream_error"),
-        ("mock:malformed", 502, "upstream_error"),
         ("mock:status=429", 429, "rate_limit"),
         ("mock:status=400", 400, "upstream_error"),
         ("mock:hang", 504, "timeout"),
@@ -190,7 +189,8 @@ async fn a_stream_the_upstream_cuts_is_charged_for_what_was_streamed() {
     assert!(text.contains("upstream_error"), "{text}");
     let rows = usage_rows(gw.dir.path());
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].completion_tokens, 3);
+    // "lorem ipsum dolor ": 18 bytes, a quarter token each.
+    assert_eq!(rows[0].completion_tokens, 5);
     assert_eq!(rows[0].error_type.as_deref(), Some("upstream_error"));
     assert_eq!(rows[0].metadata["usage_estimated"], true);
     assert!(rows[0].credits_charged.is_positive());
@@ -208,6 +208,7 @@ async fn refusals_come_in_openais_shape_with_the_right_status() {
     eco.tier = Tier::Trial;
     eco.level = PowerLevel::Eco;
     let (gw, keys) = Gateway::start(&[poor, capped, eco], |_| {}).await;
+    let upstream_before = gw.mock.stats().requests;
 
     let r = gw.chat(&keys[0], chat_body("gpt-4o-mini", HELLO)).await;
     assert_eq!(r.status(), 402);
@@ -232,7 +233,7 @@ async fn refusals_come_in_openais_shape_with_the_right_status() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(
         body["error"]["message"],
-        "model \"gpt-4o-mini\" (provider openai) is not available at power level eco; levels that allow it: balanced, precision"
+        "model \"gpt-4o-mini\" (an openai model) is not available at power level eco; levels that allow it: balanced, precision"
     );
 
     // The trial user's model list: eco's providers, and only the aliases their tier allows.
@@ -255,7 +256,11 @@ async fn refusals_come_in_openais_shape_with_the_right_status() {
     let rows = usage_rows(gw.dir.path());
     let types: Vec<_> = rows.iter().map(|r| r.error_type.clone().unwrap()).collect();
     assert_eq!(types, ["insufficient_credits", "spend_cap", "auth_error"]);
-    assert_eq!(gw.mock.stats().requests, 0, "nothing reached the upstream");
+    assert_eq!(
+        gw.mock.stats().requests,
+        upstream_before,
+        "nothing reached the upstream"
+    );
     let dir = gw.stop().await;
     assert_books_balance(dir.path());
 }
@@ -326,23 +331,29 @@ async fn output_is_capped_at_what_the_user_can_afford() {
 #[tokio::test]
 async fn litellm_control_fields_never_reach_the_upstream() {
     let (gw, keys) = Gateway::start(&[User::new("alice", "10")], |_| {}).await;
-    let mut body = chat_body("gpt-4o-mini", HELLO);
-    body["fallbacks"] = json!(["claude-opus-4"]);
-    body["mock_testing_fallbacks"] = json!(true);
-    body["api_base"] = json!("http://elsewhere");
-    body["litellm_metadata"] = json!({"x": 1});
-    body["temperature"] = json!(0.5);
-    let r = gw.chat(&keys[0], body).await;
-    assert_eq!(r.status(), 200);
-    let sent = gw.mock.stats().last_body.unwrap();
+    // Refused by name, nothing bought (the allowlist: see metering.rs for every field).
     for field in [
         "fallbacks",
         "mock_testing_fallbacks",
         "api_base",
         "litellm_metadata",
     ] {
-        assert!(sent.get(field).is_none(), "{field} was forwarded: {sent}");
+        let mut body = chat_body("gpt-4o-mini", HELLO);
+        body[field] = json!(true);
+        let r = gw.chat(&keys[0], body).await;
+        assert_eq!(r.status(), 400, "{field}");
     }
+    // `metadata` is OpenAI's and accepted, but LiteLLM acts on it: never forwarded.
+    let mut body = chat_body("gpt-4o-mini", HELLO);
+    body["metadata"] = json!({"tags": ["free"]});
+    body["temperature"] = json!(0.5);
+    let r = gw.chat(&keys[0], body).await;
+    assert_eq!(r.status(), 200);
+    let sent = gw.mock.stats().last_body.unwrap();
+    assert!(
+        sent.get("metadata").is_none(),
+        "metadata was forwarded: {sent}"
+    );
     assert_eq!(sent["temperature"], 0.5);
     gw.stop().await;
 }
@@ -521,7 +532,7 @@ async fn an_error_event_mid_stream_charges_what_was_streamed_and_logs_the_failur
     let rows = usage_rows(gw.dir.path());
     assert_eq!(rows[0].error_type.as_deref(), Some("upstream_error"));
     assert!(!rows[0].success);
-    assert_eq!(rows[0].completion_tokens, 3);
+    assert_eq!(rows[0].completion_tokens, 5, "18 bytes of text");
     assert!(rows[0].credits_charged.is_positive());
     // Before any token: released, nothing charged.
     body["messages"][0]["content"] = json!("go mock:error_after=0");

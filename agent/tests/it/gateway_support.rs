@@ -130,6 +130,10 @@ impl Gateway {
             shutdown: Some(tx),
             task: Some(task),
         };
+        // The gateway answers once its start-up (tokenizers, the upstream's catalogue) is done:
+        // the listener is bound, so this request waits for that, then comes back.
+        let health = gw.http.get(gw.url("/healthz")).send().await.unwrap();
+        assert_eq!(health.status(), 200);
         (gw, keys)
     }
 
@@ -218,6 +222,8 @@ pub struct UsageRow {
     pub error_type: Option<String>,
     pub metadata: Value,
     pub is_byok: bool,
+    /// Metered cost beyond the hold, booked and not charged.
+    pub overage: Credits,
 }
 
 pub fn usage_rows(dir: &std::path::Path) -> Vec<UsageRow> {
@@ -226,7 +232,8 @@ pub fn usage_rows(dir: &std::path::Path) -> Vec<UsageRow> {
     let mut stmt = conn
         .prepare(
             "SELECT user_id, model, prompt_tokens, completion_tokens, credits_charged, success, \
-             http_status, error_type, metadata, is_byok FROM llm_usage_log ORDER BY id",
+             http_status, error_type, metadata, is_byok, overage_credits FROM llm_usage_log \
+             ORDER BY id",
         )
         .unwrap();
     stmt.query_map([], |r| {
@@ -243,6 +250,7 @@ pub fn usage_rows(dir: &std::path::Path) -> Vec<UsageRow> {
                 .get::<_, Option<String>>(8)?
                 .map_or(Value::Null, |m| serde_json::from_str(&m).unwrap()),
             is_byok: r.get(9)?,
+            overage: Credits::from_nanos(r.get(10)?),
         })
     })
     .unwrap()

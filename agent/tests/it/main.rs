@@ -10,6 +10,7 @@ mod gateway_edges;
 mod gateway_support;
 mod keys_cli;
 mod ledger_model;
+mod metering;
 mod openai_sdk;
 mod prices;
 mod race;

@@ -57,14 +57,15 @@ fn the_builtin_table_is_listed_until_a_table_is_imported() {
             "input_usd_per_million": "15",
             "output_usd_per_million": "75",
             "max_output_tokens": 32000,
-            "quality_score": 98
+            "quality_score": 98,
+            "dimensions": {"cache_read_input": "0.0000015", "cache_creation_input": "0.00001875"}
         })
     );
     let text = agent.ok(&["prices", "list"]);
     let mut lines = text.lines();
     assert_eq!(
         lines.next(),
-        Some("price table builtin-2026-11 (builtin, 15 models)")
+        Some("price table builtin-2026-11 (builtin, 15 models, 0 aliases)")
     );
     let header = lines.next().unwrap();
     assert!(header.starts_with("MODEL"), "{header}");
@@ -82,6 +83,7 @@ fn the_builtin_table_is_listed_until_a_table_is_imported() {
             "chat",
             "0.15",
             "0.6",
+            "0.075",
             "16384",
             "82"
         ]
@@ -101,6 +103,7 @@ fn the_builtin_table_is_listed_until_a_table_is_imported() {
             "0.02",
             "0",
             "-",
+            "-",
             "-"
         ]
     );
@@ -113,11 +116,12 @@ fn an_import_stores_exact_prices_and_a_reimport_changes_nothing() {
     let out = agent.ok(&["prices", "import", path_arg(&file)]);
     assert_eq!(
         out.trim(),
-        "imported price table version 1: 6 models (skipped 3 of other modes, 1 without prices)"
+        "imported price table version 1: 6 models (skipped 3 of other modes, 1 without prices, \
+         0 unreadable)"
     );
     let listing = agent.json(&["prices", "list"]);
     assert_eq!(listing["version"], "imported-1");
-    assert_eq!(listing["source"], "imported");
+    assert_eq!(listing["source"], "stored");
     let names: Vec<&str> = listing["models"]
         .as_array()
         .unwrap()
@@ -147,7 +151,8 @@ fn an_import_stores_exact_prices_and_a_reimport_changes_nothing() {
             "input_usd_per_million": "0.15",
             "output_usd_per_million": "0.6",
             "max_output_tokens": 16384,
-            "quality_score": 82
+            "quality_score": 82,
+            "dimensions": {"cache_read_input": "0.000000075"}
         })
     );
     let nova = model(&listing, "amazon.nova-2-pro-preview-20251202-v1:0");
@@ -173,7 +178,7 @@ fn an_import_stores_exact_prices_and_a_reimport_changes_nothing() {
     );
     let text = agent.ok(&["prices", "list"]);
     assert!(
-        text.starts_with("price table imported-1 (imported, 6 models)\n"),
+        text.starts_with("price table imported-1 (stored, 6 models, 0 aliases)\n"),
         "{text}"
     );
     assert_eq!(stored_rows(&agent), (1, 6));
@@ -263,7 +268,7 @@ fn bad_price_files_are_refused_on_one_line_and_change_nothing() {
                 "images-only.json",
                 r#"{"dall-e": {"mode": "image_generation"}}"#,
             ),
-            "no chat, completion or embedding model with prices".into(),
+            "no chat, completion, embedding or responses model with prices".into(),
         ),
         (
             huge.clone(),
@@ -316,7 +321,7 @@ fn a_version_1_database_upgrades_and_keeps_its_books() {
     // Take the file back to schema version 1, as an older tollgate left it.
     let conn = db::open(&path, OpenMode::MustExist).unwrap();
     conn.execute_batch(
-        "DROP TABLE inbox_events; DROP TABLE sync_state;
+        "DROP TABLE inbox_events; DROP TABLE sync_state; DROP TABLE price_aliases;
          DROP TABLE model_prices; DROP TABLE price_tables;
          DELETE FROM refinery_schema_history WHERE version >= 2;",
     )

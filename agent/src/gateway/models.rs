@@ -1,0 +1,85 @@
+//! `GET /v1/models` and `GET /v1/models/{id}`: what the upstream serves and the caller may use.
+//!
+//! A model is listed when the upstream serves it (LiteLLM's `/model/info`, else its
+//! `/v1/models`; with neither, the price table's models), tollgate can price it, and a level the
+//! caller can run at allows it (the user's own level, or one their tier lets a request ask for);
+//! then the aliases (`auto`, and each level alias the tier allows). Nothing is listed that a
+//! request from the same caller would be refused for its model.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::ledger::PowerLevel;
+
+use super::Gateway;
+use super::auth::{self, Caller};
+use super::config::levels_allowed;
+use super::error::ApiError;
+use super::proxy::refusal;
+use super::routing;
+
+/// `GET /v1/models`.
+pub async fn list(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    match auth::authenticate(&gw.auth_cache, &gw.writer, &headers).await {
+        Ok(caller) => {
+            axum::Json(json!({"object": "list", "data": available(&gw, &caller)})).into_response()
+        }
+        Err(e) => refusal(&gw, e),
+    }
+}
+
+/// `GET /v1/models/{id}`.
+pub async fn one(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match auth::authenticate(&gw.auth_cache, &gw.writer, &headers).await {
+        Ok(c) => c,
+        Err(e) => return refusal(&gw, e),
+    };
+    match available(&gw, &caller)
+        .into_iter()
+        .find(|m| m["id"] == id.as_str())
+    {
+        Some(m) => axum::Json(m).into_response(),
+        None => ApiError::NotFound(format!(
+            "model {id:?} is not served, or not available to you (power level {})",
+            caller.power_level
+        ))
+        .into_response(),
+    }
+}
+
+fn available(gw: &Gateway, caller: &Caller) -> Vec<Value> {
+    let catalog = gw.catalog();
+    let routing = catalog.routing();
+    let tier_levels = levels_allowed(caller.tier);
+    let mut levels: Vec<PowerLevel> = tier_levels.to_vec();
+    if !levels.contains(&caller.power_level) {
+        levels.push(caller.power_level);
+    }
+    let mut data: Vec<Value> = routing::served_routes(&routing)
+        .into_iter()
+        .filter(|r| routing::usable_at(&routing, r, &levels))
+        .map(|r| {
+            json!({"id": r.forward_as, "object": "model", "created": 0,
+                   "owned_by": r.price.provider})
+        })
+        .collect();
+    data.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    data.extend(
+        routing::ALIASES
+            .iter()
+            .filter(|a| {
+                a.parse::<PowerLevel>()
+                    .map_or(true, |level| tier_levels.contains(&level))
+            })
+            .map(|a| json!({"id": a, "object": "model", "created": 0, "owned_by": "tollgate"})),
+    );
+    data
+}

@@ -1,0 +1,268 @@
+//! Talking to the upstream: where a request goes (LiteLLM with the gateway's key, or the
+//! provider's own OpenAI-compatible endpoint with the user's BYOK key), sending it, reading a
+//! bounded answer, and what an error answer means for the client.
+//!
+//! Guarantees: no key is logged or put in an error (reqwest errors are stripped of their URL);
+//! an upstream that refuses the gateway's own key is a 502 whose text stays out of the log and
+//! the answer (it may quote the key); a body is never read past its limit or its deadline, and
+//! a failed read says how many bytes arrived (what an estimate of an unreadable answer uses).
+
+use std::time::Instant;
+
+use axum::http::{HeaderMap, StatusCode, header};
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use super::Gateway;
+use super::error::ApiError;
+use super::request::Endpoint;
+
+/// Largest upstream error body read (its message is passed on).
+pub const ERROR_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// LiteLLM's own headers on an answer, kept for reconciliation and for settling at the
+/// deployment that answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiteLlmHeaders {
+    pub call_id: Option<String>,
+    pub response_cost: Option<String>,
+    /// The deployment that answered (`x-litellm-model-id`).
+    pub model_id: Option<String>,
+}
+
+impl LiteLlmHeaders {
+    pub fn read(headers: &HeaderMap) -> LiteLlmHeaders {
+        LiteLlmHeaders {
+            call_id: header_text(headers, "x-litellm-call-id"),
+            response_cost: header_text(headers, "x-litellm-response-cost"),
+            model_id: header_text(headers, "x-litellm-model-id"),
+        }
+    }
+}
+
+/// A header's value as text, at most 256 characters.
+pub fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(256).collect())
+}
+
+/// Whether an answer is a server-sent event stream (media types are case-insensitive).
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .get(..17)
+                .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+/// The user's own key for a provider, and that provider's name.
+#[derive(Debug)]
+pub struct Byok {
+    pub key: Zeroizing<String>,
+    pub provider: String,
+}
+
+/// Sends `body` to `endpoint` upstream and waits for the answer's headers; a non-2xx answer is
+/// read (bounded) and mapped to the client's error. `on_failure` is told of upstream failures
+/// (5xx, timeouts, unreachable) with how long they took, for provider health.
+pub async fn send(
+    gw: &Gateway,
+    endpoint: Endpoint,
+    body: &Value,
+    byok: Option<Byok>,
+    on_failure: impl FnOnce(std::time::Duration, &ApiError),
+) -> Result<reqwest::Response, ApiError> {
+    let config = &gw.config;
+    let path = endpoint.path().trim_start_matches("/v1");
+    let url = byok
+        .as_ref()
+        .and_then(|b| config.providers.get(&b.provider))
+        .map(|p| format!("{}{path}", p.base_url.trim_end_matches('/')))
+        .unwrap_or_else(|| format!("{}/v1{path}", config.upstream.url.trim_end_matches('/')));
+    let mut request = gw.http.post(url).json(body);
+    let is_byok = byok.is_some();
+    let provider = byok.as_ref().map(|b| b.provider.clone());
+    match (&byok, &config.upstream.api_key) {
+        (Some(b), _) => request = request.bearer_auth(b.key.as_str()),
+        (None, Some(key)) => request = request.bearer_auth(key.expose()),
+        (None, None) => {}
+    }
+    drop(byok);
+    let timeout = config.response_timeout();
+    let started = Instant::now();
+    let sent = match tokio::time::timeout(timeout, request.send()).await {
+        Ok(Ok(r)) => Ok(r),
+        Err(_) => Err(ApiError::UpstreamTimeout(format!(
+            "the upstream did not answer within {} s",
+            timeout.as_secs()
+        ))),
+        Ok(Err(e)) if e.is_timeout() => Err(ApiError::UpstreamTimeout(format!(
+            "the upstream timed out: {}",
+            super::error_chain(&e.without_url())
+        ))),
+        Ok(Err(e)) => Err(ApiError::UpstreamFailed(format!(
+            "the upstream could not be reached: {}",
+            super::error_chain(&e.without_url())
+        ))),
+    };
+    let response = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            on_failure(started.elapsed(), &e);
+            return Err(e);
+        }
+    };
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status();
+    let body = read_bounded(response, ERROR_BODY_BYTES_MAX)
+        .await
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect());
+    let error = status_error(status, &message, is_byok, provider.as_deref());
+    // Only the upstream's own failures count against its health: a client's bad request or a
+    // user's bad BYOK key says nothing about the provider.
+    if status.is_server_error() {
+        on_failure(started.elapsed(), &error);
+    }
+    Err(error)
+}
+
+/// An upstream's refusal: its client errors pass through with their message (the client's own
+/// mistake, e.g. an invalid parameter, or a provider rate limit); a refused key is named without
+/// echoing the upstream's text (which may quote part of the key) and without logging it: the
+/// user's own BYOK key is their 400, tollgate's LiteLLM key a 502; every 5xx is a 502.
+pub fn status_error(
+    status: StatusCode,
+    message: &str,
+    byok: bool,
+    provider: Option<&str>,
+) -> ApiError {
+    match status.as_u16() {
+        401 | 403 if byok => ApiError::BadRequest(format!(
+            "{} refused your own API key for it ({status}); replace it with `tollgate keys add`",
+            provider.unwrap_or("the provider")
+        )),
+        401 | 403 => {
+            tracing::error!(%status, "the upstream refused the gateway's key (check upstream.api_key / TOLLGATE_UPSTREAM_KEY)");
+            ApiError::UpstreamFailed(format!(
+                "the upstream refused the gateway's credentials ({status})"
+            ))
+        }
+        408 | 504 => {
+            ApiError::UpstreamTimeout(format!("the upstream timed out ({status}): {message}"))
+        }
+        400..=499 => ApiError::UpstreamRejected {
+            status: status.as_u16(),
+            message: format!("the upstream refused the request ({status}): {message}"),
+        },
+        _ => ApiError::UpstreamFailed(format!("the upstream failed ({status}): {message}")),
+    }
+}
+
+/// Why an answer's body could not be read whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unread {
+    TooLarge { limit: usize },
+    Broken(String),
+    TooSlow { secs: u64 },
+}
+
+impl std::fmt::Display for Unread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unread::TooLarge { limit } => {
+                write!(f, "the upstream's answer is over {limit} bytes")
+            }
+            Unread::Broken(why) => write!(f, "the upstream's answer broke off: {why}"),
+            Unread::TooSlow { secs } => {
+                write!(f, "the upstream's answer did not arrive within {secs} s")
+            }
+        }
+    }
+}
+
+/// Reads an answer up to `limit` bytes; on failure, also the bytes that did arrive.
+pub async fn read_bounded(response: reqwest::Response, limit: usize) -> Result<Bytes, Unread> {
+    read_bounded_counting(response, limit, &mut 0).await
+}
+
+/// As [`read_bounded`], adding the bytes read to `read` as they come (so a caller that gives up
+/// on a slow body knows how much arrived).
+pub async fn read_bounded_counting(
+    mut response: reqwest::Response,
+    limit: usize,
+    read: &mut u64,
+) -> Result<Bytes, Unread> {
+    let mut body = BytesMut::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                *read = read.saturating_add(chunk.len() as u64);
+                if body.len() + chunk.len() > limit {
+                    return Err(Unread::TooLarge { limit });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(e) => {
+                return Err(Unread::Broken(super::error_chain(&e.without_url())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn an_event_stream_is_recognized_in_any_case() {
+        for (value, is) in [
+            ("text/event-stream", true),
+            ("Text/Event-Stream; charset=utf-8", true),
+            ("TEXT/EVENT-STREAM", true),
+            ("application/json", false),
+            ("text/event", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            assert_eq!(is_event_stream(&headers), is, "{value}");
+        }
+        assert!(!is_event_stream(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_refused_gateway_key_never_echoes_the_upstreams_text() {
+        let e = status_error(
+            StatusCode::UNAUTHORIZED,
+            "Incorrect API key provided: sk-litel****1234",
+            false,
+            None,
+        );
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        assert!(!e.to_string().contains("sk-"), "{e}");
+        let byok = status_error(StatusCode::FORBIDDEN, "bad key sk-x", true, Some("openai"));
+        assert_eq!(byok.status(), StatusCode::BAD_REQUEST);
+        assert!(!byok.to_string().contains("sk-x"), "{byok}");
+        let rate = status_error(StatusCode::TOO_MANY_REQUESTS, "slow down", false, None);
+        assert_eq!(rate.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(rate.to_string().contains("slow down"));
+    }
+}
