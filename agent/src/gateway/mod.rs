@@ -12,7 +12,7 @@
 //! pure), [`tokens`] (the prompt's ceiling, pure), [`pricing`] (credits, pure), [`money`] (the
 //! hold as a value, admission), [`exchange`] (an admitted request and how it ends),
 //! [`upstream`] (forwarding), [`usage`] and [`sse`] (reading answers and streams, pure),
-//! [`proxy`] (the request path), [`stream`] (the metered SSE body), [`models`] (the model
+//! [`proxy`] (the request path), [`answer`] (a JSON answer), [`stream`] (the metered SSE body), [`models`] (the model
 //! list), [`health`] (latency and provider health), [`alerts`] (low-balance webhooks),
 //! [`metrics`] (Prometheus).
 //!
@@ -23,6 +23,7 @@
 //! background tasks).
 
 pub mod alerts;
+mod answer;
 mod auth;
 pub mod config;
 pub mod error;

@@ -5,15 +5,14 @@
 //! cap the output at what was reserved → forward ([`upstream`]) → meter → settle → respond.
 //! A request that fails after authentication releases what it holds and leaves a usage row with
 //! its error; a streamed one hands its [`Exchange`] to [`super::stream`], which settles before
-//! the last event. A JSON answer is read here ([`respond_json`]).
+//! the last event; a JSON answer is read by [`answer`].
 //!
 //! What an uncapped request may produce: the model's own maximum output (the smallest of its
 //! deployments'), or `limits.default_max_output_tokens` when the operator set a lower one, or
 //! [`UNKNOWN_MODEL_MAX_OUTPUT`] for a model whose maximum nobody knows; whenever the gateway
 //! sends a cap the client did not ask for below the model's own, it says so in
 //! `x-tollgate-max-tokens`. A non-streamed answer that could be larger than the gateway reads
-//! (`limits.response_bytes_max`) is refused up front; one that still cannot be read is charged
-//! an estimate of what the provider billed (never nothing) and answered 502.
+//! (`limits.response_bytes_max`) is refused up front.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,19 +22,16 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
-use serde_json::Value;
 use tollgate_schema::money::Credits;
 
-use crate::keys::vault;
-use crate::ledger::{PowerLevel, Provider, UsageErrorType};
-use crate::prices::cost::{Ceiling, SearchSize};
+use crate::ledger::PowerLevel;
+use crate::prices::cost::Ceiling;
 
 use super::Gateway;
+use super::answer;
 use super::auth::{self, Caller};
 use super::error::ApiError;
-use super::exchange::{Exchange, Origin, Outcome};
+use super::exchange::{Exchange, Origin};
 use super::metrics::{ReasonLabels, RequestLabels};
 use super::money::{Reserve, Ticket};
 use super::pricing::{Factors, Quote};
@@ -43,8 +39,7 @@ use super::request::{self, ClientRequest, Endpoint};
 use super::routing::{self, Route};
 use super::stream::{self, StreamMeter};
 use super::tokens;
-use super::upstream::{self, Byok, LiteLlmHeaders, header_text};
-use super::usage;
+use super::upstream::{self, LiteLlmHeaders, header_text};
 
 /// The header a request may use to ask for a power level within its tier.
 pub const LEVEL_HEADER: &str = "x-tollgate-power-level";
@@ -53,12 +48,6 @@ pub const LEVEL_HEADER: &str = "x-tollgate-power-level";
 pub const MAX_TOKENS_HEADER: &str = "x-tollgate-max-tokens";
 /// Output tokens reserved for a model whose own maximum is unknown, when no default is set.
 pub const UNKNOWN_MODEL_MAX_OUTPUT: u64 = 4_096;
-/// Bytes one output token may take in a JSON answer (the longest tokens, JSON-escaped).
-pub const ANSWER_BYTES_PER_TOKEN_MAX: u64 = 32;
-/// Bytes one log probability alternative may take, per token.
-pub const LOGPROB_BYTES_MAX: u64 = 128;
-/// Bytes of a JSON answer besides its tokens, per choice (ids, usage, framing).
-const ANSWER_OVERHEAD_BYTES: u64 = 4_096;
 /// Request bodies above this are checked on a blocking thread (tokenizing them takes a while).
 const BLOCKING_BODY_BYTES: usize = 64 * 1024;
 
@@ -205,7 +194,13 @@ async fn admit(
     body: Body,
     known: &mut Known,
 ) -> Result<(Exchange, ClientRequest), ApiError> {
-    let bytes = read_body(gw, headers, body).await?;
+    let bytes = request::read_body(
+        headers,
+        body,
+        gw.config.limits.body_bytes_max,
+        gw.config.body_read_timeout(),
+    )
+    .await?;
     let extra = gw.config.requests.extra_fields(origin.endpoint);
     let endpoint = origin.endpoint;
     let mut request = if bytes.len() > BLOCKING_BODY_BYTES {
@@ -248,10 +243,11 @@ async fn admit(
     } else {
         tokens::prompt_ceiling(&request, &route.price)?
     };
-    let (byok, byok_key_id) = match open_byok_key(gw, origin, &route.price.provider).await? {
-        Some((byok, id)) => (Some(byok), Some(id)),
-        None => (None, None),
-    };
+    let (byok, byok_key_id) =
+        match upstream::open_byok_key(gw, origin, &route.price.provider).await? {
+            Some((byok, id)) => (Some(byok), Some(id)),
+            None => (None, None),
+        };
     let config = &gw.config;
     let quote = Quote::new(
         route.price.clone(),
@@ -284,7 +280,7 @@ async fn admit(
     } else {
         0
     };
-    let searches = search_ceiling(&request, &route)?;
+    let searches = request.searches_ceiling(&route.price.provider)?;
     let ceiling = Ceiling {
         prompt_tokens: prompt.tokens,
         output_tokens: wanted.saturating_mul(choices),
@@ -294,7 +290,7 @@ async fn admit(
         searches,
     };
     if !request.stream && endpoint.has_output() {
-        check_answer_size(&request, wanted, choices, config.limits.response_bytes_max)?;
+        request.check_answer_size(wanted, choices, config.limits.response_bytes_max)?;
     }
     let worst = quote.worst(&ceiling);
     let floor = quote.worst(&Ceiling {
@@ -375,135 +371,6 @@ fn internal_error(origin: &Origin) -> ApiError {
     }
 }
 
-/// The most web searches a request may run: one for OpenAI's search models; for Anthropic's
-/// models the `max_uses` LiteLLM sets from the context size (1, 5, 10) — without a size their
-/// number is unbounded, so such a request is refused.
-fn search_ceiling(request: &ClientRequest, route: &Route) -> Result<u64, ApiError> {
-    let Some(search) = request.search else {
-        return Ok(0);
-    };
-    if route.price.provider != "anthropic" {
-        return Ok(1);
-    }
-    match search.size {
-        Some(SearchSize::Low) => Ok(1),
-        Some(SearchSize::Medium) => Ok(5),
-        Some(SearchSize::High) => Ok(10),
-        None => Err(ApiError::BadRequest(
-            "web search on an Anthropic model needs \"web_search_options.search_context_size\" \
-             (low, medium or high), which bounds how many searches it may run and bill"
-                .into(),
-        )),
-    }
-}
-
-/// Refuses a non-streamed request whose answer could be larger than the gateway reads.
-fn check_answer_size(
-    request: &ClientRequest,
-    per_choice: u64,
-    choices: u64,
-    limit: usize,
-) -> Result<(), ApiError> {
-    let per_token = ANSWER_BYTES_PER_TOKEN_MAX
-        + request
-            .logprobs
-            .map_or(0, |n| (n + 1).saturating_mul(LOGPROB_BYTES_MAX));
-    let most = per_choice
-        .saturating_mul(per_token)
-        .saturating_add(ANSWER_OVERHEAD_BYTES)
-        .saturating_mul(choices);
-    if most > limit as u64 {
-        return Err(ApiError::BadRequest(format!(
-            "this request's answer could reach {most} bytes, more than the gateway reads \
-             (limits.response_bytes_max = {limit}); ask for fewer tokens or choices, or stream it"
-        )));
-    }
-    Ok(())
-}
-
-/// The request body, at most `limits.body_bytes_max` bytes, within `limits.body_read_timeout`.
-async fn read_body(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let limit = gw.config.limits.body_bytes_max;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::TooLarge { limit });
-    }
-    let deadline = tokio::time::Instant::now() + gw.config.body_read_timeout();
-    let mut stream = body.into_data_stream();
-    let mut bytes = BytesMut::new();
-    loop {
-        let next = tokio::time::timeout_at(deadline, stream.next())
-            .await
-            .map_err(|_| {
-                ApiError::RequestTimeout(format!(
-                    "the request body did not arrive within {} s",
-                    gw.config.limits.body_read_timeout_secs
-                ))
-            })?;
-        match next {
-            None => return Ok(bytes.freeze()),
-            Some(Err(e)) => {
-                return Err(ApiError::BadRequest(format!(
-                    "could not read the request body: {e}"
-                )));
-            }
-            Some(Ok(chunk)) => {
-                if bytes.len() + chunk.len() > limit {
-                    return Err(ApiError::TooLarge { limit });
-                }
-                bytes.extend_from_slice(&chunk);
-            }
-        }
-    }
-}
-
-/// The user's own key for `provider`, if they have a default one and this gateway can reach it.
-async fn open_byok_key(
-    gw: &Gateway,
-    origin: &Origin,
-    provider: &str,
-) -> Result<Option<(Byok, i64)>, ApiError> {
-    if !origin.caller.byok_providers.iter().any(|p| p == provider) {
-        return Ok(None);
-    }
-    let internal = || ApiError::Internal {
-        request_id: origin.request_id.clone(),
-    };
-    let (Some(master), Ok(provider_enum)) = (gw.master.clone(), provider.parse::<Provider>())
-    else {
-        return Err(internal());
-    };
-    if !gw.config.providers.contains_key(provider) {
-        return Err(ApiError::BadRequest(format!(
-            "your BYOK key for {provider} cannot be used: this gateway has no base URL for {provider}"
-        )));
-    }
-    let user = origin.caller.user_id.clone();
-    let opened = gw
-        .writer
-        .read(move |ledger| vault::open_default(ledger, &master, &user, provider_enum))
-        .await
-        .map_err(|e| ApiError::Overloaded(e.to_string()))?;
-    match opened {
-        Ok(Some((id, key))) => Ok(Some((
-            Byok {
-                key,
-                provider: provider.to_owned(),
-            },
-            id,
-        ))),
-        // Removed since the caller was cached: the request goes through LiteLLM.
-        Ok(None) => Ok(None),
-        Err(e) => {
-            tracing::error!(request_id = %origin.request_id, error = %e, "could not open a BYOK key");
-            Err(internal())
-        }
-    }
-}
-
 /// Sends the admitted request and answers the client: a metered stream, or a JSON body.
 async fn forward(mut exchange: Exchange, request: ClientRequest) -> Result<Response, ApiError> {
     let model = exchange.upstream_model();
@@ -529,87 +396,10 @@ async fn forward(mut exchange: Exchange, request: ClientRequest) -> Result<Respo
     let mut response = if request.stream && upstream::is_event_stream(upstream.headers()) {
         stream::respond(StreamMeter::new(exchange, upstream, !request.usage_asked))
     } else {
-        respond_json(exchange, upstream).await?
+        answer::respond_json(exchange, upstream).await?
     };
     if let Some(n) = announce {
-        insert_text(response.headers_mut(), MAX_TOKENS_HEADER, &n.to_string());
+        answer::insert_text(response.headers_mut(), MAX_TOKENS_HEADER, &n.to_string());
     }
     Ok(response)
-}
-
-/// A non-streamed answer: read it whole (bounded, timed), meter, settle, respond.
-async fn respond_json(
-    exchange: Exchange,
-    upstream: reqwest::Response,
-) -> Result<Response, ApiError> {
-    let status = upstream.status();
-    let content_type = upstream.headers().get(header::CONTENT_TYPE).cloned();
-    let gw = exchange.gw.clone();
-    let limit = gw.config.limits.response_bytes_max;
-    let timeout = gw.config.response_timeout();
-    let mut read = 0;
-    let body = tokio::time::timeout(
-        timeout,
-        upstream::read_bounded_counting(upstream, limit, &mut read),
-    )
-    .await
-    .unwrap_or(Err(upstream::Unread::TooSlow {
-        secs: timeout.as_secs(),
-    }));
-    let parsed = match body {
-        Ok(body) => serde_json::from_slice::<Value>(&body)
-            .map(|v| (v, body))
-            .map_err(|e| format!("the upstream sent a malformed JSON body: {e}")),
-        Err(unread) => Err(unread.to_string()),
-    };
-    let (parsed, body) = match parsed {
-        Ok(ok) => ok,
-        Err(why) => {
-            // The provider billed an answer the gateway cannot read: charge an estimate of it.
-            exchange.observe(exchange.origin.started.elapsed(), false, Some(&why));
-            let outcome = Outcome {
-                usage: exchange.estimate(read),
-                estimated: true,
-                http_status: 502,
-                error: Some((UsageErrorType::UpstreamError, why.clone())),
-                ..Outcome::default()
-            };
-            let _ = exchange.settle(outcome).await;
-            return Err(ApiError::UpstreamFailed(why));
-        }
-    };
-    exchange.observe(exchange.origin.started.elapsed(), true, None);
-    let (mut usage, estimated) = match usage::reported_usage(&parsed) {
-        Some(u) => (u, false),
-        None => (exchange.estimate(usage::generated_bytes(&parsed)), true),
-    };
-    exchange.count_searches(&mut usage, usage::cites_the_web(&parsed));
-    let outcome = Outcome {
-        usage,
-        estimated,
-        http_status: status.as_u16(),
-        response_model: usage::response_model(&parsed).map(str::to_owned),
-        ..Outcome::default()
-    };
-    let settled = exchange.settle(outcome).await?;
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        content_type.unwrap_or(HeaderValue::from_static("application/json")),
-    );
-    insert_text(
-        headers,
-        "x-tollgate-credits-charged",
-        &settled.charged.to_string(),
-    );
-    insert_text(headers, "x-tollgate-balance", &settled.balance.to_string());
-    Ok(response)
-}
-
-pub fn insert_text(headers: &mut HeaderMap, name: &'static str, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name, v);
-    }
 }

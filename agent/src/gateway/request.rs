@@ -14,6 +14,10 @@
 //!   them, so no field the upstream obeys asks for more than was reserved.
 //! - A value of the wrong type or out of range is a 400 naming the field. Pure: no I/O.
 
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
 use crate::prices::ModelMode;
@@ -29,6 +33,55 @@ pub const PROMPTS_MAX: u64 = 2_048;
 pub const MODEL_NAME_LEN_MAX: usize = 256;
 /// Most `top_logprobs` OpenAI allows.
 pub const TOP_LOGPROBS_MAX: u64 = 20;
+/// Bytes one output token may take in a JSON answer (the longest tokens, JSON-escaped).
+pub const ANSWER_BYTES_PER_TOKEN_MAX: u64 = 32;
+/// Bytes one log probability alternative may take, per token.
+pub const LOGPROB_BYTES_MAX: u64 = 128;
+/// Bytes of a JSON answer besides its tokens, per choice (ids, usage, framing).
+pub const ANSWER_OVERHEAD_BYTES: u64 = 4_096;
+
+/// A request body, at most `limit` bytes, arriving within `timeout`.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut stream = body.into_data_stream();
+    let mut bytes = BytesMut::new();
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .map_err(|_| {
+                ApiError::RequestTimeout(format!(
+                    "the request body did not arrive within {} s",
+                    timeout.as_secs()
+                ))
+            })?;
+        match next {
+            None => return Ok(bytes.freeze()),
+            Some(Err(e)) => {
+                return Err(ApiError::BadRequest(format!(
+                    "could not read the request body: {e}"
+                )));
+            }
+            Some(Ok(chunk)) => {
+                if bytes.len() + chunk.len() > limit {
+                    return Err(ApiError::TooLarge { limit });
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
 
 /// The metered routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -420,6 +473,54 @@ fn prompt_count(endpoint: Endpoint, body: &Map<String, Value>) -> u64 {
 }
 
 impl ClientRequest {
+    /// The most web searches the request may run: one for OpenAI's search models; for
+    /// Anthropic's models (`provider`) the `max_uses` LiteLLM sets from the context size (1, 5,
+    /// 10) — without a size their number is unbounded, so such a request is refused.
+    pub fn searches_ceiling(&self, provider: &str) -> Result<u64, ApiError> {
+        let Some(search) = self.search else {
+            return Ok(0);
+        };
+        if provider != "anthropic" {
+            return Ok(1);
+        }
+        match search.size {
+            Some(SearchSize::Low) => Ok(1),
+            Some(SearchSize::Medium) => Ok(5),
+            Some(SearchSize::High) => Ok(10),
+            None => Err(bad(
+                "web search on an Anthropic model needs \"web_search_options.search_context_size\" \
+                 (low, medium or high), which bounds how many searches it may run and bill"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Refuses a non-streamed request whose answer (`per_choice` tokens for each of `choices`)
+    /// could be larger than `limit` bytes, the most the gateway reads.
+    pub fn check_answer_size(
+        &self,
+        per_choice: u64,
+        choices: u64,
+        limit: usize,
+    ) -> Result<(), ApiError> {
+        let per_token = ANSWER_BYTES_PER_TOKEN_MAX
+            + self
+                .logprobs
+                .map_or(0, |n| (n + 1).saturating_mul(LOGPROB_BYTES_MAX));
+        let most = per_choice
+            .saturating_mul(per_token)
+            .saturating_add(ANSWER_OVERHEAD_BYTES)
+            .saturating_mul(choices);
+        if most > limit as u64 {
+            return Err(bad(format!(
+                "this request's answer could reach {most} bytes, more than the gateway reads \
+                 (limits.response_bytes_max = {limit}); ask for fewer tokens or choices, or \
+                 stream it"
+            )));
+        }
+        Ok(())
+    }
+
     /// Writes `cap` into every output-cap field the request uses, or the endpoint's own field if
     /// it uses none, and lowers a thinking budget below it, so no field the upstream obeys asks
     /// for more than was reserved.

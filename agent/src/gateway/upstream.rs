@@ -14,8 +14,12 @@ use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
+use crate::keys::vault;
+use crate::ledger::Provider;
+
 use super::Gateway;
 use super::error::ApiError;
+use super::exchange::Origin;
 use super::request::Endpoint;
 
 /// Largest upstream error body read (its message is passed on).
@@ -66,6 +70,50 @@ pub fn is_event_stream(headers: &HeaderMap) -> bool {
 pub struct Byok {
     pub key: Zeroizing<String>,
     pub provider: String,
+}
+
+/// The user's own key for `provider`, if they have a default one and this gateway can reach it.
+pub async fn open_byok_key(
+    gw: &Gateway,
+    origin: &Origin,
+    provider: &str,
+) -> Result<Option<(Byok, i64)>, ApiError> {
+    if !origin.caller.byok_providers.iter().any(|p| p == provider) {
+        return Ok(None);
+    }
+    let internal = || ApiError::Internal {
+        request_id: origin.request_id.clone(),
+    };
+    let (Some(master), Ok(provider_enum)) = (gw.master.clone(), provider.parse::<Provider>())
+    else {
+        return Err(internal());
+    };
+    if !gw.config.providers.contains_key(provider) {
+        return Err(ApiError::BadRequest(format!(
+            "your BYOK key for {provider} cannot be used: this gateway has no base URL for {provider}"
+        )));
+    }
+    let user = origin.caller.user_id.clone();
+    let opened = gw
+        .writer
+        .read(move |ledger| vault::open_default(ledger, &master, &user, provider_enum))
+        .await
+        .map_err(|e| ApiError::Overloaded(e.to_string()))?;
+    match opened {
+        Ok(Some((id, key))) => Ok(Some((
+            Byok {
+                key,
+                provider: provider.to_owned(),
+            },
+            id,
+        ))),
+        // Removed since the caller was cached: the request goes through LiteLLM.
+        Ok(None) => Ok(None),
+        Err(e) => {
+            tracing::error!(request_id = %origin.request_id, error = %e, "could not open a BYOK key");
+            Err(internal())
+        }
+    }
 }
 
 /// Sends `body` to `endpoint` upstream and waits for the answer's headers; a non-2xx answer is
