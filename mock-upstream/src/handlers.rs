@@ -124,7 +124,7 @@ pub(crate) async fn embeddings(
     }
     let prompt_tokens: u64 = request.input.0.iter().map(scenario::count_words).sum();
     let call = shared.next_call();
-    let headers = litellm_headers(call, Usage::new(prompt_tokens, 0));
+    let headers = litellm_headers(&shared, call, Usage::new(prompt_tokens, 0));
     if scenario.malformed {
         return malformed(headers);
     }
@@ -152,7 +152,7 @@ pub(crate) async fn embeddings(
 
 /// `GET /v1/models` (no call number: only completions and embeddings are calls).
 pub(crate) async fn models(State(shared): AppState) -> Response {
-    match &shared.catalog.models {
+    match &shared.options.models {
         Some(names) => json_response(HeaderMap::new(), &wire::model_list(names)),
         None => json_response(HeaderMap::new(), &wire::models()),
     }
@@ -161,7 +161,7 @@ pub(crate) async fn models(State(shared): AppState) -> Response {
 /// LiteLLM's `GET /model/info` (the deployments behind each model name), when the mock was
 /// given one; else a 404, as a plain OpenAI-compatible server answers.
 pub(crate) async fn model_info(State(shared): AppState, headers: HeaderMap) -> Response {
-    let Some(info) = &shared.catalog.model_info else {
+    let Some(info) = &shared.options.model_info else {
         return openai_error(StatusCode::NOT_FOUND, "Unknown route: GET /model/info");
     };
     if headers.get(AUTHORIZATION).is_none() {
@@ -225,7 +225,7 @@ async fn generate(shared: Arc<Shared>, g: Generation<'_>) -> Response {
         let reply = scenario::reply(&scenario, g.cap);
         let usage = Usage::of(&scenario, g.prompt_tokens, reply.tokens);
         let call = shared.next_call();
-        let headers = litellm_headers(call, usage);
+        let headers = litellm_headers(&shared, call, usage);
         let plan = Plan {
             kind: g.kind,
             seq: call,
@@ -248,7 +248,7 @@ async fn generate(shared: Arc<Shared>, g: Generation<'_>) -> Response {
     let reply = scenario::reply(&scenario, g.cap);
     let usage = Usage::of(&scenario, g.prompt_tokens, reply.tokens);
     let call = shared.next_call();
-    let headers = litellm_headers(call, usage);
+    let headers = litellm_headers(&shared, call, usage);
     if scenario.malformed {
         return malformed(headers);
     }
@@ -323,8 +323,11 @@ async fn sleep_unless_stopped(shared: &Shared, delay: Duration) -> bool {
     }
 }
 
-fn litellm_headers(call: u64, usage: Usage) -> HeaderMap {
+fn litellm_headers(shared: &Shared, call: u64, usage: Usage) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(4);
+    if !shared.options.litellm_headers {
+        return headers;
+    }
     if let Ok(value) = HeaderValue::try_from(format!("mock-call-{call}")) {
         headers.insert(CALL_ID, value);
     }

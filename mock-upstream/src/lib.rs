@@ -6,8 +6,8 @@
 //! [`MockUpstream`] is dropped), even with hanging, stalled or endless requests in flight.
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
-//! `GET /v1/models`, `GET /model/info` (LiteLLM's deployments, when started with a [`Catalog`]
-//! that has one; else a 404 as from a plain OpenAI-compatible server), `GET /health/liveliness`;
+//! `GET /v1/models`, `GET /model/info` (LiteLLM's deployments, when started with [`Options`]
+//! that have one; else a 404 as from a plain OpenAI-compatible server), `GET /health/liveliness`;
 //! anything else is a 404 (405 for a known path with the wrong method) in OpenAI's error shape.
 //!
 //! Tokens: prompt tokens are the whitespace-separated words of the chat messages' texts (all
@@ -69,12 +69,27 @@ pub struct MockUpstream {
     task: Option<JoinHandle<io::Result<()>>>,
 }
 
-/// What the mock serves: `GET /v1/models`' names (`None`: a fixed list of four) and LiteLLM's
-/// `GET /model/info` answer (`None`: a 404, as from a plain OpenAI-compatible server).
-#[derive(Debug, Clone, Default)]
-pub struct Catalog {
+/// How the mock behaves beyond its scenarios.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `GET /v1/models`' names (`None`: a fixed list of four).
     pub models: Option<Vec<String>>,
+    /// LiteLLM's `GET /model/info` answer (`None`: a 404, as from a plain OpenAI-compatible
+    /// server).
     pub model_info: Option<serde_json::Value>,
+    /// Whether answers carry LiteLLM's `x-litellm-*` headers: yes when the mock stands in for
+    /// LiteLLM, no when it plays the provider behind a real LiteLLM (which would pass them on).
+    pub litellm_headers: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            models: None,
+            model_info: None,
+            litellm_headers: true,
+        }
+    }
 }
 
 /// What the mock has seen so far; a snapshot.
@@ -100,13 +115,13 @@ impl MockUpstream {
     /// Serves on `listener` (already bound, e.g. to 127.0.0.1:0) in a task on the current tokio
     /// runtime. Connections get `TCP_NODELAY`, so paced stream events leave at once.
     pub async fn start(listener: TcpListener) -> io::Result<MockUpstream> {
-        MockUpstream::start_with(listener, Catalog::default()).await
+        MockUpstream::start_with(listener, Options::default()).await
     }
 
     /// As [`MockUpstream::start`], serving `catalog`.
-    pub async fn start_with(listener: TcpListener, catalog: Catalog) -> io::Result<MockUpstream> {
+    pub async fn start_with(listener: TcpListener, catalog: Options) -> io::Result<MockUpstream> {
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::with_catalog(catalog));
+        let shared = Arc::new(Shared::with_options(catalog));
         let app = router(shared.clone());
         let stopped = shared.stopped();
         let listener = listener.tap_io(|tcp| {
@@ -127,11 +142,11 @@ impl MockUpstream {
 
     /// Binds 127.0.0.1:0 and starts.
     pub async fn spawn() -> io::Result<MockUpstream> {
-        MockUpstream::spawn_with(Catalog::default()).await
+        MockUpstream::spawn_with(Options::default()).await
     }
 
     /// Binds 127.0.0.1:0 and starts, serving `catalog`.
-    pub async fn spawn_with(catalog: Catalog) -> io::Result<MockUpstream> {
+    pub async fn spawn_with(catalog: Options) -> io::Result<MockUpstream> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         MockUpstream::start_with(listener, catalog).await
     }

@@ -30,8 +30,8 @@ pub(crate) struct Shared {
     last_body: Mutex<Option<Bytes>>,
     /// Flips to `true` once: the server is stopping, and everything that waits must end.
     shutdown: watch::Sender<bool>,
-    /// What `GET /v1/models` and `GET /model/info` answer (fixed at start).
-    pub(crate) catalog: crate::Catalog,
+    /// How the mock behaves beyond its scenarios (fixed at start).
+    pub(crate) options: crate::Options,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -41,12 +41,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     #[cfg(test)]
     pub(crate) fn new() -> Shared {
-        Shared::with_catalog(crate::Catalog::default())
+        Shared::with_options(crate::Options::default())
     }
 
-    pub(crate) fn with_catalog(catalog: crate::Catalog) -> Shared {
+    pub(crate) fn with_options(options: crate::Options) -> Shared {
         Shared {
-            catalog,
+            options,
             requests: AtomicU64::new(0),
             streams_started: AtomicU64::new(0),
             streams_completed: AtomicU64::new(0),

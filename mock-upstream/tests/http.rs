@@ -646,9 +646,10 @@ async fn model_info_is_served_only_when_configured() {
         .status();
     assert_eq!(status, StatusCode::NOT_FOUND);
     let info = json!({"data": [{"model_name": "m", "litellm_params": {"model": "openai/gpt-4o"}}]});
-    let mock = MockUpstream::spawn_with(tollgate_mock_upstream::Catalog {
+    let mock = MockUpstream::spawn_with(tollgate_mock_upstream::Options {
         models: Some(vec!["m".into()]),
         model_info: Some(info.clone()),
+        litellm_headers: false,
     })
     .await
     .unwrap();

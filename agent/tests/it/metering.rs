@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tollgate::ledger::{Ledger, PowerLevel, Tier};
-use tollgate_mock_upstream::{Catalog, MockUpstream};
+use tollgate_mock_upstream::{MockUpstream, Options};
 use tollgate_schema::money::Credits;
 
 use crate::gateway_support::{Gateway, User, assert_books_balance, c, chat_body, usage_rows};
@@ -47,8 +47,8 @@ async fn start_priced(users: &[User]) -> (Gateway, Vec<String>) {
 
 /// LiteLLM's `/model/info` for three served names: an alias of a dated Anthropic model, a
 /// model priced in LiteLLM's own config, and a plain one.
-fn litellm_catalog() -> Catalog {
-    Catalog {
+fn litellm_catalog() -> Options {
+    Options {
         models: Some(vec![
             "sonnet".into(),
             "house-model".into(),
@@ -66,6 +66,7 @@ fn litellm_catalog() -> Catalog {
              "litellm_params": {"model": "openai/gpt-4o-mini"},
              "model_info": {"id": "dep-mini"}}
         ]})),
+        ..Options::default()
     }
 }
 

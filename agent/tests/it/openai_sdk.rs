@@ -4,184 +4,35 @@
 //! of each answer; this test asserts on that and on the books.
 //!
 //! The SDK is pinned in `tests/py/requirements.txt` and installed by the test itself, once, into a
-//! virtualenv under the target dir named after that file's content (`py-openai-<hash>`), so a
-//! fresh machine needs nothing but `python3` with venv. The install is race-free: it happens in a
-//! private temporary dir that is renamed into place only when complete, and the first rename wins.
-//! An install that fails (no PyPI, say) fails the test with pip's output; it never skips.
+//! virtualenv under the target dir (see `python.rs`); an install that fails (no PyPI, say) fails
+//! the test with pip's output; it never skips.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::gateway_support::{
     Gateway, User, assert_books_balance, c, mini_cost, open_ledger, usage_rows,
 };
+use crate::python::{PyEnv, SCRUBBED_ENV, blocking, read_lossy, run_limited};
 
-const REQUIREMENTS: &str = include_str!("../py/requirements.txt");
-const REQUIREMENTS_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/requirements.txt");
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/openai_client.py");
-/// Whole `pip install`, including retries: generous for a cold cache on a slow link.
-const PIP_LIMIT: Duration = Duration::from_secs(300);
 /// The script: its requests are local, so anything near this is a hang.
 const SCRIPT_LIMIT: Duration = Duration::from_secs(60);
 
-/// The pinned SDK version, from the `openai==X.Y.Z` line of requirements.txt.
-fn pinned_version() -> &'static str {
-    REQUIREMENTS
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("openai=="))
-        .expect("requirements.txt pins openai==X.Y.Z")
-}
-
-/// Runs `cmd` with stdout and stderr to files (no pipe to fill up), killed after `limit`.
-fn run_limited(
-    cmd: &mut Command,
-    stdout: &Path,
-    stderr: &Path,
-    limit: Duration,
-) -> Result<ExitStatus, String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(stdout).unwrap())
-        .stderr(fs::File::create(stderr).unwrap())
-        .spawn()
-        .map_err(|e| format!("could not start {cmd:?}: {e}"))?;
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Ok(status);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("{cmd:?} still running after {limit:?}; killed"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn read_lossy(path: &Path) -> String {
-    String::from_utf8_lossy(&fs::read(path).unwrap_or_default()).into_owned()
-}
-
-/// A name no other process uses, beside `dir`.
-fn sibling(dir: &Path, what: &str) -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let name = dir.file_name().unwrap().to_string_lossy();
-    dir.with_file_name(format!("{name}.{what}-{}-{nanos}", std::process::id()))
-}
-
-/// Whether `venv` is a complete install that still runs, with the pinned SDK in it.
-fn venv_works(venv: &Path) -> bool {
-    let python = venv.join("bin/python");
-    if !venv.join(".complete").exists() || !python.exists() {
-        return false;
-    }
-    Command::new(&python)
-        .args([
-            "-c",
-            "import importlib.metadata as m; print(m.version('openai'))",
-        ])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == pinned_version()
-        })
-}
-
-/// The virtualenv with the pinned SDK, created and installed on first use.
-fn ensure_venv() -> PathBuf {
-    let hash = hex::encode(Sha256::digest(REQUIREMENTS.as_bytes()));
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("py-openai-{}", &hash[..12]));
-    if venv_works(&venv) {
-        return venv;
-    }
-    fs::create_dir_all(venv.parent().unwrap()).unwrap();
-    if venv.exists() {
-        // Broken (its Python gone, say): move it aside, then build anew.
-        let aside = sibling(&venv, "broken");
-        if fs::rename(&venv, &aside).is_ok() {
-            let _ = fs::remove_dir_all(&aside);
-        }
-    }
-    let tmp = sibling(&venv, "tmp");
-    let logs = tempfile::tempdir().unwrap();
-    let (out, err) = (logs.path().join("out"), logs.path().join("err"));
-    let fail = |what: &str, result: Result<ExitStatus, String>| {
-        let _ = fs::remove_dir_all(&tmp);
-        panic!(
-            "could not install the OpenAI SDK for this test: {what} failed ({}).\n\
-             The test needs python3 with venv, and PyPI reachable on first run to install {}.\n\
-             --- stdout ---\n{}\n--- stderr ---\n{}",
-            match result {
-                Ok(status) => status.to_string(),
-                Err(e) => e,
-            },
-            REQUIREMENTS_PATH,
-            read_lossy(&out),
-            read_lossy(&err),
-        )
-    };
-    let result = run_limited(
-        Command::new("python3").arg("-m").arg("venv").arg(&tmp),
-        &out,
-        &err,
-        Duration::from_secs(120),
-    );
-    if !matches!(result, Ok(s) if s.success()) {
-        fail("python3 -m venv", result);
-    }
-    let result = run_limited(
-        Command::new(tmp.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--no-input",
-                "--disable-pip-version-check",
-            ])
-            // Per connection attempt, and how often to retry: fail within minutes, not hang.
-            .args(["--timeout", "30", "--retries", "2"])
-            // Bytecode is compiled on first import instead, under the venv's final path.
-            .arg("--no-compile")
-            .arg("-r")
-            .arg(REQUIREMENTS_PATH),
-        &out,
-        &err,
-        PIP_LIMIT,
-    );
-    if !matches!(result, Ok(s) if s.success()) {
-        fail("pip install", result);
-    }
-    fs::write(tmp.join(".complete"), REQUIREMENTS).unwrap();
-    // A venv runs from wherever it lies as long as it is started by its bin/python (its sys.prefix
-    // comes from pyvenv.cfg beside it); only the console scripts' shebangs name the old path.
-    if let Err(e) = fs::rename(&tmp, &venv) {
-        let _ = fs::remove_dir_all(&tmp);
-        assert!(
-            venv_works(&venv),
-            "could not move the new virtualenv to {}: {e}",
-            venv.display()
-        );
-    }
-    assert!(
-        venv_works(&venv),
-        "the new virtualenv at {} does not run",
-        venv.display()
-    );
-    venv
-}
+/// The pinned SDK.
+pub const OPENAI_SDK: PyEnv = PyEnv {
+    name: "openai",
+    requirements: include_str!("../py/requirements.txt"),
+    requirements_path: concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/requirements.txt"),
+    package: "openai",
+    // Whole `pip install`, including retries: generous for a cold cache on a slow link.
+    install_limit: Duration::from_secs(300),
+};
 
 /// Runs the script against `base_url`; its one line of JSON.
-fn run_script(venv: &Path, base_url: &str, rich: &str, poor: &str) -> Value {
+fn run_script(venv: &std::path::Path, base_url: &str, rich: &str, poor: &str) -> Value {
     let logs = tempfile::tempdir().unwrap();
     let (out, err) = (logs.path().join("out"), logs.path().join("err"));
     let mut cmd = Command::new(venv.join("bin/python"));
@@ -194,21 +45,7 @@ fn run_script(venv: &Path, base_url: &str, rich: &str, poor: &str) -> Value {
         // Loopback only: no proxy from the environment, nor the SDK's own settings.
         .env("NO_PROXY", "127.0.0.1,localhost")
         .env("no_proxy", "127.0.0.1,localhost");
-    for var in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "OPENAI_API_KEY",
-        "OPENAI_BASE_URL",
-        "OPENAI_ORG_ID",
-        "OPENAI_PROJECT_ID",
-        "OPENAI_LOG",
-        "PYTHONPATH",
-        "PYTHONHOME",
-    ] {
+    for var in SCRUBBED_ENV {
         cmd.env_remove(var);
     }
     let status = run_limited(&mut cmd, &out, &err, SCRIPT_LIMIT);
@@ -225,16 +62,9 @@ fn run_script(venv: &Path, base_url: &str, rich: &str, poor: &str) -> Value {
     }
 }
 
-/// Runs `f` off the runtime, so the gateway keeps serving; its panic is the test's, as it was.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_openai_python_sdk_works_against_the_gateway() {
-    let venv = blocking(ensure_venv).await;
+    let venv = blocking(|| OPENAI_SDK.ensure()).await;
     let (gw, keys) = Gateway::start(
         &[User::new("rich", "10"), User::new("poor", "0.000001")],
         |_| {},
@@ -243,7 +73,7 @@ async fn the_official_openai_python_sdk_works_against_the_gateway() {
     let base_url = gw.url("/v1");
     let (rich, poor) = (keys[0].clone(), keys[1].clone());
     let r = blocking(move || run_script(&venv, &base_url, &rich, &poor)).await;
-    assert_eq!(r["sdk_version"], pinned_version(), "{r:#}");
+    assert_eq!(r["sdk_version"], OPENAI_SDK.pinned_version(), "{r:#}");
     assert_eq!(r["failures"], serde_json::json!([]), "{r:#}");
 
     // (a) Chat: "hello there" is two prompt tokens; the mock answers with 16.
