@@ -134,6 +134,7 @@ pub enum PricesCommand {
 
 /// `prices set`: every price is optional; what is not given stays as it is.
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct PriceSetArgs {
     pub model: String,
     /// USD per million input tokens.

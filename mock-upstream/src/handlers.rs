@@ -312,7 +312,7 @@ async fn hold(shared: &Shared, scenario: &Scenario) -> Option<Response> {
     {
         return Some(shutting_down());
     }
-    scenario.status.map(status_error)
+    scenario.status.map(|code| status_error(shared, code))
 }
 
 /// Sleeps `delay`; `false` if the mock began to stop first.
@@ -399,11 +399,20 @@ fn rejected(rejection: &BytesRejection) -> Response {
 }
 
 /// `mock:status=CODE`.
-fn status_error(code: u16) -> Response {
+/// `mock:status=CODE`. A 401 or 403 quotes the caller's key back, as a careless provider might:
+/// whoever relays it must keep it out of logs and answers.
+fn status_error(shared: &Shared, code: u16) -> Response {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let message = match code {
+        401 | 403 => format!(
+            "Incorrect API key provided: {}",
+            shared.stats().last_authorization.unwrap_or_default()
+        ),
+        _ => format!("mock upstream error {code}"),
+    };
     error_body(
         status,
-        json!({"error": {"message": format!("mock upstream error {code}"), "type": "upstream_error", "code": code}}),
+        json!({"error": {"message": message, "type": "upstream_error", "code": code}}),
     )
 }
 

@@ -114,10 +114,16 @@ fn cells(group: &UsageGroup) -> Vec<String> {
         opt(group.avg_latency_ms),
         opt(group.p95_latency_ms),
         group.byok_requests.to_string(),
+        if group.litellm_costed_requests == 0 {
+            String::new()
+        } else {
+            group.litellm_cost_usd.to_string()
+        },
+        group.litellm_costed_requests.to_string(),
     ]
 }
 
-const COLUMNS: [&str; 10] = [
+const COLUMNS: [&str; 12] = [
     "requests",
     "successes",
     "errors",
@@ -128,6 +134,8 @@ const COLUMNS: [&str; 10] = [
     "avg_latency_ms",
     "p95_latency_ms",
     "byok_requests",
+    "litellm_cost_usd",
+    "litellm_costed_requests",
 ];
 
 pub(crate) fn print_table(report: &UsageReport) -> io::Result<()> {

@@ -7,6 +7,7 @@ use tollgate_schema::money::Credits;
 
 use super::{Ctx, done, output, parse_amount, parse_choice, parse_opt};
 use crate::cli::{ApiKeyCommand, UserSettings, UsersCommand};
+use crate::gateway::config::levels_allowed;
 use crate::ledger::{NewUser, PowerLevel, Tier, UserAccount, UserChanges};
 
 pub fn run(ctx: &Ctx, cmd: UsersCommand) -> anyhow::Result<ExitCode> {
@@ -51,11 +52,37 @@ fn changes(settings: &UserSettings) -> anyhow::Result<UserChanges> {
     })
 }
 
+/// The level a new user of `tier` runs at unless told: balanced where the tier allows it, else
+/// the best level it allows.
+fn default_level(tier: Tier) -> PowerLevel {
+    let allowed = levels_allowed(tier);
+    if allowed.contains(&PowerLevel::Balanced) {
+        PowerLevel::Balanced
+    } else {
+        allowed.last().copied().unwrap_or(PowerLevel::Eco)
+    }
+}
+
+/// Refuses a level `tier` does not allow.
+fn check_level(tier: Tier, level: PowerLevel) -> anyhow::Result<()> {
+    let allowed = levels_allowed(tier);
+    if allowed.contains(&level) {
+        return Ok(());
+    }
+    let names: Vec<&str> = allowed.iter().map(|l| l.as_str()).collect();
+    Err(anyhow!(
+        "power level {level} is not available on the {tier} tier (it allows: {}); pass \
+         --power-level with one of them",
+        names.join(", ")
+    ))
+}
+
 fn add(ctx: &Ctx, user: String, settings: &UserSettings) -> anyhow::Result<ExitCode> {
     let c = changes(settings)?;
     let mut new = NewUser::new(user);
     new.tier = c.tier.unwrap_or(new.tier);
-    new.power_level = c.power_level.unwrap_or(new.power_level);
+    new.power_level = c.power_level.unwrap_or_else(|| default_level(new.tier));
+    check_level(new.tier, new.power_level)?;
     new.monthly_allowance = c.monthly_allowance.unwrap_or(new.monthly_allowance);
     new.monthly_spend_cap = c.monthly_spend_cap.flatten();
     let account = ctx.ledger()?.create_user(&new)?;
@@ -81,7 +108,15 @@ fn set(
             "nothing to change: pass at least one of --tier, --power-level, --monthly-allowance, --monthly-cap, --auto-renew"
         ));
     }
-    let account = ctx.ledger()?.change_user(user, &c)?;
+    let mut ledger = ctx.ledger()?;
+    if c.tier.is_some() || c.power_level.is_some() {
+        let current = ledger.account(user)?;
+        check_level(
+            c.tier.unwrap_or(current.tier),
+            c.power_level.unwrap_or(current.power_level),
+        )?;
+    }
+    let account = ledger.change_user(user, &c)?;
     show(ctx, &account)
 }
 

@@ -399,6 +399,28 @@ mod tests {
         );
     }
 
+    /// Counts by OpenAI's own Python tiktoken (0.14, the encodings LiteLLM 1.82.6 ships), for
+    /// texts of every kind: tiktoken-rs must agree token for token. Made with
+    /// `TIKTOKEN_CACHE_DIR=<litellm>/litellm_core_utils/tokenizers python -c 'import tiktoken; …
+    /// len(tiktoken.get_encoding(name).encode_ordinary(text))'`.
+    #[test]
+    fn the_tokenizers_count_as_openais_own() {
+        let fixture: Vec<serde_json::Value> =
+            serde_json::from_str(include_str!("../../tests/fixtures/tiktoken_counts.json"))
+                .unwrap();
+        assert!(fixture.len() > 10);
+        for row in fixture {
+            let text = row["text"].as_str().unwrap();
+            for (tokenizer, name) in [
+                (Tokenizer::O200k, "o200k_base"),
+                (Tokenizer::Cl100k, "cl100k_base"),
+            ] {
+                let ours = bpe(tokenizer).unwrap().encode_ordinary(text).len() as u64;
+                assert_eq!(Some(ours), row[name].as_u64(), "{name}: {text:?}");
+            }
+        }
+    }
+
     #[test]
     fn tokenizers_follow_the_model_family() {
         for (model, tokenizer) in [

@@ -173,15 +173,24 @@ pub async fn send(
     let body = read_bounded(response, ERROR_BODY_BYTES_MAX)
         .await
         .unwrap_or_default();
-    let message = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
+    let parsed = serde_json::from_slice::<Value>(&body).ok();
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.pointer(name))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let message = field("/error/message")
         .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect());
-    let error = status_error(status, &message, is_byok, provider.as_deref());
+    let kind = field("/error/type");
+    let error = status_error(
+        status,
+        &message,
+        kind.as_deref(),
+        is_byok,
+        provider.as_deref(),
+    );
     // Only the upstream's own failures count against its health: a client's bad request or a
     // user's bad BYOK key says nothing about the provider.
     if status.is_server_error() {
@@ -193,14 +202,23 @@ pub async fn send(
 /// An upstream's refusal: its client errors pass through with their message (the client's own
 /// mistake, e.g. an invalid parameter, or a provider rate limit); a refused key is named without
 /// echoing the upstream's text (which may quote part of the key) and without logging it: the
-/// user's own BYOK key is their 400, tollgate's LiteLLM key a 502; every 5xx is a 502.
+/// user's own BYOK key is their 400, tollgate's LiteLLM key a 502 (LiteLLM without a database
+/// answers an unknown key with a 400 of type `no_db_connection`); every 5xx is a 502.
 pub fn status_error(
     status: StatusCode,
     message: &str,
+    kind: Option<&str>,
     byok: bool,
     provider: Option<&str>,
 ) -> ApiError {
+    let refused_key = kind == Some("no_db_connection") && !byok;
     match status.as_u16() {
+        400 if refused_key => {
+            tracing::error!(%status, "LiteLLM refused the gateway's key (without a database it answers an unknown key with \"No connected db.\"): check upstream.api_key / TOLLGATE_UPSTREAM_KEY");
+            ApiError::UpstreamFailed(format!(
+                "the upstream refused the gateway's credentials ({status})"
+            ))
+        }
         401 | 403 if byok => ApiError::BadRequest(format!(
             "{} refused your own API key for it ({status}); replace it with `tollgate keys add`",
             provider.unwrap_or("the provider")
@@ -301,15 +319,38 @@ mod tests {
         let e = status_error(
             StatusCode::UNAUTHORIZED,
             "Incorrect API key provided: sk-litel****1234",
+            None,
             false,
             None,
         );
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
         assert!(!e.to_string().contains("sk-"), "{e}");
-        let byok = status_error(StatusCode::FORBIDDEN, "bad key sk-x", true, Some("openai"));
+        let byok = status_error(
+            StatusCode::FORBIDDEN,
+            "bad key sk-x",
+            None,
+            true,
+            Some("openai"),
+        );
         assert_eq!(byok.status(), StatusCode::BAD_REQUEST);
         assert!(!byok.to_string().contains("sk-x"), "{byok}");
-        let rate = status_error(StatusCode::TOO_MANY_REQUESTS, "slow down", false, None);
+        let rate = status_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "slow down",
+            None,
+            false,
+            None,
+        );
+        // LiteLLM 1.82.6 without a database, given a key it does not know.
+        let no_db = status_error(
+            StatusCode::BAD_REQUEST,
+            "No connected db.",
+            Some("no_db_connection"),
+            false,
+            None,
+        );
+        assert_eq!(no_db.status(), StatusCode::BAD_GATEWAY);
+        assert!(no_db.to_string().contains("credentials"), "{no_db}");
         assert_eq!(rate.status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(rate.to_string().contains("slow down"));
     }

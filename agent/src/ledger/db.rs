@@ -8,6 +8,8 @@
 //!   file at once do not race; applying them twice is a no-op.
 //! - A database written by a newer tollgate (a migration version this binary does not know) is
 //!   refused before anything is written, with a message naming both versions.
+//! - A database this code creates is created 0600 (owner only: it holds the books, API key
+//!   hashes and sealed BYOK keys), and SQLite gives its `-wal` and `-shm` files the same mode.
 
 use std::path::Path;
 use std::time::Duration;
@@ -31,10 +33,29 @@ pub enum OpenMode {
     MustExist,
 }
 
+/// Creates an empty file at `path`, owner-only, unless one is there (SQLite would create it with
+/// the umask's mode, usually readable by all).
+fn create_private(path: &Path) -> Result<(), LedgerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(LedgerError::Io(format!("creating {}: {e}", path.display()))),
+    }
+}
+
 /// Opens (and migrates) the database at `path`.
 pub fn open(path: &Path, mode: OpenMode) -> Result<Connection, LedgerError> {
     if mode == OpenMode::MustExist && !path.exists() {
         return Err(LedgerError::NoDatabase(path.to_path_buf()));
+    }
+    if mode == OpenMode::CreateIfMissing {
+        create_private(path)?;
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE

@@ -111,6 +111,9 @@ pub enum LedgerError {
     Pragma(String),
     #[error("the database holds a value this tollgate cannot read: {0}")]
     Corrupt(String),
+    /// A file the ledger needs could not be created or read.
+    #[error("{0}")]
+    Io(String),
     #[error(
         "the server acknowledged seq {acked}, beyond this agent's newest entry (seq {head}): \
          refusing to trust it (is the server talking about another database?)"

@@ -12,12 +12,16 @@
 //!   latency are left out of both average and p95), computed here, not in SQL.
 //! - Groups are ordered by credits charged (most first), then by key; a missing provider or power
 //!   level is the key `-`.
+//! - Beside tollgate's charge, LiteLLM's own cost: the sum of the `x-litellm-response-cost` it
+//!   reported (USD, read exactly from its text), and how many requests carried one (LiteLLM
+//!   reports none on streams), so a difference can be told from a missing report.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use rusqlite::params_from_iter;
+use rust_decimal::Decimal;
 use serde::Serialize;
 use time::OffsetDateTime;
 use tollgate_schema::money::Credits;
@@ -116,6 +120,10 @@ pub struct UsageGroup {
     /// Nearest-rank 95th percentile latency of the requests that recorded one.
     pub p95_latency_ms: Option<u64>,
     pub byok_requests: u64,
+    /// LiteLLM's reported cost of the requests that carried one, in USD.
+    pub litellm_cost_usd: Decimal,
+    /// How many requests carried LiteLLM's cost.
+    pub litellm_costed_requests: u64,
 }
 
 /// A usage report: its groups in order, and the totals over all of them.
@@ -140,6 +148,8 @@ pub struct UsageRow {
     pub overage_credits: Credits,
     pub latency_ms: Option<u64>,
     pub is_byok: bool,
+    /// LiteLLM's reported cost, in USD, if it reported one.
+    pub litellm_cost_usd: Option<Decimal>,
 }
 
 /// Running figures of one group.
@@ -153,6 +163,8 @@ struct Acc {
     overage_credits: Credits,
     latencies: Vec<u64>,
     byok_requests: u64,
+    litellm_cost_usd: Decimal,
+    litellm_costed_requests: u64,
 }
 
 fn overflow(what: &str) -> LedgerError {
@@ -186,6 +198,13 @@ impl Acc {
         if let Some(ms) = row.latency_ms {
             self.latencies.push(ms);
         }
+        if let Some(usd) = row.litellm_cost_usd {
+            self.litellm_cost_usd = self
+                .litellm_cost_usd
+                .checked_add(usd)
+                .ok_or_else(|| overflow("LiteLLM cost"))?;
+            self.litellm_costed_requests += 1;
+        }
         Ok(())
     }
 
@@ -210,6 +229,11 @@ impl Acc {
             .checked_add(other.overage_credits)
             .ok_or_else(|| overflow("overage"))?;
         self.latencies.extend_from_slice(&other.latencies);
+        self.litellm_cost_usd = self
+            .litellm_cost_usd
+            .checked_add(other.litellm_cost_usd)
+            .ok_or_else(|| overflow("LiteLLM cost"))?;
+        self.litellm_costed_requests += other.litellm_costed_requests;
         Ok(())
     }
 
@@ -227,6 +251,8 @@ impl Acc {
             avg_latency_ms: mean_rounded(&self.latencies),
             p95_latency_ms: nearest_rank(&self.latencies, 95),
             byok_requests: self.byok_requests,
+            litellm_cost_usd: self.litellm_cost_usd.normalize(),
+            litellm_costed_requests: self.litellm_costed_requests,
         }
     }
 }
@@ -317,7 +343,9 @@ impl Ledger {
         // One more than the limit: seeing it means the range is too big.
         let sql = format!(
             "SELECT {}, success, prompt_tokens, completion_tokens, credits_charged, \
-             overage_credits, latency_ms, is_byok FROM llm_usage_log {filter_sql} LIMIT {}",
+             overage_credits, latency_ms, is_byok, \
+             json_extract(metadata, '$.litellm_response_cost') \
+             FROM llm_usage_log {filter_sql} LIMIT {}",
             by.key_sql(),
             REPORT_ROWS_MAX + 1
         );
@@ -333,6 +361,10 @@ impl Ledger {
                 overage_credits: Credits::from_nanos(r.get(5)?),
                 latency_ms: r.get::<_, Option<u32>>(6)?.map(u64::from),
                 is_byok: r.get(7)?,
+                // Unreadable text (not a number) is left out, as if none was reported.
+                litellm_cost_usd: r
+                    .get::<_, Option<String>>(8)?
+                    .and_then(|t| crate::prices::exact_decimal(t.trim())),
             })
         })?;
         let mut read = 0_usize;
@@ -385,6 +417,7 @@ mod tests {
             overage_credits: Credits::ZERO,
             latency_ms: latency,
             is_byok: false,
+            litellm_cost_usd: None,
         }
     }
 
@@ -416,8 +449,12 @@ mod tests {
         failed.is_byok = true;
         let mut over = row("a", "0.000000001", Some(300));
         over.overage_credits = c("0.5");
+        // LiteLLM's costs as it writes them: floats' text.
+        over.litellm_cost_usd = crate::prices::exact_decimal("2.5e-06");
+        let mut costed = row("c", "1.25", Some(100));
+        costed.litellm_cost_usd = crate::prices::exact_decimal("1e-05");
         let rows = vec![
-            row("c", "1.25", Some(100)),
+            costed,
             row("b", "2", Some(50)),
             failed,
             row("c", "0.75", Some(200)),
@@ -469,6 +506,8 @@ mod tests {
                 avg_latency_ms: Some(163),
                 p95_latency_ms: Some(300),
                 byok_requests: 1,
+                litellm_cost_usd: "0.0000125".parse().unwrap(),
+                litellm_costed_requests: 2,
             }
         );
         let (none, empty_total) = aggregate(std::iter::empty()).unwrap();

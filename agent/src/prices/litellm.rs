@@ -560,7 +560,7 @@ fn token_limit(
 
 /// The exact decimal a JSON number's text denotes, exponent included (`1.5e-07`, `2E3`); `None`
 /// if it has more digits or a smaller or larger magnitude than `Decimal` holds exactly.
-fn exact_decimal(text: &str) -> Option<Decimal> {
+pub fn exact_decimal(text: &str) -> Option<Decimal> {
     let Some(at) = text.find(['e', 'E']) else {
         return Decimal::from_str_exact(text).ok();
     };

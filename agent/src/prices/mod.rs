@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use litellm::{
     LiteLlmImport, PRICE_FILE_BYTES_MAX, PRICE_MODELS_MAX, PriceFields, PriceImportError,
-    SKIPPED_NAMED_MAX, SkippedEntry, normalize_provider, parse_exact, parse_litellm,
+    SKIPPED_NAMED_MAX, SkippedEntry, exact_decimal, normalize_provider, parse_exact, parse_litellm,
     parse_litellm_report, read_price_fields,
 };
 

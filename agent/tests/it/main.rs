@@ -7,6 +7,7 @@ mod crash;
 mod gateway;
 mod gateway_crash;
 mod gateway_edges;
+mod gateway_hardening;
 mod gateway_support;
 mod keys_cli;
 mod ledger_model;

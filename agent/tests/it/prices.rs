@@ -340,3 +340,106 @@ fn a_version_1_database_upgrades_and_keeps_its_books() {
     assert_eq!(ledger.price_table().unwrap().unwrap().len(), 15);
     assert!(ledger.verify().unwrap().is_clean());
 }
+
+#[test]
+fn prices_are_set_aliased_listed_by_version_and_rolled_back() {
+    let agent = Agent::init();
+    let show = |model: &str| agent.json(&["prices", "show", model]);
+    // A built-in model's price changed: a new version, the rest of the table kept.
+    agent.ok(&[
+        "prices",
+        "set",
+        "gpt-4o-mini",
+        "--input",
+        "0.2",
+        "--cache-read",
+        "0.1",
+    ]);
+    let mini = show("gpt-4o-mini");
+    assert_eq!(mini["input_usd_per_million"], "0.2");
+    assert_eq!(mini["output_usd_per_million"], "0.6", "unchanged");
+    assert_eq!(mini["dimensions"]["cache_read_input"], "0.0000001");
+    assert_eq!(
+        agent.json(&["prices", "list"])["models"]
+            .as_array()
+            .unwrap()
+            .len(),
+        15
+    );
+    // A new model needs its provider and both prices.
+    let out = agent.run(&["prices", "set", "house", "--input", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--provider"));
+    agent.ok(&[
+        "prices",
+        "set",
+        "house",
+        "--provider",
+        "openai",
+        "--input",
+        "1",
+        "--output",
+        "2",
+        "--max-output-tokens",
+        "8192",
+    ]);
+    assert_eq!(show("house")["output_usd_per_token"], "0.000002");
+    // An alias is charged as its model.
+    agent.ok(&["prices", "alias", "my-house", "house"]);
+    assert_eq!(show("my-house")["model"], "house");
+    let out = agent.run(&["prices", "alias", "x", "no-such-model"]);
+    assert_eq!(out.status.code(), Some(1));
+    // Every change is a version; the newest is active.
+    let versions = agent.json(&["prices", "versions"]);
+    let origins: Vec<&str> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["origin"].as_str().unwrap())
+        .collect();
+    assert_eq!(origins, ["alias", "set", "set"]);
+    assert_eq!(versions[0]["active"], true);
+    assert_eq!(versions[0]["alias_count"], 1);
+    // Back to the built-in table, then forward to version 2 (house, no alias): new versions.
+    agent.ok(&["prices", "use", "builtin"]);
+    assert_eq!(show("gpt-4o-mini")["input_usd_per_million"], "0.15");
+    assert_eq!(
+        agent.run(&["prices", "show", "house"]).status.code(),
+        Some(1)
+    );
+    agent.ok(&["prices", "use", "2"]);
+    assert_eq!(show("house")["input_usd_per_million"], "1");
+    assert_eq!(
+        agent.run(&["prices", "show", "my-house"]).status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        agent
+            .json(&["prices", "versions"])
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    // Bad input: one line, nothing stored.
+    for args in [
+        &["prices", "use", "99"][..],
+        &["prices", "use", "yesterday"],
+        &["prices", "set", "gpt-4o", "--input", "abc"],
+        &["prices", "set", "gpt-4o", "--output", "-1"],
+        &["prices", "set", "gpt-4o", "--mode", "image"],
+    ] {
+        let out = agent.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        agent
+            .json(&["prices", "versions"])
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+}

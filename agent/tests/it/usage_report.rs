@@ -40,7 +40,15 @@ fn usage(model: &str, provider: Option<&str>, latency: u32) -> UsageRecord {
 fn books() -> (Agent, String, String) {
     let agent = Agent::init();
     agent.ok(&["users", "add", "alice"]);
-    agent.ok(&["users", "add", "bob", "--power-level", "precision"]);
+    agent.ok(&[
+        "users",
+        "add",
+        "bob",
+        "--tier",
+        "enterprise",
+        "--power-level",
+        "precision",
+    ]);
     agent.ok(&["credits", "add", "alice", "100", "--type", "purchase"]);
     agent.ok(&["credits", "add", "bob", "50", "--type", "purchase"]);
     let now = OffsetDateTime::now_utc();
@@ -74,13 +82,12 @@ fn books() -> (Agent, String, String) {
             })
             .unwrap();
     };
-    settle(
-        &mut ledger,
-        "alice",
-        "r1",
-        "1.5",
-        usage("gpt-4o", Some("openai"), 100),
-    );
+    // LiteLLM's cost as it reports it (a float's text), beside tollgate's 1.5 credits.
+    let costed = |cost: &str, latency| UsageRecord {
+        metadata: Some(json!({"litellm_response_cost": cost})),
+        ..usage("gpt-4o", Some("openai"), latency)
+    };
+    settle(&mut ledger, "alice", "r1", "1.5", costed("0.15", 100));
     clock.set(recent);
     for (user, id, amount) in [
         ("alice", "r2", "5"),
@@ -97,13 +104,7 @@ fn books() -> (Agent, String, String) {
             })
             .unwrap();
     }
-    settle(
-        &mut ledger,
-        "alice",
-        "r2",
-        "0.25",
-        usage("gpt-4o", Some("openai"), 300),
-    );
+    settle(&mut ledger, "alice", "r2", "0.25", costed("2.5e-02", 300));
     ledger
         .release(Release {
             user_id: "alice".into(),
@@ -131,11 +132,11 @@ fn a_report_by_model_prints_exact_figures_as_table_json_and_csv() {
     let (agent, _, _) = books();
     let table = agent.ok(&["usage", "report"]);
     let expected = [
-        "MODEL               REQUESTS  SUCCESSES  ERRORS  PROMPT TOKENS  COMPLETION TOKENS  CREDITS CHARGED  OVERAGE CREDITS  AVG LATENCY MS  P95 LATENCY MS  BYOK REQUESTS",
-        "gpt-4o              2         2          0       200            40                 1.75             0                200             300             0",
-        "my \"custom\", model  1         1          0       100            20                 1                2                200             200             1",
-        "claude-sonnet-4     1         0          1       100            0                  0                0                50              50              0",
-        "total               4         3          1       400            60                 2.75             2                163             300             1",
+        "MODEL               REQUESTS  SUCCESSES  ERRORS  PROMPT TOKENS  COMPLETION TOKENS  CREDITS CHARGED  OVERAGE CREDITS  AVG LATENCY MS  P95 LATENCY MS  BYOK REQUESTS  LITELLM COST USD  LITELLM COSTED REQUESTS",
+        "gpt-4o              2         2          0       200            40                 1.75             0                200             300             0              0.175             2",
+        "my \"custom\", model  1         1          0       100            20                 1                2                200             200             1              -                 0",
+        "claude-sonnet-4     1         0          1       100            0                  0                0                50              50              0              -                 0",
+        "total               4         3          1       400            60                 2.75             2                163             300             1              0.175             2",
     ];
     assert_eq!(table.lines().collect::<Vec<_>>(), expected, "\n{table}");
 
@@ -156,7 +157,9 @@ fn a_report_by_model_prints_exact_figures_as_table_json_and_csv() {
             "overage_credits": "2",
             "avg_latency_ms": 200,
             "p95_latency_ms": 200,
-            "byok_requests": 1
+            "byok_requests": 1,
+            "litellm_cost_usd": "0",
+            "litellm_costed_requests": 0
         })
     );
     assert_eq!(
@@ -172,7 +175,9 @@ fn a_report_by_model_prints_exact_figures_as_table_json_and_csv() {
             "overage_credits": "2",
             "avg_latency_ms": 163,
             "p95_latency_ms": 300,
-            "byok_requests": 1
+            "byok_requests": 1,
+            "litellm_cost_usd": "0.175",
+            "litellm_costed_requests": 2
         })
     );
     assert_eq!(
@@ -184,11 +189,11 @@ fn a_report_by_model_prints_exact_figures_as_table_json_and_csv() {
     let csv = agent.ok(&["usage", "report", "--format", "csv"]);
     assert_eq!(
         csv,
-        "model,requests,successes,errors,prompt_tokens,completion_tokens,credits_charged,overage_credits,avg_latency_ms,p95_latency_ms,byok_requests\r\n\
-         gpt-4o,2,2,0,200,40,1.75,0,200,300,0\r\n\
-         \"my \"\"custom\"\", model\",1,1,0,100,20,1,2,200,200,1\r\n\
-         claude-sonnet-4,1,0,1,100,0,0,0,50,50,0\r\n\
-         total,4,3,1,400,60,2.75,2,163,300,1\r\n"
+        "model,requests,successes,errors,prompt_tokens,completion_tokens,credits_charged,overage_credits,avg_latency_ms,p95_latency_ms,byok_requests,litellm_cost_usd,litellm_costed_requests\r\n\
+         gpt-4o,2,2,0,200,40,1.75,0,200,300,0,0.175,2\r\n\
+         \"my \"\"custom\"\", model\",1,1,0,100,20,1,2,200,200,1,,0\r\n\
+         claude-sonnet-4,1,0,1,100,0,0,0,50,50,0,,0\r\n\
+         total,4,3,1,400,60,2.75,2,163,300,1,0.175,2\r\n"
     );
 }
 
@@ -244,7 +249,11 @@ fn reports_group_by_provider_day_and_level_and_filter_by_user_and_time() {
     );
     // Nothing in the last 30 minutes: no groups, a zero total.
     let csv = agent.ok(&["usage", "report", "--since", "30m", "--format", "csv"]);
-    assert_eq!(csv.lines().nth(1), Some("total,0,0,0,0,0,0,0,,,0"), "{csv}");
+    assert_eq!(
+        csv.lines().nth(1),
+        Some("total,0,0,0,0,0,0,0,,,0,,0"),
+        "{csv}"
+    );
     let table = agent.ok(&["usage", "report", "--since", "30m"]);
     assert_eq!(table.lines().count(), 2, "{table}");
     assert!(
