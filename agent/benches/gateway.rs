@@ -37,9 +37,15 @@
 //! with SIGTERM (it drains its ledger writer), `tollgate verify` must exit 0, and the usage log
 //! must hold exactly one successful row per request sent through tollgate.
 //!
+//! Then a **low-balance race**, on a gateway of its own: one user holds credit for K requests at
+//! their real cost (a 2-token prompt and a 250-token reply of gpt-4o-mini), and 5K requests
+//! asking for `max_tokens: 300` arrive at once. Reported: how many were served whole, cut short
+//! (their cap lowered to what was left), refused (402), and the share of the credit spent
+//! (target: at least 90 %), beside the balance (never below zero) and the overage (none).
+//!
 //! Run: `cargo bench -p tollgate --bench gateway`. `TOLLGATE_BENCH_SECS` (5 per run),
 //! `TOLLGATE_BENCH_TURNS` (3), `TOLLGATE_BENCH_CONCURRENCY` (256), `TOLLGATE_BENCH_RATE` (1000)
-//! and `TOLLGATE_BENCH_USERS` (16) change the shape. Without `--bench` (as under
+//! `TOLLGATE_BENCH_USERS` (16) and `TOLLGATE_BENCH_RACE_K` (200) change the shape. Without `--bench` (as under
 //! `cargo test --benches`) it does a short smoke run with the same checks; asked to `--list`
 //! (test discovery), it lists nothing.
 
@@ -81,6 +87,8 @@ struct Config {
     concurrency: usize,
     rate: u32,
     users: usize,
+    /// The low-balance race: credit for this many requests; five times as many are sent.
+    race_k: usize,
     smoke: bool,
 }
 
@@ -108,6 +116,7 @@ impl Config {
                 concurrency: env("TOLLGATE_BENCH_CONCURRENCY", 256.0) as usize,
                 rate: env("TOLLGATE_BENCH_RATE", 1000.0) as u32,
                 users: env("TOLLGATE_BENCH_USERS", 16.0) as usize,
+                race_k: env("TOLLGATE_BENCH_RACE_K", 200.0) as usize,
                 smoke: false,
             }
         } else {
@@ -118,6 +127,7 @@ impl Config {
                 concurrency: 8,
                 rate: 200,
                 users: 2,
+                race_k: 10,
                 smoke: true,
             }
         };
@@ -343,6 +353,7 @@ fn main() {
     // The books: stop the gateway (SIGTERM drains the writer), then verify and count.
     gateway.stop();
     check_books(&data_dir, sent_through_tollgate);
+    low_balance_race(&runtime, dir.path(), &mock.url, &config);
     drop(mock);
     println!("load average at the end: {}", read_trimmed("/proc/loadavg"));
 }
@@ -1476,4 +1487,137 @@ fn summarize(config: &Config, results: &[Measured], rss_after_saturation: &[u64]
         mb(mem.hwm_kb),
         verdict(mb(mem.hwm_kb) < 100.0)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The low-balance race.
+
+const RACE_PROMPT: &str = "Race mock:tokens=250";
+const RACE_MAX_TOKENS: u64 = 300;
+/// What one race request really costs: 2 prompt words × 1,500 + 250 reply tokens × 6,000
+/// nano-credits (gpt-4o-mini at 10 credits per USD, balanced).
+const RACE_COST_NANOS: i64 = 2 * 1_500 + 250 * 6_000;
+
+/// Credit for `config.race_k` requests, 5 × that many requests at once: what was served, and
+/// the share of the credit spent (see the module doc).
+fn low_balance_race(
+    runtime: &tokio::runtime::Runtime,
+    dir: &Path,
+    mock_url: &str,
+    config: &Config,
+) {
+    let k = config.race_k;
+    let requests = 5 * k;
+    let data_dir = dir.join("race");
+    cli(&data_dir, &["init"]);
+    cli(
+        &data_dir,
+        &["users", "add", "racer", "--tier", "professional"],
+    );
+    let credit_nanos = RACE_COST_NANOS * k as i64;
+    let credit = format!(
+        "{}.{:09}",
+        credit_nanos / 1_000_000_000,
+        credit_nanos % 1_000_000_000
+    );
+    cli(
+        &data_dir,
+        &["credits", "add", "racer", &credit, "--type", "purchase"],
+    );
+    let created: Value =
+        serde_json::from_str(&cli(&data_dir, &["users", "api-key", "create", "racer"])).unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let gateway = GatewayProcess::start(&data_dir, &dir.join("race-gateway.log"), mock_url);
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .unwrap();
+    runtime.block_on(gateway.wait_ready(&client));
+    let url = format!("http://{}/v1/chat/completions", gateway.addr);
+    let body = json!({"model": MODEL, "max_tokens": RACE_MAX_TOKENS,
+                      "messages": [{"role": "user", "content": RACE_PROMPT}]});
+    let started = Instant::now();
+    let outcomes: Vec<(u16, String)> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..requests)
+            .map(|_| {
+                let (client, url, key, body) =
+                    (client.clone(), url.clone(), key.clone(), body.clone());
+                tokio::spawn(async move {
+                    let r = client
+                        .post(url)
+                        .bearer_auth(key)
+                        .json(&body)
+                        .send()
+                        .await
+                        .expect("a race request failed to send");
+                    let status = r.status().as_u16();
+                    let reply: Value = r.json().await.unwrap_or(Value::Null);
+                    let finish = reply["choices"][0]["finish_reason"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    (status, finish)
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        outcomes
+    });
+    let took = started.elapsed();
+    let whole = outcomes
+        .iter()
+        .filter(|(s, f)| *s == 200 && f == "stop")
+        .count();
+    let cut = outcomes
+        .iter()
+        .filter(|(s, f)| *s == 200 && f == "length")
+        .count();
+    let refused = outcomes.iter().filter(|(s, _)| *s == 402).count();
+    let other: Vec<_> = outcomes
+        .iter()
+        .filter(|(s, f)| !(*s == 402 || (*s == 200 && (f == "stop" || f == "length"))))
+        .collect();
+    assert!(
+        other.is_empty(),
+        "race requests that were neither served nor refused: {other:?}"
+    );
+    gateway.stop();
+    let report: Value = serde_json::from_str(&cli(&data_dir, &["verify"])).unwrap();
+    assert_eq!(
+        report["violations"].as_array().map(Vec::len),
+        Some(0),
+        "race: tollgate verify: {report}"
+    );
+    let conn = db::open(&data_dir.join("tollgate.db"), OpenMode::MustExist).unwrap();
+    let (balance, overage): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT balance FROM user_credits WHERE user_id = 'racer'), \
+                    (SELECT COALESCE(SUM(overage_credits), 0) FROM llm_usage_log)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(balance >= 0, "the balance went below zero: {balance}");
+    assert_eq!(overage, 0, "metered cost beyond a hold went unbilled");
+    let share = (credit_nanos - balance) as f64 / credit_nanos as f64;
+    println!();
+    println!(
+        "low-balance race: credit for {k} requests ({credit} credits), {requests} concurrent \
+         requests (max_tokens {RACE_MAX_TOKENS}, 250-token replies): {whole} served whole, {cut} \
+         cut short, {refused} refused with 402, in {:.2} s; {:.1}% of the credit spent (target \
+         >= 90%), balance {} nano-credits (never below zero), overage 0",
+        took.as_secs_f64(),
+        share * 100.0,
+        balance
+    );
+    if !config.smoke {
+        assert!(
+            share >= 0.9,
+            "only {:.1}% of the credit was spent",
+            share * 100.0
+        );
+    }
 }

@@ -140,6 +140,22 @@ impl Gateway {
         }
     }
 
+    /// The tokenizers the models the upstream serves count with (none while it is unknown).
+    fn tokenizers_needed(&self) -> Vec<tokens::Tokenizer> {
+        let catalog = self.catalog();
+        if catalog.served.is_none() {
+            return Vec::new();
+        }
+        let used: Vec<tokens::Tokenizer> = routing::served_routes(&catalog.routing())
+            .iter()
+            .map(|r| tokens::tokenizer_for(&r.price))
+            .collect();
+        [tokens::Tokenizer::O200k, tokens::Tokenizer::Cl100k]
+            .into_iter()
+            .filter(|t| used.contains(t))
+            .collect()
+    }
+
     /// Reads what the upstream serves, keeping what was known if it does not answer.
     async fn refresh_served(&self) {
         let key = self.config.upstream.api_key.as_ref().map(|k| k.expose());
@@ -222,10 +238,11 @@ pub async fn serve(
         master: parts.master.map(Arc::new),
         alerts,
     });
-    // Before the first request: the tokenizers, and what the upstream serves (if it answers).
-    let warm = tokio::task::spawn_blocking(tokens::warm_up);
+    // Before the first request: what the upstream serves (if it answers), and the tokenizers its
+    // models need (each is tens of megabytes: only those).
     gateway.refresh_served().await;
-    let _ = warm.await;
+    let needed = gateway.tokenizers_needed();
+    let _ = tokio::task::spawn_blocking(move || tokens::warm_up(&needed)).await;
     let background = tokio::spawn(background(gateway.clone()));
     let app = router(gateway.clone());
     let limits = server::ConnectionLimits {

@@ -48,7 +48,8 @@ pub const LEVEL_HEADER: &str = "x-tollgate-power-level";
 pub const MAX_TOKENS_HEADER: &str = "x-tollgate-max-tokens";
 /// Output tokens reserved for a model whose own maximum is unknown, when no default is set.
 pub const UNKNOWN_MODEL_MAX_OUTPUT: u64 = 4_096;
-/// Request bodies above this are checked on a blocking thread (tokenizing them takes a while).
+/// Request bodies above this are checked on a blocking thread (tokenizing them takes a while; so
+/// does loading a tokenizer, on its first use).
 const BLOCKING_BODY_BYTES: usize = 64 * 1024;
 
 pub async fn chat(s: State<Arc<Gateway>>, c: ConnectInfo<SocketAddr>, r: Request) -> Response {
@@ -235,7 +236,8 @@ async fn admit(
     let price_table = catalog.prices.version.clone();
     drop(catalog);
 
-    let prompt = if bytes_len(&request) > BLOCKING_BODY_BYTES {
+    let loaded = tokens::is_loaded(tokens::tokenizer_for(&route.price));
+    let prompt = if !loaded || bytes_len(&request) > BLOCKING_BODY_BYTES {
         let (r, price) = (request.clone(), route.price.clone());
         tokio::task::spawn_blocking(move || tokens::prompt_ceiling(&r, &price))
             .await
