@@ -270,6 +270,8 @@ pub struct ClientRequest {
     /// Anthropic's extended-thinking budget, if enabled.
     pub thinking_budget: Option<u64>,
     pub search: Option<SearchAsk>,
+    /// Searches a provider-hosted web search tool in `tools` may run (its `max_uses`).
+    pub search_tool_uses: u64,
     /// The request may produce audio (`modalities` includes it).
     pub audio_output: bool,
     /// Log probabilities per output token, if asked (they make a body larger).
@@ -399,6 +401,7 @@ pub fn parse(
         }),
         Some(_) => return Err(bad("\"web_search_options\" must be an object".into())),
     };
+    let search_tool_uses = search_tool_uses(&body)?;
     if let Some(tier) = body.get("service_tier")
         && !matches!(tier.as_str(), Some("auto" | "default"))
         && !tier.is_null()
@@ -434,9 +437,36 @@ pub fn parse(
         choices: choices.saturating_mul(prompts),
         thinking_budget,
         search,
+        search_tool_uses,
         audio_output,
         logprobs,
     })
+}
+
+/// Most searches a provider-hosted web search tool in `tools` may run (Anthropic's
+/// `{"type": "web_search_20250305", "max_uses": N}`): each search is billed, so such a tool must
+/// say how many it may run.
+fn search_tool_uses(body: &Map<String, Value>) -> Result<u64, ApiError> {
+    let tools = body.get("tools").and_then(Value::as_array);
+    let mut uses: u64 = 0;
+    for tool in tools.into_iter().flatten() {
+        let kind = tool.get("type").and_then(Value::as_str).unwrap_or("");
+        if !kind.starts_with("web_search") {
+            continue;
+        }
+        let max = tool
+            .get("max_uses")
+            .and_then(Value::as_u64)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                bad(format!(
+                    "a {kind:?} tool must set \"max_uses\": each search it runs is billed, and \
+                     tollgate reserves for them before the request is sent"
+                ))
+            })?;
+        uses = uses.saturating_add(max);
+    }
+    Ok(uses)
 }
 
 /// `thinking`: `{"type": "enabled", "budget_tokens": N}` gives a budget; `disabled` none.
@@ -478,21 +508,24 @@ impl ClientRequest {
     /// 10) — without a size their number is unbounded, so such a request is refused.
     pub fn searches_ceiling(&self, provider: &str) -> Result<u64, ApiError> {
         let Some(search) = self.search else {
-            return Ok(0);
+            return Ok(self.search_tool_uses);
         };
         if provider != "anthropic" {
-            return Ok(1);
+            return Ok(1 + self.search_tool_uses);
         }
-        match search.size {
-            Some(SearchSize::Low) => Ok(1),
-            Some(SearchSize::Medium) => Ok(5),
-            Some(SearchSize::High) => Ok(10),
-            None => Err(bad(
+        let options = match search.size {
+            Some(SearchSize::Low) => 1,
+            Some(SearchSize::Medium) => 5,
+            Some(SearchSize::High) => 10,
+            None => {
+                return Err(bad(
                 "web search on an Anthropic model needs \"web_search_options.search_context_size\" \
                  (low, medium or high), which bounds how many searches it may run and bill"
-                    .into(),
-            )),
-        }
+                        .into(),
+                ));
+            }
+        };
+        Ok(options + self.search_tool_uses)
     }
 
     /// Refuses a non-streamed request whose answer (`per_choice` tokens for each of `choices`)

@@ -3,9 +3,9 @@
 //!
 //! How each part is bounded:
 //! - Text: OpenAI's models are counted exactly with their own tokenizer (`o200k_base` for
-//!   GPT-4o, GPT-4.1, GPT-5 and the o-series, `cl100k_base` for GPT-4, GPT-3.5 and the
-//!   embedding models; [`tiktoken_rs`], byte for byte the same tokens as OpenAI's tiktoken). Other
-//!   models are bounded by the text's UTF-8 bytes: every tokenizer in use (byte-level BPE, and
+//!   GPT-4o, GPT-4.1, GPT-5 and the o-series, `cl100k_base` for GPT-4 and GPT-3.5;
+//!   [`tiktoken_rs`], byte for byte the same tokens as OpenAI's tiktoken). Other models, and
+//!   embedding models, are bounded by the text's UTF-8 bytes: every tokenizer in use (byte-level BPE, and
 //!   SentencePiece with byte fallback) spends at least one byte per token. Past
 //!   [`TOKENIZED_BYTES_MAX`] bytes in one request, the rest is counted by bytes too (a bound,
 //!   and it keeps a 4 MiB prompt from costing the gateway a second of CPU).
@@ -122,15 +122,9 @@ pub fn tokenizer_for(price: &ModelPrice) -> Tokenizer {
         "gpt-oss",
         "codex",
     ];
-    const CL100K_FAMILIES: &[&str] = &[
-        "gpt-4",
-        "gpt-3.5",
-        "gpt-35",
-        "text-embedding-3",
-        "text-embedding-ada-002",
-        "davinci-002",
-        "babbage-002",
-    ];
+    // Not the embedding models, though they use cl100k: their prompts cost a fiftieth of a
+    // chat model's, a bound by bytes is near enough, and the tokenizer would add 24 MB.
+    const CL100K_FAMILIES: &[&str] = &["gpt-4", "gpt-3.5", "gpt-35", "davinci-002", "babbage-002"];
     if O200K_FAMILIES.iter().any(|f| family.starts_with(f)) {
         Tokenizer::O200k
     } else if CL100K_FAMILIES.iter().any(|f| family.starts_with(f)) {
@@ -440,7 +434,7 @@ mod tests {
             ("gpt-5-nano", Tokenizer::O200k),
             ("gpt-4-turbo", Tokenizer::Cl100k),
             ("gpt-3.5-turbo-instruct", Tokenizer::Cl100k),
-            ("text-embedding-3-small", Tokenizer::Cl100k),
+            ("text-embedding-3-small", Tokenizer::Bytes),
             ("claude-sonnet-4", Tokenizer::Bytes),
             ("my-house-model", Tokenizer::Bytes),
         ] {

@@ -490,3 +490,31 @@ async fn a_low_balance_users_concurrent_requests_are_served_while_their_real_cos
     let dir = gw.stop().await;
     assert_books_balance(dir.path());
 }
+
+#[tokio::test]
+async fn web_searches_are_reserved_and_charged_at_their_price() {
+    let (gw, keys) = start_priced(&[User::new("alice", "10")]).await;
+    // Anthropic's search: a context size bounds the searches (low: one); each costs 0.01 USD.
+    let mut body = chat_body(
+        "claude-sonnet-4-20250514",
+        "news please mock:searches=1 mock:tokens=10",
+    );
+    body["web_search_options"] = json!({"search_context_size": "low"});
+    let r = gw.chat(&keys[0], body).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // 4 × 3e-6 + 10 × 1.5e-5 + 1 × 0.01
+    assert_eq!(charged(&r), usd("0.010162"));
+    let rows = usage_rows(gw.dir.path());
+    assert_eq!(rows[0].metadata["web_searches"], 1);
+    assert_eq!(rows[0].overage, Credits::ZERO);
+    // Unbounded searches are refused before anything is bought.
+    let before = gw.mock.stats().requests;
+    let mut body = chat_body("claude-sonnet-4-20250514", "news");
+    body["web_search_options"] = json!({});
+    assert_eq!(gw.chat(&keys[0], body).await.status(), 400);
+    let mut body = chat_body("claude-sonnet-4-20250514", "news");
+    body["tools"] = json!([{"type": "web_search_20250305", "name": "web_search"}]);
+    assert_eq!(gw.chat(&keys[0], body).await.status(), 400);
+    assert_eq!(gw.mock.stats().requests, before);
+    gw.stop().await;
+}
