@@ -6,7 +6,8 @@
 //! [`MockUpstream`] is dropped), even with hanging, stalled or endless requests in flight.
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
-//! `GET /v1/models`, `GET /model/info` (LiteLLM's deployments, when started with [`Options`]
+//! `POST /v1/responses` (OpenAI's Responses API), `POST /v1/messages` and
+//! `POST /v1/messages/count_tokens` (Anthropic's Messages API; see `typed`), `GET /v1/models`, `GET /model/info` (LiteLLM's deployments, when started with [`Options`]
 //! that have one; else a 404 as from a plain OpenAI-compatible server), `GET /health/liveliness`;
 //! anything else is a 404 (405 for a known path with the wrong method) in OpenAI's error shape.
 //!
@@ -31,6 +32,7 @@ mod handlers;
 mod scenario;
 mod state;
 mod stream;
+mod typed;
 mod wire;
 
 use std::fmt;
@@ -109,6 +111,11 @@ pub struct Stats {
     pub last_authorization: Option<String>,
     /// The body of the last POST to a known route, parsed as JSON (`None` if it was not JSON).
     pub last_body: Option<serde_json::Value>,
+    /// The `anthropic-version`, `anthropic-beta` and `x-api-key` headers of the last Messages
+    /// or Responses request.
+    pub last_anthropic_version: Option<String>,
+    pub last_anthropic_beta: Option<String>,
+    pub last_api_key: Option<String>,
 }
 
 impl MockUpstream {
@@ -204,6 +211,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/chat/completions", post(handlers::chat))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
+        .route("/v1/responses", post(typed::responses))
+        .route("/v1/messages", post(typed::messages))
+        .route("/v1/messages/count_tokens", post(typed::count_tokens))
         .route("/v1/models", get(handlers::models))
         .route("/model/info", get(handlers::model_info))
         .route("/health/liveliness", get(handlers::liveliness))

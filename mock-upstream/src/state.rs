@@ -28,6 +28,9 @@ pub(crate) struct Shared {
     last_authorization: Mutex<Option<HeaderValue>>,
     /// The body of the last POST to a known route, unparsed.
     last_body: Mutex<Option<Bytes>>,
+    /// Anthropic's headers of the last Messages request: `anthropic-version`, `anthropic-beta`,
+    /// `x-api-key`.
+    last_anthropic: Mutex<[Option<String>; 3]>,
     /// Flips to `true` once: the server is stopping, and everything that waits must end.
     shutdown: watch::Sender<bool>,
     /// How the mock behaves beyond its scenarios (fixed at start).
@@ -54,6 +57,7 @@ impl Shared {
             calls: AtomicU64::new(0),
             last_authorization: Mutex::new(None),
             last_body: Mutex::new(None),
+            last_anthropic: Mutex::new([None, None, None]),
             shutdown: watch::Sender::new(false),
         }
     }
@@ -77,6 +81,19 @@ impl Shared {
     pub(crate) fn record_body(&self, body: Bytes) {
         let old = lock(&self.last_body).replace(body);
         drop(old); // outside the lock
+    }
+
+    pub(crate) fn record_headers(&self, headers: &axum::http::HeaderMap) {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        *lock(&self.last_anthropic) = [
+            get("anthropic-version"),
+            get("anthropic-beta"),
+            get("x-api-key"),
+        ];
     }
 
     pub(crate) fn stream_started(&self) {
@@ -114,6 +131,7 @@ impl Shared {
             .as_ref()
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let last_body = lock(&self.last_body).clone();
+        let [anthropic_version, anthropic_beta, api_key] = lock(&self.last_anthropic).clone();
         Stats {
             requests: self.requests.load(Ordering::SeqCst),
             streams_started: self.streams_started.load(Ordering::SeqCst),
@@ -121,6 +139,9 @@ impl Shared {
             streams_cancelled: *self.cancelled.borrow(),
             last_authorization,
             last_body: last_body.and_then(|b| serde_json::from_slice(&b).ok()),
+            last_anthropic_version: anthropic_version,
+            last_anthropic_beta: anthropic_beta,
+            last_api_key: api_key,
         }
     }
 }

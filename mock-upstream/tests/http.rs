@@ -674,3 +674,129 @@ async fn model_info_is_served_only_when_configured() {
     assert_eq!(models["data"][0]["id"], "m");
     assert_eq!(models["data"].as_array().unwrap().len(), 1);
 }
+
+/// `event: kind` and the parsed data of each event of a typed stream.
+async fn typed_events(response: Response) -> Vec<(String, Value)> {
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = response.text().await.unwrap();
+    text.split_terminator("\n\n")
+        .map(|event| {
+            let mut lines = event.lines();
+            let kind = lines
+                .next()
+                .unwrap()
+                .strip_prefix("event: ")
+                .unwrap()
+                .to_owned();
+            let data = lines.next().unwrap().strip_prefix("data: ").unwrap();
+            (kind, parse(data))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_responses_api_json_and_stream() {
+    let mock = MockUpstream::spawn().await.unwrap();
+    let body = json!({"model": "gpt-4o", "input": "hi there mock:tokens=5 mock:cached=1 mock:reasoning=2",
+                      "max_output_tokens": 100});
+    let json: Value = post(&mock, "/v1/responses", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(json["object"], "response");
+    assert_eq!(json["status"], "completed");
+    assert_eq!(json["usage"]["input_tokens"], 5);
+    assert_eq!(json["usage"]["input_tokens_details"]["cached_tokens"], 1);
+    assert_eq!(json["usage"]["output_tokens"], 7, "5 words + 2 reasoning");
+    assert_eq!(
+        json["usage"]["output_tokens_details"]["reasoning_tokens"],
+        2
+    );
+    assert_eq!(
+        json["output"][0]["content"][0]["text"],
+        "lorem ipsum dolor sit amet"
+    );
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    stream["max_output_tokens"] = json!(3);
+    let events = typed_events(post(&mock, "/v1/responses", &stream).await).await;
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"response.created"));
+    assert_eq!(kinds.last(), Some(&"response.incomplete"), "capped at 3");
+    let deltas = kinds
+        .iter()
+        .filter(|k| **k == "response.output_text.delta")
+        .count();
+    assert_eq!(deltas, 3);
+    let last = &events.last().unwrap().1;
+    assert_eq!(last["response"]["usage"]["output_tokens"], 5);
+    assert!(events.iter().all(|(k, d)| d["type"] == k.as_str()));
+}
+
+#[tokio::test]
+async fn the_messages_api_json_stream_errors_and_count_tokens() {
+    let mock = MockUpstream::spawn().await.unwrap();
+    let body = json!({"model": "claude-sonnet-4", "max_tokens": 100,
+        "system": "be brief", "messages": [{"role": "user",
+        "content": "hi mock:tokens=4 mock:cached=2 mock:cache_write=3"}]});
+    let response = Client::new()
+        .post(format!("{}/v1/messages", mock.url()))
+        .header("x-api-key", "sk-ant-test")
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "prompt-caching-2024-07-31")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let json: Value = response.json().await.unwrap();
+    assert_eq!(json["type"], "message");
+    assert_eq!(json["stop_reason"], "end_turn");
+    // 6 prompt words (the system's 2 and the message's 4) + 3 written, 2 of them read from the
+    // cache: input 4, read 2, written 3.
+    assert_eq!(
+        json["usage"],
+        json!({"input_tokens": 4, "cache_creation_input_tokens": 3,
+               "cache_read_input_tokens": 2, "output_tokens": 4})
+    );
+    let stats = mock.stats();
+    assert_eq!(stats.last_anthropic_version.as_deref(), Some("2023-06-01"));
+    assert_eq!(
+        stats.last_anthropic_beta.as_deref(),
+        Some("prompt-caching-2024-07-31")
+    );
+    assert_eq!(stats.last_api_key.as_deref(), Some("sk-ant-test"));
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let events = typed_events(post(&mock, "/v1/messages", &stream).await).await;
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"message_start"));
+    assert_eq!(kinds.last(), Some(&"message_stop"));
+    assert_eq!(
+        events[0].1["message"]["usage"]["cache_read_input_tokens"],
+        2
+    );
+    let delta = events.iter().find(|(k, _)| k == "message_delta").unwrap();
+    assert_eq!(delta.1["usage"]["output_tokens"], 4);
+    // An error event mid-stream, in Anthropic's shape.
+    let mut failing = stream.clone();
+    failing["messages"][0]["content"] = json!("hi mock:tokens=9 mock:error_after=2");
+    let events = typed_events(post(&mock, "/v1/messages", &failing).await).await;
+    let (kind, data) = events.last().unwrap();
+    assert_eq!(kind, "error");
+    assert_eq!(data["error"]["type"], "overloaded_error");
+    // Errors and max_tokens, as Anthropic answers them.
+    let mut missing = body.clone();
+    missing.as_object_mut().unwrap().remove("max_tokens");
+    let r = post(&mock, "/v1/messages", &missing).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let error: Value = r.json().await.unwrap();
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    let counted: Value = post(&mock, "/v1/messages/count_tokens", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(counted["input_tokens"], 6, "system 2 words + message 4");
+}
