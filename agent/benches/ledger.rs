@@ -401,6 +401,7 @@ fn usage() -> UsageRecord {
         app_id: Some(APP_ID.to_owned()),
         user_agent: Some(USER_AGENT.to_owned()),
         client_ip: Some(CLIENT_IP.to_owned()),
+        response_id: None,
     }
 }
 

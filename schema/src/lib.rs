@@ -19,12 +19,13 @@ pub mod sqlite {
     //! Versions: 1 — the core books (`V1__core.sql`); 2 — imported price tables
     //! (`V2__prices.sql`); 3 — the sync client's state and applied inbox events (`V3__sync.sql`);
     //! 4 — every price dimension, the Responses mode, price aliases and hand-made price table
-    //! versions (`V4__price_dimensions.sql`).
+    //! versions (`V4__price_dimensions.sql`); 5 — the Responses API responses served
+    //! (`V5__served_responses.sql`).
 
     refinery::embed_migrations!("migrations/sqlite");
 
     /// The newest migration version embedded in this build.
-    pub const LATEST_VERSION: i32 = 4;
+    pub const LATEST_VERSION: i32 = 5;
 
     /// refinery's history table, which records the applied versions.
     pub const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -1,4 +1,5 @@
-//! A non-streamed answer: read whole (bounded by `limits.response_bytes_max`, within
+//! A non-streamed answer (a chat answer, a Responses API response object, an Anthropic
+//! message): read whole (bounded by `limits.response_bytes_max`, within
 //! `upstream.response_timeout_secs`), metered, settled, and passed to the client with what it
 //! cost (`x-tollgate-credits-charged`) and the balance after (`x-tollgate-balance`).
 //!
@@ -15,6 +16,7 @@ use crate::ledger::UsageErrorType;
 
 use super::error::ApiError;
 use super::exchange::{Exchange, Outcome};
+use super::request::{RESPONSE_ID_LEN_MAX, Wire};
 use super::{upstream, usage};
 
 /// A non-streamed answer: read it whole (bounded, timed), meter, settle, respond.
@@ -59,9 +61,13 @@ pub async fn respond_json(
         }
     };
     exchange.observe(exchange.origin.started.elapsed(), true, None);
-    let (mut usage, estimated) = match usage::reported_usage(&parsed) {
+    let wire = exchange.origin.endpoint.wire();
+    let (mut usage, estimated) = match usage::reported_usage(wire, &parsed) {
         Some(u) => (u, false),
-        None => (exchange.estimate(usage::generated_bytes(&parsed)), true),
+        None => (
+            exchange.estimate(usage::generated_bytes(wire, &parsed)),
+            true,
+        ),
     };
     exchange.count_searches(&mut usage, usage::cites_the_web(&parsed));
     let outcome = Outcome {
@@ -69,6 +75,11 @@ pub async fn respond_json(
         estimated,
         http_status: status.as_u16(),
         response_model: usage::response_model(&parsed).map(str::to_owned),
+        response_id: (wire != Wire::Chat)
+            .then(|| parsed.get("id").and_then(Value::as_str))
+            .flatten()
+            .filter(|id| !id.is_empty() && id.len() <= RESPONSE_ID_LEN_MAX)
+            .map(str::to_owned),
         ..Outcome::default()
     };
     let settled = exchange.settle(outcome).await?;

@@ -1,4 +1,5 @@
-//! Who is calling: the `Authorization: Bearer <key>` of a key tollgate issued, looked up by its
+//! Who is calling: the `Authorization: Bearer <key>` (or Anthropic's `x-api-key: <key>`) of a
+//! key tollgate issued, looked up by its
 //! SHA-256 (the only form stored), with what the request path needs about the user (tier, level,
 //! BYOK providers).
 //!
@@ -23,8 +24,10 @@ use super::writer::LedgerWriter;
 
 /// Cached callers at most; when full, the cache is emptied (and refills from the database).
 pub const AUTH_CACHE_MAX: usize = 100_000;
-/// The longest Authorization header accepted.
+/// The longest Authorization (or x-api-key) header accepted.
 const AUTHORIZATION_LEN_MAX: usize = 1_024;
+/// Where Anthropic's SDKs send the key.
+const API_KEY_HEADER: &str = "x-api-key";
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,16 +79,12 @@ impl AuthCache {
     }
 }
 
-/// The bearer key of a request, or a 401 saying what is missing.
+/// The key of a request: `Authorization: Bearer <key>` (OpenAI's SDKs), or `x-api-key: <key>`
+/// (Anthropic's) when there is no Authorization header; or a 401 saying what is missing.
 fn bearer(headers: &HeaderMap) -> Result<Zeroizing<String>, ApiError> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| {
-            ApiError::Unauthorized(
-                "missing API key: send the header \"Authorization: Bearer <your tollgate key>\""
-                    .into(),
-            )
-        })?;
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return api_key_header(headers);
+    };
     if value.len() > AUTHORIZATION_LEN_MAX {
         return Err(ApiError::Unauthorized(
             "the Authorization header is too long".into(),
@@ -100,6 +99,27 @@ fn bearer(headers: &HeaderMap) -> Result<Zeroizing<String>, ApiError> {
         .ok_or_else(|| {
             ApiError::Unauthorized("the Authorization header must be \"Bearer <key>\"".into())
         })?
+        .trim();
+    Ok(Zeroizing::new(key.to_owned()))
+}
+
+/// The key in `x-api-key`, as Anthropic's SDKs send it.
+fn api_key_header(headers: &HeaderMap) -> Result<Zeroizing<String>, ApiError> {
+    let value = headers.get(API_KEY_HEADER).ok_or_else(|| {
+        ApiError::Unauthorized(
+            "missing API key: send the header \"Authorization: Bearer <your tollgate key>\" \
+             (or \"x-api-key: <your tollgate key>\")"
+                .into(),
+        )
+    })?;
+    if value.len() > AUTHORIZATION_LEN_MAX {
+        return Err(ApiError::Unauthorized(
+            "the x-api-key header is too long".into(),
+        ));
+    }
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("the x-api-key header is not text".into()))?
         .trim();
     Ok(Zeroizing::new(key.to_owned()))
 }
@@ -176,6 +196,11 @@ mod tests {
         assert!(bearer(&h).unwrap_err().to_string().contains("Bearer <key>"));
         h.insert("authorization", HeaderValue::from_static("Bearer tg_abc "));
         assert_eq!(bearer(&h).unwrap().as_str(), "tg_abc");
+        // Anthropic's SDKs: x-api-key, read only without an Authorization header.
+        h.insert("x-api-key", HeaderValue::from_static("tg_other"));
+        assert_eq!(bearer(&h).unwrap().as_str(), "tg_abc");
+        h.remove("authorization");
+        assert_eq!(bearer(&h).unwrap().as_str(), "tg_other");
     }
 
     #[test]

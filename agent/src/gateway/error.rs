@@ -1,7 +1,9 @@
 //! Every refusal and failure the gateway answers with, in OpenAI's error shape
 //! (`{"error": {"message", "type", "param", "code"}}`) and with the statuses OpenAI's SDKs map to
 //! their own error types (401 AuthenticationError, 402/429 with `insufficient_quota`, 403
-//! PermissionDeniedError, 404 NotFoundError, …). Messages are for the client: they name what was
+//! PermissionDeniedError, 404 NotFoundError, …); on the Messages API in Anthropic's shape
+//! (`{"type": "error", "error": {"type", "message"}}`, too little credit as its `billing_error`),
+//! which Anthropic's SDKs map the same way. Messages are for the client: they name what was
 //! wrong and never carry a key or an internal error's details (those go to the log).
 
 use axum::http::{HeaderValue, StatusCode};
@@ -10,6 +12,8 @@ use serde_json::json;
 use tollgate_schema::money::Credits;
 
 use crate::ledger::{PowerLevel, UsageErrorType};
+
+use super::request::Wire;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
@@ -178,9 +182,48 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (self.status(), axum::Json(self.body())).into_response();
+impl ApiError {
+    /// Anthropic's `error.type` for this error, so its SDKs raise their own exceptions
+    /// (`AuthenticationError`, `PermissionDeniedError`, `NotFoundError`, `RateLimitError`, …).
+    fn anthropic_kind(&self) -> &'static str {
+        match self {
+            ApiError::InsufficientCredit { .. } | ApiError::SpendCap { .. } => "billing_error",
+            _ => match self.status().as_u16() {
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                503 | 529 => "overloaded_error",
+                504 => "timeout_error",
+                400..=499 => "invalid_request_error",
+                _ => "api_error",
+            },
+        }
+    }
+
+    /// The error in Anthropic's shape: `{"type": "error", "error": {"type", "message"}}`, with
+    /// tollgate's `code` and details beside them.
+    pub fn anthropic_body(&self) -> serde_json::Value {
+        let mut error = self.body()["error"].take();
+        error["type"] = json!(self.anthropic_kind());
+        if let Some(fields) = error.as_object_mut() {
+            fields.remove("param");
+        }
+        json!({"type": "error", "error": error})
+    }
+
+    /// The error as an answer in `wire`'s shape: Anthropic's for the Messages API, OpenAI's
+    /// otherwise.
+    pub fn respond(self, wire: Wire) -> Response {
+        if wire != Wire::Messages {
+            return self.into_response();
+        }
+        let body = self.anthropic_body();
+        self.with_headers((self.status(), axum::Json(body)).into_response())
+    }
+
+    fn with_headers(&self, mut response: Response) -> Response {
         match self {
             ApiError::Overloaded(_) => {
                 response
@@ -197,6 +240,13 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let response = (self.status(), axum::Json(self.body())).into_response();
+        self.with_headers(response)
     }
 }
 
@@ -219,5 +269,26 @@ mod tests {
         assert_eq!(body["error"]["minimum_cost"], "2");
         assert_eq!(body["error"]["estimated_cost"], "3");
         assert!(body["error"]["message"].as_str().unwrap().contains("1.5"));
+        let anthropic = e.anthropic_body();
+        assert_eq!(anthropic["type"], "error");
+        assert_eq!(anthropic["error"]["type"], "billing_error");
+        assert_eq!(anthropic["error"]["balance_available"], "1.5");
+    }
+
+    #[test]
+    fn anthropic_error_types_follow_the_status() {
+        for (e, kind) in [
+            (ApiError::Unauthorized("k".into()), "authentication_error"),
+            (ApiError::Forbidden("f".into()), "permission_error"),
+            (ApiError::NotFound("n".into()), "not_found_error"),
+            (ApiError::BadRequest("b".into()), "invalid_request_error"),
+            (ApiError::TooLarge { limit: 1 }, "request_too_large"),
+            (ApiError::TooManyInFlight("t".into()), "rate_limit_error"),
+            (ApiError::Overloaded("o".into()), "overloaded_error"),
+            (ApiError::UpstreamTimeout("t".into()), "timeout_error"),
+            (ApiError::UpstreamFailed("u".into()), "api_error"),
+        ] {
+            assert_eq!(e.anthropic_body()["error"]["type"], kind, "{e:?}");
+        }
     }
 }

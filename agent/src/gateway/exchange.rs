@@ -56,6 +56,8 @@ pub struct Outcome {
     pub error: Option<(UsageErrorType, String)>,
     /// The model the answer names.
     pub response_model: Option<String>,
+    /// The id of the response or message, as the client saw it.
+    pub response_id: Option<String>,
 }
 
 /// A request admitted to the upstream.
@@ -253,6 +255,9 @@ impl Exchange {
         {
             put("response_model", json!(m));
         }
+        if let Some(id) = &outcome.response_id {
+            put("response_id", json!(id));
+        }
         for (key, n) in [
             ("cached_tokens", u.cached_tokens),
             ("cache_creation_tokens", u.cache_creation_tokens),
@@ -291,6 +296,11 @@ impl Exchange {
             app_id: None,
             user_agent: self.origin.user_agent.clone(),
             client_ip: self.origin.client_ip.clone(),
+            // A Responses answer that completed can be continued from: remembered as served.
+            response_id: outcome
+                .response_id
+                .clone()
+                .filter(|_| self.origin.endpoint == Endpoint::Responses && outcome.error.is_none()),
         }
     }
 }

@@ -12,8 +12,8 @@
 //! pure), [`tokens`] (the prompt's ceiling, pure), [`pricing`] (credits, pure), [`money`] (the
 //! hold as a value, admission), [`exchange`] (an admitted request and how it ends),
 //! [`upstream`] (forwarding), [`usage`] and [`sse`] (reading answers and streams, pure),
-//! [`proxy`] (the request path), [`answer`] (a JSON answer), [`stream`] (the metered SSE body), [`models`] (the model
-//! list), [`health`] (latency and provider health), [`alerts`] (low-balance webhooks),
+//! [`proxy`] (the request path), [`answer`] (a JSON answer), [`stream`] (the metered SSE
+//! body), [`count`] (Anthropic's free token count), [`models`] (the model list), [`health`] (latency and provider health), [`alerts`] (low-balance webhooks),
 //! [`metrics`] (Prometheus).
 //!
 //! Guarantees: no route forwards anything unmetered (unknown routes get a 404 in OpenAI's
@@ -26,6 +26,7 @@ pub mod alerts;
 mod answer;
 mod auth;
 pub mod config;
+mod count;
 pub mod error;
 mod exchange;
 pub mod health;
@@ -258,14 +259,26 @@ pub async fn serve(
     Ok(served?)
 }
 
-/// The routes: the metered OpenAI API, health, readiness, metrics; 404 for everything else.
+/// The routes: the metered APIs (OpenAI's chat, completions, embeddings and Responses;
+/// Anthropic's Messages and its free token count), each also without the `/v1` prefix as
+/// LiteLLM accepts them; the model list; health, readiness, metrics; 404 for everything else.
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(proxy::chat))
-        .route("/v1/completions", post(proxy::completions))
-        .route("/v1/embeddings", post(proxy::embeddings))
-        .route("/v1/models", get(models::list))
-        .route("/v1/models/{*id}", get(models::one))
+    let mut router = Router::new();
+    for prefix in ["/v1", ""] {
+        router = router
+            .route(&format!("{prefix}/chat/completions"), post(proxy::chat))
+            .route(&format!("{prefix}/completions"), post(proxy::completions))
+            .route(&format!("{prefix}/embeddings"), post(proxy::embeddings))
+            .route(&format!("{prefix}/responses"), post(proxy::responses))
+            .route(&format!("{prefix}/messages"), post(proxy::messages))
+            .route(
+                &format!("{prefix}/messages/count_tokens"),
+                post(count::count_tokens),
+            )
+            .route(&format!("{prefix}/models"), get(models::list))
+            .route(&format!("{prefix}/models/{{*id}}"), get(models::one));
+    }
+    router
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -277,7 +290,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 async fn not_found(uri: axum::http::Uri, method: axum::http::Method) -> Response {
     ApiError::NotFound(format!(
         "{method} {} is not a route of this gateway; it serves POST /v1/chat/completions, \
-         POST /v1/completions, POST /v1/embeddings and GET /v1/models",
+         /v1/completions, /v1/embeddings, /v1/responses, /v1/messages and \
+         /v1/messages/count_tokens, and GET /v1/models (each also without /v1)",
         uri.path()
     ))
     .into_response()

@@ -20,6 +20,7 @@ use super::auth::{self, Caller};
 use super::config::levels_allowed;
 use super::error::ApiError;
 use super::proxy::refusal;
+use super::request::Wire;
 use super::routing;
 
 /// `GET /v1/models`.
@@ -28,7 +29,7 @@ pub async fn list(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respons
         Ok(caller) => {
             axum::Json(json!({"object": "list", "data": available(&gw, &caller)})).into_response()
         }
-        Err(e) => refusal(&gw, e),
+        Err(e) => refusal(&gw, e, Wire::Chat),
     }
 }
 
@@ -40,7 +41,7 @@ pub async fn one(
 ) -> Response {
     let caller = match auth::authenticate(&gw.auth_cache, &gw.writer, &headers).await {
         Ok(c) => c,
-        Err(e) => return refusal(&gw, e),
+        Err(e) => return refusal(&gw, e, Wire::Chat),
     };
     match available(&gw, &caller)
         .into_iter()

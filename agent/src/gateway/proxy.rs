@@ -21,10 +21,11 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use tollgate_schema::money::Credits;
 
 use crate::ledger::PowerLevel;
+use crate::ledger::responses::SERVED_RESPONSE_RETENTION_DAYS;
 use crate::prices::cost::Ceiling;
 
 use super::Gateway;
@@ -35,7 +36,7 @@ use super::exchange::{Exchange, Origin};
 use super::metrics::{ReasonLabels, RequestLabels};
 use super::money::{Reserve, Ticket};
 use super::pricing::{Factors, Quote};
-use super::request::{self, ClientRequest, Endpoint};
+use super::request::{self, ClientRequest, Endpoint, Wire};
 use super::routing::{self, Route};
 use super::stream::{self, StreamMeter};
 use super::tokens;
@@ -72,6 +73,14 @@ pub async fn embeddings(
     handle(s, Endpoint::Embeddings, c, r).await
 }
 
+pub async fn responses(s: State<Arc<Gateway>>, c: ConnectInfo<SocketAddr>, r: Request) -> Response {
+    handle(s, Endpoint::Responses, c, r).await
+}
+
+pub async fn messages(s: State<Arc<Gateway>>, c: ConnectInfo<SocketAddr>, r: Request) -> Response {
+    handle(s, Endpoint::Messages, c, r).await
+}
+
 /// One metered request, start to response.
 async fn handle(
     State(gw): State<Arc<Gateway>>,
@@ -87,8 +96,9 @@ async fn handle(
         model: "-".into(),
         level: "-",
     };
+    let wire = endpoint.wire();
     let mut response = match auth::authenticate(&gw.auth_cache, &gw.writer, &parts.headers).await {
-        Err(e) => refusal(&gw, e),
+        Err(e) => refusal(&gw, e, wire),
         Ok(caller) => {
             let origin = Origin {
                 request_id: request_id.clone(),
@@ -112,30 +122,36 @@ async fn handle(
                     ApiError::Internal {
                         request_id: request_id.clone(),
                     }
-                    .into_response()
+                    .respond(wire)
                 }
             }
         }
     };
     labels.status = response.status().as_u16();
     gw.metrics.requests.get_or_create(&labels).inc();
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        // Also under the name OpenAI's SDKs read (`_request_id`).
-        response.headers_mut().insert("x-request-id", v.clone());
-        response.headers_mut().insert("x-tollgate-request-id", v);
-    }
+    name_request(&mut response, &request_id);
     response
 }
 
-/// Counts a refusal and answers it.
-pub fn refusal(gw: &Gateway, e: ApiError) -> Response {
+/// Names the request in its answer: under the names OpenAI's SDKs read (`x-request-id`),
+/// Anthropic's (`request-id`), and tollgate's own.
+pub fn name_request(response: &mut Response, request_id: &str) {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        for name in ["x-request-id", "request-id", "x-tollgate-request-id"] {
+            response.headers_mut().insert(name, v.clone());
+        }
+    }
+}
+
+/// Counts a refusal and answers it in `wire`'s error shape.
+pub fn refusal(gw: &Gateway, e: ApiError, wire: Wire) -> Response {
     if e.status().is_client_error() {
         gw.metrics
             .refusals
             .get_or_create(&ReasonLabels { reason: e.code() })
             .inc();
     }
-    e.into_response()
+    e.respond(wire)
 }
 
 /// What is known of a request that failed before it was admitted, for its usage row.
@@ -155,13 +171,14 @@ async fn run(
     body: Body,
 ) -> (Response, String, &'static str) {
     let mut known = Known::default();
+    let wire = origin.endpoint.wire();
     match admit(&gw, &origin, &headers, body, &mut known).await {
         Ok((exchange, request)) => {
             let model = gw.model_label(&exchange.route.forward_as);
             let level = exchange.level.as_str();
-            let response = match forward(exchange, request).await {
+            let response = match forward(exchange, request, &headers).await {
                 Ok(response) => response,
-                Err(e) => refusal(&gw, e),
+                Err(e) => refusal(&gw, e, wire),
             };
             (response, model, level)
         }
@@ -182,7 +199,7 @@ async fn run(
             Ticket::unreserved(gw.clone(), &origin.caller.user_id, &origin.request_id)
                 .release(usage)
                 .await;
-            (refusal(&gw, e), model, level)
+            (refusal(&gw, e, wire), model, level)
         }
     }
 }
@@ -214,6 +231,7 @@ async fn admit(
     };
     known.model = Some(request.model.clone());
     known.stream = request.stream;
+    upstream::passed_headers(endpoint.path(), headers)?;
     let caller: &Caller = &origin.caller;
     let level = routing::resolve_level(
         caller.tier,
@@ -237,7 +255,7 @@ async fn admit(
     drop(catalog);
 
     let loaded = tokens::is_loaded(tokens::tokenizer_for(&route.price));
-    let prompt = if !loaded || bytes_len(&request) > BLOCKING_BODY_BYTES {
+    let mut prompt = if !loaded || bytes_len(&request) > BLOCKING_BODY_BYTES {
         let (r, price) = (request.clone(), route.price.clone());
         tokio::task::spawn_blocking(move || tokens::prompt_ceiling(&r, &price))
             .await
@@ -245,11 +263,24 @@ async fn admit(
     } else {
         tokens::prompt_ceiling(&request, &route.price)?
     };
+    prompt.tokens = prompt
+        .tokens
+        .saturating_add(previous_response_tokens(gw, origin, &request).await?);
     let (byok, byok_key_id) =
         match upstream::open_byok_key(gw, origin, &route.price.provider).await? {
             Some((byok, id)) => (Some(byok), Some(id)),
             None => (None, None),
         };
+    if let Some(b) = &byok
+        && !byok_serves(&b.provider, endpoint)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "your own {provider} key cannot serve {path}: tollgate sends BYOK requests straight \
+             to the provider, and {provider} does not speak this API; use /v1/chat/completions",
+            provider = b.provider,
+            path = endpoint.path()
+        )));
+    }
     let config = &gw.config;
     let quote = Quote::new(
         route.price.clone(),
@@ -283,6 +314,12 @@ async fn admit(
         0
     };
     let searches = request.searches_ceiling(&route.price.provider)?;
+    if route.price.provider == "anthropic" {
+        // Anthropic bills a search's results as input tokens of the turns after it.
+        prompt.tokens = prompt
+            .tokens
+            .saturating_add(searches.saturating_mul(tokens::SEARCH_RESULT_TOKENS));
+    }
     let ceiling = Ceiling {
         prompt_tokens: prompt.tokens,
         output_tokens: wanted.saturating_mul(choices),
@@ -359,6 +396,51 @@ async fn admit(
     Ok((exchange, request))
 }
 
+/// Whether a BYOK request to `provider` (sent straight to it) can be served on `endpoint`: the
+/// Responses API is OpenAI's, the Messages API Anthropic's; chat, completions and embeddings go
+/// to any provider's OpenAI-compatible endpoint.
+fn byok_serves(provider: &str, endpoint: Endpoint) -> bool {
+    match endpoint {
+        Endpoint::Responses => provider == "openai",
+        Endpoint::Messages => provider == "anthropic",
+        _ => true,
+    }
+}
+
+/// The tokens a Responses request's `previous_response_id` adds to its prompt: the prompt and
+/// the output of that response, as metered when this gateway served it to this caller. A
+/// response this gateway did not serve (another host's, another user's, or past the retention)
+/// cannot be bounded: refused.
+async fn previous_response_tokens(
+    gw: &Gateway,
+    origin: &Origin,
+    request: &ClientRequest,
+) -> Result<u64, ApiError> {
+    let Some(id) = request.previous_response_id.clone() else {
+        return Ok(0);
+    };
+    let lookup = id.clone();
+    let served = gw
+        .writer
+        .read(move |ledger| ledger.served_response(&lookup))
+        .await
+        .map_err(|e| ApiError::Overloaded(e.to_string()))?
+        .map_err(|e| {
+            tracing::error!(request_id = %origin.request_id, error = %e, "reading a served response failed");
+            internal_error(origin)
+        })?;
+    match served {
+        Some(r) if r.user_id == origin.caller.user_id => {
+            Ok(u64::from(r.prompt_tokens) + u64::from(r.completion_tokens))
+        }
+        _ => Err(ApiError::BadRequest(format!(
+            "\"previous_response_id\" {id:?} is not a response this gateway served you in the \
+             last {SERVED_RESPONSE_RETENTION_DAYS} days: tollgate cannot bound the conversation it \
+             would add to the prompt; send the earlier turns as \"input\" instead"
+        ))),
+    }
+}
+
 fn bytes_len(request: &ClientRequest) -> usize {
     request
         .body
@@ -374,12 +456,19 @@ fn internal_error(origin: &Origin) -> ApiError {
 }
 
 /// Sends the admitted request and answers the client: a metered stream, or a JSON body.
-async fn forward(mut exchange: Exchange, request: ClientRequest) -> Result<Response, ApiError> {
+async fn forward(
+    mut exchange: Exchange,
+    request: ClientRequest,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let model = exchange.upstream_model();
     let body = request.forwarded(&model);
     let byok = exchange.byok.take();
     let gw = exchange.gw.clone();
-    let sent = upstream::send(&gw, request.endpoint, &body, byok, |took, e| {
+    let path = request.endpoint.path();
+    // Checked when the request was admitted.
+    let passed = upstream::passed_headers(path, headers).unwrap_or_default();
+    let sent = upstream::send(&gw, path, &body, byok, passed, |took, e| {
         exchange.observe(took, false, Some(&e.to_string()));
     })
     .await;
@@ -396,7 +485,13 @@ async fn forward(mut exchange: Exchange, request: ClientRequest) -> Result<Respo
         .then_some(exchange.cap_sent)
         .flatten();
     let mut response = if request.stream && upstream::is_event_stream(upstream.headers()) {
-        stream::respond(StreamMeter::new(exchange, upstream, !request.usage_asked))
+        let wire = request.endpoint.wire();
+        stream::respond(StreamMeter::new(
+            exchange,
+            wire,
+            upstream,
+            !request.usage_asked,
+        ))
     } else {
         answer::respond_json(exchange, upstream).await?
     };

@@ -33,6 +33,8 @@ pub const PROMPTS_MAX: u64 = 2_048;
 pub const MODEL_NAME_LEN_MAX: usize = 256;
 /// Most `top_logprobs` OpenAI allows.
 pub const TOP_LOGPROBS_MAX: u64 = 20;
+/// Longest response id accepted (`previous_response_id`).
+pub const RESPONSE_ID_LEN_MAX: usize = 1_024;
 /// Bytes one output token may take in a JSON answer (the longest tokens, JSON-escaped).
 pub const ANSWER_BYTES_PER_TOKEN_MAX: u64 = 32;
 /// Bytes one log probability alternative may take, per token.
@@ -89,6 +91,24 @@ pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// OpenAI's Responses API.
+    Responses,
+    /// Anthropic's Messages API.
+    Messages,
+}
+
+/// How an endpoint's answers and errors are shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// OpenAI's chat, completions and embeddings: `choices`, streams of `data:` chunks ending in
+    /// `data: [DONE]`, errors as `{"error": {...}}`.
+    Chat,
+    /// OpenAI's Responses API: typed events ending in `response.completed`, `.incomplete` or
+    /// `.failed`; errors as OpenAI's.
+    Responses,
+    /// Anthropic's Messages API: typed events ending in `message_stop`; errors as
+    /// `{"type": "error", "error": {...}}`.
+    Messages,
 }
 
 /// OpenAI's chat completion parameters, and Anthropic's `thinking` (LiteLLM passes it to Claude
@@ -164,14 +184,93 @@ const EMBEDDING_FIELDS: &[&str] = &[
     "user",
 ];
 
+/// OpenAI's Responses API parameters. Left out on purpose: `background` (no answer to meter),
+/// `conversation` and `prompt` (server-side state of unknown size); `previous_response_id` is
+/// accepted only for responses this gateway served (see `proxy`).
+const RESPONSES_FIELDS: &[&str] = &[
+    "model",
+    "input",
+    "include",
+    "instructions",
+    "max_output_tokens",
+    "max_tool_calls",
+    "metadata",
+    "parallel_tool_calls",
+    "previous_response_id",
+    "prompt_cache_key",
+    "reasoning",
+    "safety_identifier",
+    "service_tier",
+    "store",
+    "stream",
+    "stream_options",
+    "temperature",
+    "text",
+    "tool_choice",
+    "tools",
+    "top_logprobs",
+    "top_p",
+    "truncation",
+    "user",
+];
+
+/// Anthropic's Messages API parameters (left out: `mcp_servers`, `container`: server-side
+/// tools tollgate cannot meter).
+const MESSAGES_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "metadata",
+    "service_tier",
+    "stop_sequences",
+    "stream",
+    "system",
+    "temperature",
+    "thinking",
+    "tool_choice",
+    "tools",
+    "top_k",
+    "top_p",
+];
+
+/// Fields refused whatever an operator allows, with why: what they ask for cannot be metered.
+const UNMETERABLE_FIELDS: &[(&str, &str)] = &[
+    (
+        "background",
+        "a background response is answered later, elsewhere, and tollgate charges what it reads \
+         from the answer; send the request in the foreground (streaming keeps it alive)",
+    ),
+    (
+        "conversation",
+        "a stored conversation adds earlier turns of unknown size to the prompt; send them as \
+         \"input\", or continue from a response this gateway served (\"previous_response_id\")",
+    ),
+    (
+        "prompt",
+        "a stored prompt template adds text of unknown size to the prompt; send it as \
+         \"instructions\"",
+    ),
+    (
+        "mcp_servers",
+        "remote MCP servers run tools, billed apart and of unknown size, that tollgate cannot meter",
+    ),
+    (
+        "container",
+        "a code execution container is billed by the hour, apart from tokens, and tollgate cannot \
+         meter it",
+    ),
+];
+
 /// Accepted, never forwarded: LiteLLM's proxy acts on them (tags, budgets, callbacks).
 const DROPPED_FIELDS: &[&str] = &["metadata"];
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 3] = [
+    pub const ALL: [Endpoint; 5] = [
         Endpoint::ChatCompletions,
         Endpoint::Completions,
         Endpoint::Embeddings,
+        Endpoint::Responses,
+        Endpoint::Messages,
     ];
 
     pub fn path(self) -> &'static str {
@@ -179,6 +278,8 @@ impl Endpoint {
             Endpoint::ChatCompletions => "/v1/chat/completions",
             Endpoint::Completions => "/v1/completions",
             Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Responses => "/v1/responses",
+            Endpoint::Messages => "/v1/messages",
         }
     }
 
@@ -188,6 +289,17 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat_completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
+            Endpoint::Messages => "messages",
+        }
+    }
+
+    /// How its answers and errors are shaped.
+    pub fn wire(self) -> Wire {
+        match self {
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => Wire::Chat,
+            Endpoint::Responses => Wire::Responses,
+            Endpoint::Messages => Wire::Messages,
         }
     }
 
@@ -197,6 +309,8 @@ impl Endpoint {
             Endpoint::ChatCompletions => CHAT_FIELDS,
             Endpoint::Completions => COMPLETION_FIELDS,
             Endpoint::Embeddings => EMBEDDING_FIELDS,
+            Endpoint::Responses => RESPONSES_FIELDS,
+            Endpoint::Messages => MESSAGES_FIELDS,
         }
     }
 
@@ -205,7 +319,8 @@ impl Endpoint {
         self != Endpoint::Embeddings
     }
 
-    /// Whether a model of `mode` can serve this route.
+    /// Whether a model of `mode` can serve this route (LiteLLM serves the Responses and
+    /// Messages APIs for chat models too, translating).
     pub fn serves(self, mode: ModelMode) -> bool {
         matches!(
             (self, mode),
@@ -215,15 +330,17 @@ impl Endpoint {
                     ModelMode::Completion | ModelMode::Chat
                 )
                 | (Endpoint::Embeddings, ModelMode::Embedding)
+                | (Endpoint::Responses, ModelMode::Responses | ModelMode::Chat)
+                | (Endpoint::Messages, ModelMode::Chat)
         )
     }
 
     /// The request field holding the prompt.
     pub fn prompt_field(self) -> &'static str {
         match self {
-            Endpoint::ChatCompletions => "messages",
+            Endpoint::ChatCompletions | Endpoint::Messages => "messages",
             Endpoint::Completions => "prompt",
-            Endpoint::Embeddings => "input",
+            Endpoint::Embeddings | Endpoint::Responses => "input",
         }
     }
 
@@ -231,6 +348,7 @@ impl Endpoint {
     fn default_cap_field(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "max_completion_tokens",
+            Endpoint::Responses => "max_output_tokens",
             _ => "max_tokens",
         }
     }
@@ -239,7 +357,8 @@ impl Endpoint {
     fn cap_fields(self) -> &'static [&'static str] {
         match self {
             Endpoint::ChatCompletions => &["max_completion_tokens", "max_tokens"],
-            Endpoint::Completions => &["max_tokens"],
+            Endpoint::Completions | Endpoint::Messages => &["max_tokens"],
+            Endpoint::Responses => &["max_output_tokens"],
             Endpoint::Embeddings => &[],
         }
     }
@@ -276,6 +395,8 @@ pub struct ClientRequest {
     pub audio_output: bool,
     /// Log probabilities per output token, if asked (they make a body larger).
     pub logprobs: Option<u64>,
+    /// The Responses API response this request continues from.
+    pub previous_response_id: Option<String>,
 }
 
 fn bad(message: String) -> ApiError {
@@ -310,12 +431,26 @@ pub fn parse(
         .keys()
         .find(|k| !endpoint.fields().contains(&k.as_str()) && !extra_fields.iter().any(|e| e == *k))
     {
-        return Err(bad(format!(
-            "field {field:?} is not accepted on {}: tollgate forwards only the fields it prices, \
-             and this one could change the model served or what it costs (an operator can allow \
-             it with requests.extra_fields)",
-            endpoint.path()
-        )));
+        if let Some((_, why)) = UNMETERABLE_FIELDS
+            .iter()
+            .find(|(name, _)| name == field)
+            .filter(|_| {
+                !body[field.as_str()].is_null() && body[field.as_str()] != Value::Bool(false)
+            })
+        {
+            return Err(bad(format!(
+                "field {field:?} is not accepted on {}: {why}",
+                endpoint.path()
+            )));
+        }
+        if !UNMETERABLE_FIELDS.iter().any(|(name, _)| name == field) {
+            return Err(bad(format!(
+                "field {field:?} is not accepted on {}: tollgate forwards only the fields it \
+                 prices, and this one could change the model served or what it costs (an \
+                 operator can allow it with requests.extra_fields)",
+                endpoint.path()
+            )));
+        }
     }
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() && m.len() <= MODEL_NAME_LEN_MAX => m.clone(),
@@ -328,9 +463,10 @@ pub fn parse(
     };
     let prompt_field = endpoint.prompt_field();
     match (endpoint, body.get(prompt_field)) {
+        (Endpoint::Responses, None) if body.contains_key("previous_response_id") => {}
         (_, None) => return Err(bad(format!("missing required field {prompt_field:?}"))),
-        (Endpoint::ChatCompletions, Some(Value::Array(_))) => {}
-        (Endpoint::ChatCompletions, Some(_)) => {
+        (Endpoint::ChatCompletions | Endpoint::Messages, Some(Value::Array(_))) => {}
+        (Endpoint::ChatCompletions | Endpoint::Messages, Some(_)) => {
             return Err(bad("\"messages\" must be an array".into()));
         }
         (_, Some(Value::String(_) | Value::Array(_))) => {}
@@ -340,6 +476,24 @@ pub fn parse(
             )));
         }
     }
+    if endpoint == Endpoint::Messages && positive(&body, "max_tokens")?.is_none() {
+        return Err(bad(
+            "missing required field \"max_tokens\": the Messages API needs an output cap".into(),
+        ));
+    }
+    let previous_response_id = match body.get("previous_response_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= RESPONSE_ID_LEN_MAX => {
+            Some(id.clone())
+        }
+        Some(_) => {
+            return Err(bad(format!(
+                "\"previous_response_id\" must be a response id of 1 to {RESPONSE_ID_LEN_MAX} \
+                 characters"
+            )));
+        }
+    };
+    check_tools(endpoint, &body)?;
     let stream = match body.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b && endpoint.has_output(),
@@ -403,7 +557,7 @@ pub fn parse(
     };
     let search_tool_uses = search_tool_uses(&body)?;
     if let Some(tier) = body.get("service_tier")
-        && !matches!(tier.as_str(), Some("auto" | "default"))
+        && !matches!(tier.as_str(), Some("auto" | "default" | "standard_only"))
         && !tier.is_null()
     {
         return Err(bad(format!(
@@ -417,6 +571,10 @@ pub fn parse(
         Some(_) => return Err(bad("\"modalities\" must be an array".into())),
     };
     let logprobs = match (body.get("logprobs"), endpoint) {
+        (_, Endpoint::Responses) => body
+            .get("top_logprobs")
+            .and_then(Value::as_u64)
+            .map(|n| n.min(TOP_LOGPROBS_MAX)),
         (None | Some(Value::Null) | Some(Value::Bool(false)), _) => None,
         (Some(Value::Bool(true)), _) => Some(
             body.get("top_logprobs")
@@ -430,6 +588,7 @@ pub fn parse(
     Ok(ClientRequest {
         endpoint,
         body,
+        previous_response_id,
         model,
         stream,
         usage_asked,
@@ -441,6 +600,51 @@ pub fn parse(
         audio_output,
         logprobs,
     })
+}
+
+/// Refuses tools whose use tollgate cannot bound or meter: hosted tools billed per call or per
+/// session, or that pull content of unknown size into the prompt (OpenAI's `web_search`,
+/// `file_search`, `code_interpreter`, `image_generation`, `mcp`; Anthropic's `web_fetch`,
+/// `code_execution`). Functions and client-side tools pass; Anthropic's web search passes with
+/// `max_uses` (see [`search_tool_uses`]).
+fn check_tools(endpoint: Endpoint, body: &Map<String, Value>) -> Result<(), ApiError> {
+    let Some(tools) = body.get("tools") else {
+        return Ok(());
+    };
+    let Some(tools) = tools.as_array() else {
+        return if tools.is_null() {
+            Ok(())
+        } else {
+            Err(bad("\"tools\" must be an array".into()))
+        };
+    };
+    for tool in tools {
+        let kind = tool.get("type").and_then(Value::as_str);
+        let allowed = match (endpoint, kind) {
+            (_, Some("function")) => true,
+            (Endpoint::Responses, Some("custom")) => true,
+            (Endpoint::Messages, None | Some("custom")) => true,
+            (Endpoint::Messages, Some(k)) => [
+                "bash_",
+                "text_editor_",
+                "computer_",
+                "memory_",
+                "web_search_",
+            ]
+            .iter()
+            .any(|prefix| k.starts_with(prefix)),
+            (Endpoint::ChatCompletions, Some(k)) => k == "custom" || k.starts_with("web_search"),
+            _ => false,
+        };
+        if !allowed {
+            return Err(bad(format!(
+                "tools of type {} cannot be metered through this gateway (each call is billed \
+                 apart, or pulls content of unknown size into the prompt); use function tools",
+                kind.map_or_else(|| "(none)".to_owned(), |k| format!("{k:?}"))
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Most searches a provider-hosted web search tool in `tools` may run (Anthropic's
@@ -581,9 +785,12 @@ impl ClientRequest {
         }
     }
 
-    /// Asks the upstream for the usage chunk of a stream (hidden again from a client that did
-    /// not ask for it).
+    /// Asks the upstream for the usage chunk of a chat or completions stream (hidden again from a
+    /// client that did not ask for it); the Responses and Messages APIs always send usage.
     pub fn ask_stream_usage(&mut self) {
+        if self.endpoint.wire() != Wire::Chat {
+            return;
+        }
         match self
             .body
             .get_mut("stream_options")

@@ -1,19 +1,24 @@
-//! A streamed (SSE) answer, metered as it passes: each upstream event is forwarded as soon as it
-//! is whole (never the whole stream buffered), its content counted, the usage chunk read (and
-//! hidden from a client that did not ask for it), and the final `data: [DONE]` held back until
-//! the request is settled durably.
+//! A streamed (SSE) answer, metered as it passes — a chat stream, a Responses API stream or an
+//! Anthropic Messages stream ([`Wire`]): each upstream event is forwarded as soon as it is whole
+//! (never the whole stream buffered), its content counted, its usage read (chat's usage chunk
+//! hidden from a client that did not ask for it), and the stream's last event (`data: [DONE]`,
+//! `response.completed` / `.incomplete` / `.failed`, `message_stop`) held back until the request
+//! is settled durably.
 //!
 //! How a stream ends decides what is charged — what the provider bills:
-//! - `[DONE]` or the upstream's clean end: the reported usage, else an estimate (marked);
+//! - its last event, or a chat stream's clean end: the reported usage, else an estimate
+//!   (marked);
 //! - the client goes away: the gateway keeps reading the upstream, for at most
-//!   `upstream.disconnect_usage_wait_secs`, until its usage arrives, and charges that; only if
-//!   none comes is it an estimate of everything generated (every content, reasoning and
-//!   tool-call delta, those read after the client left included); then the upstream connection
+//!   `upstream.disconnect_usage_wait_secs`, until its final usage arrives (chat's usage chunk,
+//!   Anthropic's `message_delta`, the Responses terminal event), and charges that; if it does
+//!   not come, an estimate of everything generated (every content, reasoning and tool-call
+//!   delta, those read after the client left included; for Anthropic, the input side
+//!   `message_start` reported exactly and the output estimated); then the upstream connection
 //!   is closed, which stops the generation;
-//! - the upstream breaks off, sends an error event, or stalls past the idle timeout: what was
-//!   generated (the reported usage if it came, else an estimate), with the error logged and an
-//!   error event to the client; if nothing was generated, the hold is released and nothing
-//!   charged.
+//! - the upstream breaks off, sends an error event, stalls past the idle timeout, or (Responses,
+//!   Messages) ends without its last event: what was generated (the reported usage if it came,
+//!   else an estimate), with the error logged and an error event in the stream's own shape to
+//!   the client; if nothing was generated, the hold is released and nothing charged.
 //!
 //! Settling runs in its own task, so a client vanishing mid-settle cannot cut it short.
 
@@ -30,76 +35,94 @@ use crate::prices::cost::TokenUsage;
 
 use super::error::ApiError;
 use super::exchange::{Exchange, Outcome};
-use super::sse::{self, Event, EventSplitter};
+use super::request::Wire;
+use super::sse::{self, Event, EventSplitter, UsageReport};
+use super::usage::AnthropicUsage;
 
 /// What has been read of the upstream's stream, and metered.
 #[derive(Debug)]
 struct Reading {
+    wire: Wire,
     upstream: reqwest::Response,
     splitter: EventSplitter,
+    /// The whole usage reported (chat, Responses), or Anthropic's pieces merged so far.
     reported: Option<TokenUsage>,
+    anthropic: Option<AnthropicUsage>,
+    /// The last usage the stream will send has come.
+    final_usage: bool,
     /// Bytes of generated text seen (content, reasoning, tool calls).
     generated_bytes: u64,
     /// Chunks that carried generated text.
     content_chunks: u64,
     /// An event cited the web (a search was billed).
     cited: bool,
-    /// The model the chunks name.
+    /// The model the events name.
     model: Option<String>,
-    /// The upstream sent `[DONE]`.
-    saw_done: bool,
+    /// The id of the response or message.
+    response_id: Option<String>,
+    /// The last Responses `sequence_number` seen.
+    sequence: Option<u64>,
+    /// The upstream sent the stream's last event.
+    saw_end: bool,
     /// The upstream sent an error event (LiteLLM's way to fail after the 200 headers).
     upstream_error: Option<String>,
 }
 
 impl Reading {
-    fn new(upstream: reqwest::Response) -> Reading {
+    fn new(wire: Wire, upstream: reqwest::Response) -> Reading {
         Reading {
+            wire,
             upstream,
             splitter: EventSplitter::default(),
             reported: None,
+            anthropic: None,
+            final_usage: false,
             generated_bytes: 0,
             content_chunks: 0,
             cited: false,
             model: None,
-            saw_done: false,
+            response_id: None,
+            sequence: None,
+            saw_end: false,
             upstream_error: None,
         }
     }
 
     /// Meters one event; returns what it means.
     fn meter(&mut self, event: &Bytes) -> Event {
-        let read = Event::read(event);
-        match &read {
-            Event::Done => self.saw_done = true,
-            Event::Chunk {
-                generated_bytes,
-                usage,
-                is_error,
-                model,
-                cites,
-                ..
-            } => {
-                if *generated_bytes > 0 {
-                    self.content_chunks += 1;
-                    self.generated_bytes = self.generated_bytes.saturating_add(*generated_bytes);
-                }
-                if let Some(u) = usage {
-                    self.reported = Some(*u);
-                }
-                if self.model.is_none() {
-                    self.model.clone_from(model);
-                }
-                self.cited |= *cites;
-                if *is_error && self.upstream_error.is_none() {
-                    let text = String::from_utf8_lossy(event);
-                    self.upstream_error = Some(format!(
-                        "the upstream sent an error mid-stream: {}",
-                        text.trim().chars().take(300).collect::<String>()
-                    ));
-                }
+        let read = Event::read(self.wire, event);
+        if read.generated_bytes > 0 {
+            self.content_chunks += 1;
+            self.generated_bytes = self.generated_bytes.saturating_add(read.generated_bytes);
+        }
+        match read.usage {
+            Some(UsageReport::Whole(u)) => self.reported = Some(u),
+            Some(UsageReport::Anthropic(piece)) => {
+                let merged = self.anthropic.unwrap_or_default().merge(piece);
+                self.anthropic = Some(merged);
+                self.reported = Some(merged.total());
             }
-            Event::Other => {}
+            None => {}
+        }
+        self.final_usage |= read.final_usage;
+        if self.model.is_none() {
+            self.model.clone_from(&read.model);
+        }
+        // The last event's id wins: LiteLLM's Responses bridge names the response anew at the end.
+        if read.response_id.is_some() && (self.response_id.is_none() || read.is_end()) {
+            self.response_id.clone_from(&read.response_id);
+        }
+        if read.sequence_number.is_some() {
+            self.sequence = read.sequence_number;
+        }
+        self.cited |= read.cites;
+        self.saw_end |= read.is_end();
+        if read.is_error && self.upstream_error.is_none() {
+            let text = String::from_utf8_lossy(event);
+            self.upstream_error = Some(format!(
+                "the upstream sent an error mid-stream: {}",
+                text.trim().chars().take(300).collect::<String>()
+            ));
         }
         read
     }
@@ -109,14 +132,27 @@ impl Reading {
         self.content_chunks > 0 || self.reported.is_some()
     }
 
-    /// What was used so far: the reported usage, else an estimate (at least one token per
-    /// content chunk); and whether it is an estimate.
+    /// What was used so far: the reported usage once final; before that, what was reported
+    /// (Anthropic's input side) with the output estimated (at least one token per content
+    /// chunk); and whether it is an estimate.
     fn usage(&self, exchange: &mut Exchange) -> (TokenUsage, bool) {
+        let estimated_output = exchange
+            .estimate(self.generated_bytes)
+            .completion_tokens
+            .max(self.content_chunks);
         let (mut usage, estimated) = match self.reported {
-            Some(u) => (u, false),
+            Some(u) if self.final_usage => (u, false),
+            Some(mut u) => {
+                u.completion_tokens = u.completion_tokens.max(estimated_output);
+                if u.prompt_tokens == 0 {
+                    // LiteLLM's Messages bridge starts with an all-zero usage.
+                    u.prompt_tokens = exchange.estimate(0).prompt_tokens;
+                }
+                (u, true)
+            }
             None => {
                 let mut u = exchange.estimate(self.generated_bytes);
-                u.completion_tokens = u.completion_tokens.max(self.content_chunks);
+                u.completion_tokens = estimated_output;
                 (u, true)
             }
         };
@@ -133,7 +169,13 @@ impl Reading {
             time_to_first_token_ms: ttft,
             error: None,
             response_model: self.model.clone(),
+            response_id: self.response_id.clone(),
         }
+    }
+
+    /// An error event in this stream's shape.
+    fn error_event(&self, message: &str, kind: &str) -> Bytes {
+        sse::error_event(self.wire, message, kind, self.sequence)
     }
 }
 
@@ -144,6 +186,7 @@ pub struct StreamMeter {
     exchange: Option<Exchange>,
     /// `None` once the stream is over (or handed to a drain after the client left).
     reading: Option<Reading>,
+    wire: Wire,
     hide_usage: bool,
     first_token_ms: Option<u32>,
     out: VecDeque<Bytes>,
@@ -156,14 +199,20 @@ pub struct StreamMeter {
 }
 
 impl StreamMeter {
-    pub fn new(exchange: Exchange, upstream: reqwest::Response, hide_usage: bool) -> StreamMeter {
+    pub fn new(
+        exchange: Exchange,
+        wire: Wire,
+        upstream: reqwest::Response,
+        hide_usage: bool,
+    ) -> StreamMeter {
         let config = &exchange.gw.config;
         let idle = config.stream_idle_timeout();
         let deadline = tokio::time::Instant::now() + config.stream_max();
         let disconnect_wait = config.disconnect_usage_wait();
         StreamMeter {
             exchange: Some(exchange),
-            reading: Some(Reading::new(upstream)),
+            reading: Some(Reading::new(wire, upstream)),
+            wire,
             hide_usage,
             first_token_ms: None,
             out: VecDeque::new(),
@@ -216,9 +265,17 @@ impl StreamMeter {
                             self.end_early(UsageErrorType::UpstreamError, why, false)
                                 .await;
                         }
-                        // Ended without [DONE] and without a token: nothing was served.
-                        None if !reading.saw_done && !reading.served_anything() => {
+                        // Ended without its last event and without a token: nothing was served.
+                        None if !reading.saw_end && !reading.served_anything() => {
                             let why = "the upstream stream ended before any output".to_owned();
+                            self.end_early(UsageErrorType::UpstreamError, why, true)
+                                .await;
+                        }
+                        // The typed streams always end with their own last event: without it
+                        // the answer is cut short (charged as generated, and said).
+                        None if !reading.saw_end && self.wire != Wire::Chat => {
+                            let why =
+                                "the upstream stream ended without its final event".to_owned();
                             self.end_early(UsageErrorType::UpstreamError, why, true)
                                 .await;
                         }
@@ -232,14 +289,14 @@ impl StreamMeter {
                     }
                     Ok(events) => {
                         for event in events {
-                            if Event::read(&event) == Event::Done {
-                                if let Some(r) = self.reading.as_mut() {
-                                    r.saw_done = true;
-                                }
-                                // Settle first: the last byte goes out only once it is durable.
-                                let error =
-                                    self.reading.as_mut().and_then(|r| r.upstream_error.take());
-                                match error {
+                            let Some(reading) = self.reading.as_mut() else {
+                                break;
+                            };
+                            if Event::read(self.wire, &event).is_end() {
+                                // Metered (a Responses end carries the usage), then settled:
+                                // the last event goes out only once the charge is durable.
+                                reading.meter(&event);
+                                match reading.upstream_error.take() {
                                     Some(why) => {
                                         self.end_early(UsageErrorType::UpstreamError, why, false)
                                             .await;
@@ -272,7 +329,7 @@ impl StreamMeter {
             exchange.observe_first_token(after);
             self.first_token_ms = Some(u32::try_from(after.as_millis()).unwrap_or(u32::MAX));
         }
-        let forwarded = if self.hide_usage {
+        let forwarded = if self.hide_usage && self.wire == Wire::Chat {
             sse::without_usage(&event, &read)
         } else {
             Some(event)
@@ -295,10 +352,15 @@ impl StreamMeter {
         );
         exchange.observe(to_first_token, true, None);
         let outcome = reading.outcome(&mut exchange, self.first_token_ms);
+        let sequence = reading.sequence;
         drop(reading);
         if let Err(e) = settle_in_task(exchange, outcome).await {
-            self.out
-                .push_back(sse::error_event(&e.to_string(), "server_error"));
+            self.out.push_back(sse::error_event(
+                self.wire,
+                &e.to_string(),
+                "server_error",
+                sequence,
+            ));
         }
     }
 
@@ -306,13 +368,14 @@ impl StreamMeter {
     /// upstream's own error event already did (`tell`).
     async fn end_early(&mut self, error: UsageErrorType, why: String, tell: bool) {
         self.done = true;
-        if tell {
-            self.out.push_back(sse::error_event(&why, "upstream_error"));
-        }
         let (Some(mut exchange), Some(reading)) = (self.exchange.take(), self.reading.take())
         else {
             return;
         };
+        if tell {
+            self.out
+                .push_back(reading.error_event(&why, "upstream_error"));
+        }
         exchange.observe(exchange.origin.started.elapsed(), false, Some(&why));
         if !reading.served_anything() {
             // Nothing generated: release, charge nothing.
@@ -359,7 +422,7 @@ async fn drain(
     first_token_ms: Option<u32>,
 ) {
     let deadline = tokio::time::Instant::now() + wait;
-    while reading.reported.is_none() && !reading.saw_done {
+    while !reading.final_usage && !reading.saw_end {
         match tokio::time::timeout_at(deadline, reading.upstream.chunk()).await {
             Ok(Ok(Some(bytes))) => match reading.splitter.push(&bytes) {
                 Ok(events) => {

@@ -45,6 +45,20 @@ pub const REQUEST_FRAMING_TOKENS: u64 = 16;
 pub const TOOL_FRAMING_TOKENS: u64 = 8;
 /// Tokens of the system prompt providers add when a request carries tools.
 pub const TOOLS_PROMPT_TOKENS: u64 = 600;
+/// The larger prompts of Anthropic's client tools, beyond [`TOOLS_PROMPT_TOKENS`] (its
+/// documented additions: bash 245, the text editor 700, computer use 735 plus a system prompt
+/// of up to 499; the memory tool's is not published and is taken as the editor's).
+pub const CLIENT_TOOL_PROMPT_TOKENS: &[(&str, u64)] = &[
+    ("bash_", 245),
+    ("text_editor_", 700),
+    ("computer_", 735 + 499),
+    ("memory_", 700),
+];
+/// Input tokens reserved for each web search Anthropic may run: it bills a search's results as
+/// input tokens of the turns after it. An allowance, not a bound (results are the provider's to
+/// size; a typical search returns a few thousand tokens): a request whose results run over it
+/// is still charged in full up to its hold, and the rest is booked as overage.
+pub const SEARCH_RESULT_TOKENS: u64 = 20_000;
 /// Text bytes per request counted with a tokenizer; the rest counts one token per byte.
 pub const TOKENIZED_BYTES_MAX: usize = 1 << 20;
 /// Decoded audio bytes per token, at least (16 kHz 16-bit PCM is 32,000 bytes a second; no
@@ -225,22 +239,13 @@ pub fn prompt_ceiling(
         Endpoint::ChatCompletions => {
             let messages = body.get("messages").and_then(Value::as_array);
             for message in messages.into_iter().flatten() {
-                chat_message(message, price, &mut counter, &mut ceiling)?;
+                message_item(message, price, &mut counter, &mut ceiling)?;
             }
-            let mut tools = 0;
-            for field in ["tools", "functions"] {
-                if let Some(list) = body.get(field).and_then(Value::as_array) {
-                    tools += list.len() as u64;
-                    counter.json(&Value::Array(list.clone()));
-                }
-            }
+            tools(body, &["tools", "functions"], &mut counter);
             for field in ["tool_choice", "response_format", "function_call"] {
                 if let Some(value) = body.get(field) {
                     counter.json(value);
                 }
-            }
-            if tools > 0 {
-                counter.add(TOOLS_PROMPT_TOKENS + tools * TOOL_FRAMING_TOKENS);
             }
         }
         Endpoint::Completions | Endpoint::Embeddings => {
@@ -250,6 +255,45 @@ pub fn prompt_ceiling(
             }
             if let Some(suffix) = body.get("suffix") {
                 counter.json(suffix);
+            }
+        }
+        Endpoint::Responses => {
+            if let Some(instructions) = body.get("instructions") {
+                counter.json(instructions);
+            }
+            match body.get("input") {
+                Some(Value::Array(items)) => {
+                    for item in items {
+                        message_item(item, price, &mut counter, &mut ceiling)?;
+                    }
+                }
+                Some(other) => counter.json(other),
+                None => {}
+            }
+            tools(body, &["tools"], &mut counter);
+            for field in ["tool_choice", "text"] {
+                if let Some(value) = body.get(field) {
+                    counter.json(value);
+                }
+            }
+        }
+        Endpoint::Messages => {
+            match body.get("system") {
+                Some(Value::Array(blocks)) => {
+                    for block in blocks {
+                        part(block, price, &mut counter, &mut ceiling)?;
+                    }
+                }
+                Some(other) => counter.json(other),
+                None => {}
+            }
+            let messages = body.get("messages").and_then(Value::as_array);
+            for message in messages.into_iter().flatten() {
+                message_item(message, price, &mut counter, &mut ceiling)?;
+            }
+            tools(body, &["tools"], &mut counter);
+            if let Some(value) = body.get("tool_choice") {
+                counter.json(value);
             }
         }
     }
@@ -282,53 +326,72 @@ fn prompts(prompt: &Value, field: &str, counter: &mut Counter) -> Result<(), Api
     Ok(())
 }
 
-fn chat_message(
-    message: &Value,
-    price: &ModelPrice,
-    counter: &mut Counter,
-    ceiling: &mut PromptCeiling,
-) -> Result<(), ApiError> {
-    let Some(fields) = message.as_object() else {
-        return Err(bad("each of \"messages\" must be an object".into()));
-    };
-    counter.add(MESSAGE_FRAMING_TOKENS);
-    for (key, value) in fields {
-        match (key.as_str(), value) {
-            ("content", Value::Array(parts)) => {
-                for part in parts {
-                    content_part(part, price, counter, ceiling)?;
-                }
+/// Counts the tool definitions in `fields`: their JSON, framing per tool, the system prompt
+/// providers wrap tools in, and the larger prompts of Anthropic's client tools.
+fn tools(body: &Map<String, Value>, fields: &[&str], counter: &mut Counter) {
+    let mut count = 0;
+    for field in fields {
+        let Some(list) = body.get(*field).and_then(Value::as_array) else {
+            continue;
+        };
+        count += list.len() as u64;
+        counter.json(&Value::Array(list.clone()));
+        for tool in list {
+            let kind = tool.get("type").and_then(Value::as_str).unwrap_or("");
+            if let Some((_, tokens)) = CLIENT_TOOL_PROMPT_TOKENS
+                .iter()
+                .find(|(prefix, _)| kind.starts_with(prefix))
+            {
+                counter.add(*tokens);
             }
-            (_, value) => counter.json(value),
         }
     }
-    Ok(())
+    if count > 0 {
+        counter.add(TOOLS_PROMPT_TOKENS + count * TOOL_FRAMING_TOKENS);
+    }
 }
 
-fn content_part(
-    part: &Value,
+/// One message or input item: a chat message, a Responses input item, an Anthropic message.
+fn message_item(
+    item: &Value,
     price: &ModelPrice,
     counter: &mut Counter,
     ceiling: &mut PromptCeiling,
 ) -> Result<(), ApiError> {
-    let Some(part) = part.as_object() else {
-        counter.json(part);
+    if !item.is_object() {
+        return Err(bad("each message or input item must be an object".into()));
+    }
+    counter.add(MESSAGE_FRAMING_TOKENS);
+    part(item, price, counter, ceiling)
+}
+
+/// A content part, block or item, whatever the API: media by their own rules, nested content
+/// (Anthropic's tool results, a Responses function output) part by part, the rest as its JSON
+/// text, and encrypted content (reasoning carried between turns, search results) by its bytes.
+fn part(
+    value: &Value,
+    price: &ModelPrice,
+    counter: &mut Counter,
+    ceiling: &mut PromptCeiling,
+) -> Result<(), ApiError> {
+    let Some(fields) = value.as_object() else {
+        counter.json(value);
         return Ok(());
     };
-    let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
+    let kind = fields.get("type").and_then(Value::as_str).unwrap_or("");
     match kind {
-        "image_url" | "input_image" => {
-            let detail = part
+        "image_url" | "input_image" | "image" => {
+            let detail = fields
                 .get("image_url")
                 .and_then(|i| i.get("detail"))
-                .or_else(|| part.get("detail"))
+                .or_else(|| fields.get("detail"))
                 .and_then(Value::as_str)
                 .unwrap_or("auto");
             counter.add(image_tokens(price, detail));
             ceiling.images += 1;
         }
         "input_audio" => {
-            let data = part
+            let data = fields
                 .get("input_audio")
                 .and_then(|a| a.get("data"))
                 .and_then(Value::as_str)
@@ -337,22 +400,84 @@ fn content_part(
             counter.add(decoded.div_ceil(AUDIO_BYTES_PER_TOKEN) + 1);
             ceiling.audio = true;
         }
-        "file" | "input_file" | "document" => {
+        "document" => document(fields, price, counter, ceiling)?,
+        "file" | "input_file" | "container_upload" => {
             return Err(bad(format!(
                 "content parts of type {kind:?} cannot be metered: their tokens (a PDF's pages \
                  and text) cannot be bounded before the request is sent; send the text instead"
             )));
         }
-        _ => counter.json(&Value::Object(strip_type(part))),
+        "item_reference" => {
+            return Err(bad(
+                "input items of type \"item_reference\" cannot be metered: they pull a stored \
+                 item of unknown size into the prompt; send the item itself"
+                    .into(),
+            ));
+        }
+        _ => {
+            for (key, value) in fields {
+                match (key.as_str(), value) {
+                    ("type", _) => {}
+                    ("content" | "output", Value::Array(parts)) => {
+                        for p in parts {
+                            part(p, price, counter, ceiling)?;
+                        }
+                    }
+                    (_, value) => {
+                        counter.json(value);
+                        counter.add(encrypted_bytes(key, value));
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }
 
-/// A part's fields without its `type` tag (counted as framing, not as text).
-fn strip_type(part: &Map<String, Value>) -> Map<String, Value> {
-    let mut rest = part.clone();
-    rest.remove("type");
-    rest
+/// Anthropic's document block: plain text or nested content is counted; a PDF is refused.
+fn document(
+    fields: &Map<String, Value>,
+    price: &ModelPrice,
+    counter: &mut Counter,
+    ceiling: &mut PromptCeiling,
+) -> Result<(), ApiError> {
+    let source = fields.get("source");
+    match source.and_then(|s| s.get("type")).and_then(Value::as_str) {
+        Some("text") => counter.json(source.and_then(|s| s.get("data")).unwrap_or(&Value::Null)),
+        Some("content") => match source.and_then(|s| s.get("content")) {
+            Some(Value::Array(parts)) => {
+                for p in parts {
+                    part(p, price, counter, ceiling)?;
+                }
+            }
+            Some(other) => counter.json(other),
+            None => {}
+        },
+        _ => {
+            return Err(bad(
+                "document blocks of a PDF or a file cannot be metered: their tokens cannot be \
+                 bounded before the request is sent; send a text document or the text instead"
+                    .into(),
+            ));
+        }
+    }
+    for field in ["title", "context"] {
+        if let Some(v) = fields.get(field) {
+            counter.json(v);
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of encrypted content under `key` (at any depth): the provider decrypts it into tokens,
+/// at most one per byte.
+fn encrypted_bytes(key: &str, value: &Value) -> u64 {
+    match value {
+        Value::String(s) if key == "encrypted_content" => s.len() as u64,
+        Value::Array(items) => items.iter().map(|v| encrypted_bytes(key, v)).sum(),
+        Value::Object(map) => map.iter().map(|(k, v)| encrypted_bytes(k, v)).sum(),
+        _ => 0,
+    }
 }
 
 #[cfg(test)]

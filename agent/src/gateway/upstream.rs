@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use zeroize::Zeroizing;
@@ -20,7 +20,6 @@ use crate::ledger::Provider;
 use super::Gateway;
 use super::error::ApiError;
 use super::exchange::Origin;
-use super::request::Endpoint;
 
 /// Largest upstream error body read (its message is passed on).
 pub const ERROR_BODY_BYTES_MAX: usize = 64 * 1024;
@@ -116,27 +115,79 @@ pub async fn open_byok_key(
     }
 }
 
-/// Sends `body` to `endpoint` upstream and waits for the answer's headers; a non-2xx answer is
-/// read (bounded) and mapped to the client's error. `on_failure` is told of upstream failures
-/// (5xx, timeouts, unreachable) with how long they took, for provider health.
+/// The headers of a client's request to the Messages API that must reach the upstream (the API
+/// version it speaks, the beta features it asks for).
+pub const ANTHROPIC_HEADERS: &[&str] = &["anthropic-version", "anthropic-beta"];
+/// The Anthropic API version sent to Anthropic itself (a BYOK request) when the client named
+/// none.
+pub const ANTHROPIC_VERSION_DEFAULT: &str = "2023-06-01";
+/// The longest passed-on header value accepted.
+pub const PASSED_HEADER_LEN_MAX: usize = 1_024;
+
+/// The headers of `client`'s request to pass on to the upstream of `path`: Anthropic's, for the
+/// Messages API; a value too long or not text is a 400 naming it.
+pub fn passed_headers(
+    path: &str,
+    client: &HeaderMap,
+) -> Result<Vec<(&'static str, HeaderValue)>, ApiError> {
+    if !path.starts_with("/v1/messages") {
+        return Ok(Vec::new());
+    }
+    let mut passed = Vec::new();
+    for name in ANTHROPIC_HEADERS {
+        let Some(value) = client.get(*name) else {
+            continue;
+        };
+        if value.len() > PASSED_HEADER_LEN_MAX || value.to_str().is_err() {
+            return Err(ApiError::BadRequest(format!(
+                "the {name} header must be text of at most {PASSED_HEADER_LEN_MAX} bytes"
+            )));
+        }
+        passed.push((*name, value.clone()));
+    }
+    Ok(passed)
+}
+
+/// Sends `body` to `path` upstream, with the `passed` headers, and waits for the answer's
+/// headers; a non-2xx answer is read (bounded) and mapped to the client's error. `on_failure`
+/// is told of upstream failures (5xx, timeouts, unreachable) with how long they took, for
+/// provider health. A BYOK request goes to the provider's own base URL with the user's key (as
+/// `x-api-key`, with an `anthropic-version`, on Anthropic's Messages API; as a bearer token
+/// otherwise).
 pub async fn send(
     gw: &Gateway,
-    endpoint: Endpoint,
+    path: &str,
     body: &Value,
     byok: Option<Byok>,
+    passed: Vec<(&'static str, HeaderValue)>,
     on_failure: impl FnOnce(std::time::Duration, &ApiError),
 ) -> Result<reqwest::Response, ApiError> {
     let config = &gw.config;
-    let path = endpoint.path().trim_start_matches("/v1");
+    let tail = path.trim_start_matches("/v1");
     let url = byok
         .as_ref()
         .and_then(|b| config.providers.get(&b.provider))
-        .map(|p| format!("{}{path}", p.base_url.trim_end_matches('/')))
-        .unwrap_or_else(|| format!("{}/v1{path}", config.upstream.url.trim_end_matches('/')));
+        .map(|p| format!("{}{tail}", p.base_url.trim_end_matches('/')))
+        .unwrap_or_else(|| format!("{}/v1{tail}", config.upstream.url.trim_end_matches('/')));
     let mut request = gw.http.post(url).json(body);
     let is_byok = byok.is_some();
     let provider = byok.as_ref().map(|b| b.provider.clone());
+    let anthropic_native = path.starts_with("/v1/messages");
+    let has_version = passed.iter().any(|(n, _)| *n == "anthropic-version");
+    for (name, value) in passed {
+        request = request.header(name, value);
+    }
     match (&byok, &config.upstream.api_key) {
+        (Some(b), _) if anthropic_native && b.provider == "anthropic" => {
+            let mut key = HeaderValue::from_str(b.key.as_str()).map_err(|_| {
+                ApiError::BadRequest("your BYOK key for anthropic is not valid header text".into())
+            })?;
+            key.set_sensitive(true);
+            request = request.header("x-api-key", key);
+            if !has_version {
+                request = request.header("anthropic-version", ANTHROPIC_VERSION_DEFAULT);
+            }
+        }
         (Some(b), _) => request = request.bearer_auth(b.key.as_str()),
         (None, Some(key)) => request = request.bearer_auth(key.expose()),
         (None, None) => {}
@@ -294,9 +345,29 @@ pub async fn read_bounded_counting(
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
-
     use super::*;
+
+    #[test]
+    fn anthropics_headers_are_passed_on_the_messages_api_only() {
+        let mut client = HeaderMap::new();
+        client.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        client.insert("anthropic-beta", HeaderValue::from_static("a,b"));
+        client.insert("x-other", HeaderValue::from_static("no"));
+        let passed = passed_headers("/v1/messages", &client).unwrap();
+        assert_eq!(
+            passed.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            ["anthropic-version", "anthropic-beta"]
+        );
+        assert!(
+            passed_headers("/v1/chat/completions", &client)
+                .unwrap()
+                .is_empty()
+        );
+        let long = "x".repeat(PASSED_HEADER_LEN_MAX + 1);
+        client.insert("anthropic-beta", HeaderValue::from_str(&long).unwrap());
+        let err = passed_headers("/v1/messages/count_tokens", &client).unwrap_err();
+        assert!(err.to_string().contains("anthropic-beta"), "{err}");
+    }
 
     #[test]
     fn an_event_stream_is_recognized_in_any_case() {

@@ -458,6 +458,15 @@ impl Session<'_> {
                 usage.client_ip,
                 self.now_text,
             ])?;
+        if let Some(response_id) = &usage.response_id {
+            self.record_served_response(
+                response_id,
+                request_id,
+                user_id,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+            )?;
+        }
         Ok(())
     }
 }

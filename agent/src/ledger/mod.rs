@@ -33,6 +33,7 @@ mod lots;
 pub mod prices;
 pub mod provider_keys;
 pub mod reports;
+pub mod responses;
 pub mod rules;
 mod session;
 pub mod sql;

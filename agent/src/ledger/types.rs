@@ -287,6 +287,8 @@ pub struct UsageRecord {
     pub app_id: Option<String>,
     pub user_agent: Option<String>,
     pub client_ip: Option<String>,
+    /// A Responses API response's id, recorded as served (it may be continued from).
+    pub response_id: Option<String>,
 }
 
 /// Settle a held request at its metered cost.
