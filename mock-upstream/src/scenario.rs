@@ -116,6 +116,9 @@ pub struct Scenario {
     /// `mock:ignore_cap`: the reply ignores the request's token cap (as LiteLLM's
     /// `mock_response` models do).
     pub ignore_cap: bool,
+    /// `mock:no_end`: a typed stream (Responses, Messages) ends cleanly without its terminal
+    /// event (`response.completed`, `message_stop`).
+    pub no_end: bool,
 }
 
 impl Scenario {
@@ -168,6 +171,7 @@ impl Scenario {
             ("usage_delay", Some(ms)) => self.usage_delay_ms = Some(ms.min(SLOW_MS_MAX)),
             ("stall_body", _) => self.stall_body = true,
             ("ignore_cap", _) => self.ignore_cap = true,
+            ("no_end", _) => self.no_end = true,
             _ => {}
         }
     }

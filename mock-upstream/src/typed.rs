@@ -6,7 +6,8 @@
 //! `mock:tokens=N` words capped by `max_output_tokens` / `max_tokens`, and the directives apply
 //! (`cached`, `cache_write`, `reasoning`, `searches`, `prompt_tokens`, `model=`, `status`,
 //! `malformed`, `slow`, `stall_after`, `cut_after`, `error_after`, `usage_delay`, `no_usage`,
-//! `chunk_words`, `ignore_cap`, `hang`). Usage is reported as each API does: Responses'
+//! `chunk_words`, `ignore_cap`, `hang`, and `no_end`: the stream ends without its terminal
+//! event). Usage is reported as each API does: Responses'
 //! `input_tokens` includes cached tokens (`input_tokens_details.cached_tokens`) and
 //! `output_tokens` reasoning (`output_tokens_details.reasoning_tokens`); Messages'
 //! `input_tokens` excludes the cache (`cache_read_input_tokens`, `cache_creation_input_tokens`
@@ -148,8 +149,10 @@ pub(crate) async fn messages(
 /// `POST /v1/messages/count_tokens`: the prompt's words.
 pub(crate) async fn count_tokens(
     State(shared): AppState,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    shared.record_headers(&headers);
     let Ok(body) = body else {
         return error_shape(Api::Messages, StatusCode::BAD_REQUEST, "unreadable body");
     };
@@ -503,6 +506,10 @@ impl Plan {
                 push(&mut events, "message_stop", json!({}));
                 words_before.push(sent);
             }
+        }
+        if self.scenario.no_end {
+            events.pop();
+            words_before.pop();
         }
         // Where the scenario bends the stream: the first event sent after K words.
         let last = events.len().saturating_sub(1);

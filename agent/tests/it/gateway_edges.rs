@@ -123,13 +123,23 @@ async fn hundreds_of_concurrent_requests_never_overdraw_and_refusals_are_402() {
 
 /// Stores `secret` as alice's default openai key (creating the master key file first).
 fn store_openai_key(ledger: &mut tollgate::ledger::Ledger, dir: &std::path::Path, secret: &str) {
+    store_key(ledger, dir, "openai", secret);
+}
+
+/// Stores `secret` as alice's default key for `provider`, with a fresh master key file.
+pub fn store_key(
+    ledger: &mut tollgate::ledger::Ledger,
+    dir: &std::path::Path,
+    provider: &str,
+    secret: &str,
+) {
     master::init_key_file(dir).unwrap();
     let (key, _) = vault::load_master(ledger, dir, None).unwrap();
     vault::add_key(
         ledger,
         &key,
         "alice",
-        Provider::OpenAi,
+        provider.parse::<Provider>().unwrap(),
         "main",
         Zeroizing::new(secret.to_owned()),
         true,

@@ -10,7 +10,9 @@
 //! LiteLLM's own reported cost (`x-litellm-response-cost`) × 10 credits per USD, to the
 //! nano-credit: plain, cached, reasoning, audio and long-context usage, an alias whose name is
 //! not a price key, a deployment priced in LiteLLM's config, a `mock_response` model; a stream
-//! is charged what the same answer costs as JSON.
+//! is charged what the same answer costs as JSON. OpenAI's Responses API and Anthropic's Messages
+//! API through it, native and bridged, JSON and streamed, each charged the price of the usage
+//! LiteLLM reports; and the official SDKs' calls on both (`typed_sdks.rs`'s script).
 
 use std::fs;
 use std::net::TcpListener;
@@ -88,6 +90,12 @@ fn config(mock_url: &str) -> String {
     );
     yaml += "  - model_name: sonnet\n    litellm_params:\n      \
              model: anthropic/claude-sonnet-4-20250514\n      mock_response: \"Hi there\"\n";
+    // Anthropic's Messages API from the mock: LiteLLM calls `{api_base}/v1/messages`.
+    yaml += &format!(
+        "  - model_name: claude\n    litellm_params:\n      \
+         model: anthropic/claude-sonnet-4-20250514\n      api_base: {mock_url}\n      \
+         api_key: sk-mock-provider\n"
+    );
     yaml += &format!("general_settings:\n  master_key: {MASTER_KEY}\n");
     yaml
 }
@@ -193,7 +201,7 @@ async fn charges_equal_litellms_own_cost_for_every_kind_of_usage() {
     let upstream_mock = MockUpstream::spawn().await.unwrap();
     let (gw, keys) = Gateway::start_with(
         upstream_mock,
-        &[User::new("alice", "100")],
+        &[User::new("alice", "100"), User::new("poor", "0")],
         import,
         move |config| {
             config.upstream.url = url;
@@ -295,8 +303,121 @@ async fn charges_equal_litellms_own_cost_for_every_kind_of_usage() {
         "{value}"
     );
 
+    typed_apis_through_litellm(&gw, key).await;
+    let rich = key.clone();
+    let poor = keys[1].clone();
+    let root_url = gw.url("");
+    let sdks = blocking(|| crate::openai_sdk::OPENAI_SDK.ensure()).await;
+    let r = blocking(move || {
+        crate::typed_sdks::run_script(
+            &sdks,
+            &crate::typed_sdks::Script {
+                root_url,
+                rich: &rich,
+                poor: &poor,
+                responses_model: "gpt-4o-mini",
+                messages_model: "claude",
+                responses_text: "hello mock:prompt_tokens=1000 mock:cached=800 mock:tokens=16",
+                messages_text: "hello mock:prompt_tokens=1000 mock:cached=600 \
+                                mock:cache_write=300 mock:tokens=20",
+                skip_count_tokens: true,
+            },
+        )
+    })
+    .await;
+    crate::typed_sdks::assert_sdk_results(&r);
+    let rows = usage_rows(gw.dir.path());
+    let sdk_rows = &rows[rows.len() - 7..];
+    let charged: Vec<Credits> = sdk_rows
+        .iter()
+        .filter(|r| r.user_id == "alice")
+        .map(|r| r.credits_charged)
+        .collect();
+    assert_eq!(
+        charged,
+        [
+            usd_credits("0.0000996"),
+            usd_credits("0.0000996"),
+            usd_credits("0.002805"),
+            usd_credits("0.002805")
+        ],
+        "{sdk_rows:#?}"
+    );
+
     let dir = gw.stop().await;
     assert_books_balance(dir.path());
     drop(litellm);
     mock.shutdown().await;
+}
+
+/// Credits for a USD amount written as a decimal, at 10 credits per USD.
+fn usd_credits(text: &str) -> Credits {
+    let usd: rust_decimal::Decimal = text.parse().unwrap();
+    Credits::from_decimal(usd * rust_decimal::Decimal::TEN).unwrap()
+}
+
+/// OpenAI's Responses API and Anthropic's Messages API through LiteLLM, natively (a Responses
+/// model calls the provider's `/v1/responses`, an Anthropic model its `/v1/messages`) and
+/// bridged (Responses on an Anthropic model, Messages on an OpenAI one), JSON and streamed: each
+/// charged the price of the usage LiteLLM reports, and where LiteLLM reports a cost (a Responses
+/// JSON answer), exactly that.
+async fn typed_apis_through_litellm(gw: &Gateway, key: &str) {
+    let post = |path: &'static str, body: Value| async move {
+        let r = gw.post(path, key, &body).await;
+        assert_eq!(r.status(), 200, "{path} {body}");
+        let text = r.text().await.unwrap();
+        let rows = usage_rows(gw.dir.path());
+        (text, rows.last().unwrap().clone())
+    };
+    let responses = |model: &str, text: &str, stream: bool| json!({"model": model, "input": text, "stream": stream, "max_output_tokens": 500});
+    let messages = |model: &str, text: &str, stream: bool| {
+        json!({"model": model, "max_tokens": 500, "stream": stream,
+               "messages": [{"role": "user", "content": text}]})
+    };
+    let cached = "hello mock:prompt_tokens=1000 mock:cached=800 mock:tokens=16";
+    // Native Responses: LiteLLM's cost, which is the price of the usage.
+    let (_, row) = post("/v1/responses", responses("gpt-4o-mini", cached, false)).await;
+    let cost = row.metadata["litellm_response_cost"].as_str().unwrap();
+    assert_eq!(row.credits_charged, litellm_credits(cost), "{row:?}");
+    assert_eq!(row.credits_charged, usd_credits("0.0000996"), "{row:?}");
+    // Streamed: LiteLLM drops the `event:` lines and appends `data: [DONE]`; the same charge.
+    let (text, row) = post("/v1/responses", responses("gpt-4o-mini", cached, true)).await;
+    assert!(text.contains("response.completed"), "{text}");
+    assert_eq!(row.credits_charged, usd_credits("0.0000996"), "{row:?}");
+    assert_eq!(row.metadata["usage_estimated"], false, "{row:?}");
+    // Native Messages, cache reads and writes: 400 × 3e-6 + 600 × 3e-7 + 300 × 3.75e-6 + 20 ×
+    // 1.5e-5 (LiteLLM sends no cost on this route).
+    let written =
+        "hello mock:prompt_tokens=1000 mock:cached=600 mock:cache_write=300 mock:tokens=20";
+    for stream in [false, true] {
+        let (_, row) = post("/v1/messages", messages("claude", written, stream)).await;
+        assert_eq!(row.credits_charged, usd_credits("0.002805"), "{row:?}");
+        assert_eq!(row.metadata["usage_estimated"], false, "{row:?}");
+    }
+    // Bridged: Responses on Anthropic's model (LiteLLM reports input with the cache read
+    // inside, as `cached_tokens`): 400 × 3e-6 + 600 × 3e-7 + 20 × 1.5e-5.
+    let read = "hello mock:prompt_tokens=1000 mock:cached=600 mock:tokens=20";
+    for stream in [false, true] {
+        let (_, row) = post("/v1/responses", responses("claude", read, stream)).await;
+        assert_eq!(
+            row.credits_charged,
+            usd_credits("0.00168"),
+            "{stream}: {row:?}"
+        );
+    }
+    // Bridged: Messages on OpenAI's model. Streamed, LiteLLM's message_start carries zeros and
+    // the whole usage comes in message_delta: 3 × 1.5e-7 + 30 × 6e-7.
+    for stream in [false, true] {
+        let (_, row) = post(
+            "/v1/messages",
+            messages("gpt-4o-mini", "hello there mock:tokens=30", stream),
+        )
+        .await;
+        assert_eq!(
+            row.credits_charged,
+            usd_credits("0.00001845"),
+            "{stream}: {row:?}"
+        );
+        assert_eq!(row.metadata["usage_estimated"], false, "{row:?}");
+    }
 }

@@ -22,5 +22,7 @@ mod schema;
 mod support;
 mod sync_http;
 mod sync_ledger;
+mod typed_apis;
+mod typed_sdks;
 mod usage_report;
 mod vault;

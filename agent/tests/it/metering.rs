@@ -21,7 +21,7 @@ use crate::gateway_support::{Gateway, User, assert_books_balance, c, chat_body, 
 const PRICES: &[u8] = include_bytes!("../fixtures/litellm_prices_subset.json");
 
 /// Imports the price-map subset as the active table.
-fn import_prices(ledger: &mut Ledger) {
+pub fn import_prices(ledger: &mut Ledger) {
     let models = tollgate::prices::parse_litellm(PRICES).unwrap();
     ledger
         .import_prices("litellm_prices_subset.json", &"a".repeat(64), &models)
@@ -29,18 +29,18 @@ fn import_prices(ledger: &mut Ledger) {
 }
 
 /// Credits for a USD amount written as a decimal, at 10 credits per USD.
-fn usd(text: &str) -> Credits {
+pub fn usd(text: &str) -> Credits {
     let usd: rust_decimal::Decimal = text.parse().unwrap();
     Credits::from_decimal(usd * rust_decimal::Decimal::TEN).unwrap()
 }
 
-fn charged(response: &reqwest::Response) -> Credits {
+pub fn charged(response: &reqwest::Response) -> Credits {
     c(response.headers()["x-tollgate-credits-charged"]
         .to_str()
         .unwrap())
 }
 
-async fn start_priced(users: &[User]) -> (Gateway, Vec<String>) {
+pub async fn start_priced(users: &[User]) -> (Gateway, Vec<String>) {
     let mock = MockUpstream::spawn().await.unwrap();
     Gateway::start_with(mock, users, |l, _| import_prices(l), |_| {}).await
 }
@@ -320,7 +320,7 @@ async fn an_answer_from_another_model_is_charged_at_the_dearer_price() {
 }
 
 /// Reads SSE events until `enough` says so, then hangs up.
-async fn read_then_hang_up(mut response: reqwest::Response, enough: impl Fn(&str) -> bool) {
+pub async fn read_then_hang_up(mut response: reqwest::Response, enough: impl Fn(&str) -> bool) {
     let mut seen = String::new();
     while !enough(&seen) {
         let chunk = response

@@ -21,9 +21,9 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/openai_clien
 /// The script: its requests are local, so anything near this is a hang.
 const SCRIPT_LIMIT: Duration = Duration::from_secs(60);
 
-/// The pinned SDK.
+/// The pinned SDKs (OpenAI's and Anthropic's).
 pub const OPENAI_SDK: PyEnv = PyEnv {
-    name: "openai",
+    name: "sdks",
     requirements: include_str!("../py/requirements.txt"),
     requirements_path: concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/requirements.txt"),
     package: "openai",

@@ -36,11 +36,16 @@ impl PyEnv {
     /// The pinned version of [`PyEnv::package`], from its `name==X.Y.Z` (or `name[extra]==…`)
     /// line.
     pub fn pinned_version(&self) -> &'static str {
+        self.pinned(self.package)
+    }
+
+    /// The pinned version of `package` in the requirements.
+    pub fn pinned(&self, package: &str) -> &'static str {
         self.requirements
             .lines()
             .find_map(|l| {
                 let l = l.trim();
-                let rest = l.strip_prefix(self.package)?;
+                let rest = l.strip_prefix(package)?;
                 let rest = match rest.strip_prefix('[') {
                     Some(extras) => extras.split_once(']')?.1,
                     None => rest,

@@ -946,7 +946,8 @@ fn a_version_2_database_upgrades_with_its_identity() {
     let conn: Connection = db::open(&path, OpenMode::MustExist).unwrap();
     // Back to version 2: V3's tables gone, and V4's price tables as V2 made them.
     conn.execute_batch(
-        "DROP TABLE inbox_events; DROP TABLE sync_state; DROP TABLE price_aliases;
+        "DROP TABLE served_responses; DROP TABLE inbox_events; DROP TABLE sync_state;
+         DROP TABLE price_aliases;
          DROP TABLE model_prices; DROP TABLE price_tables;
          DELETE FROM refinery_schema_history WHERE version >= 3;",
     )
