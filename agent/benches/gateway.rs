@@ -37,6 +37,11 @@
 //! with SIGTERM (it drains its ledger writer), `tollgate verify` must exit 0, and the usage log
 //! must hold exactly one successful row per request sent through tollgate.
 //!
+//! Then **streamed runs**: the same saturation, with streamed chat (`stream: true`, the usage
+//! chunk asked for) and streamed Anthropic Messages (`/v1/messages`, `claude-sonnet-4`, typed
+//! events ending in `message_stop`), one event per reply token, each side in turn: throughput,
+//! p50 and the gateway's CPU per request, and the ratio for each kind.
+//!
 //! Then a **low-balance race**, on a gateway of its own: one user holds credit for K requests at
 //! their real cost (a 2-token prompt and a 250-token reply of gpt-4o-mini), and 5K requests
 //! asking for `max_tokens: 300` arrive at once. Reported: how many were served whole, cut short
@@ -65,6 +70,8 @@ use tollgate::ledger::{OpenMode, db};
 /// Set in the mock upstream's environment: this binary then serves the mock instead.
 const ROLE_ENV: &str = "TOLLGATE_BENCH_ROLE";
 const MODEL: &str = "gpt-4o-mini";
+/// The model of the streamed Messages runs (in the built-in price table).
+const MESSAGES_MODEL: &str = "claude-sonnet-4";
 const PROMPT: &str = "Say hello to the benchmark in one short sentence. mock:tokens=16";
 const REPLY_TOKENS: u64 = 16;
 /// Credit each user starts with: far more than any run spends.
@@ -348,6 +355,17 @@ fn main() {
     }
     let mem = memory(procs.gateway);
     summarize(&config, &results, &rss_after_saturation, mem);
+    sent_through_tollgate += streamed_runs(
+        &runtime,
+        &StreamSides {
+            mock_url: &mock.url,
+            gateway_addr: &gateway.addr,
+            keys: &tollgate.keys,
+            client: &tollgate.client,
+        },
+        &config,
+        procs,
+    );
     print_disk_probe(&data_dir, "after", probe_rounds);
 
     // The books: stop the gateway (SIGTERM drains the writer), then verify and count.
@@ -356,6 +374,193 @@ fn main() {
     low_balance_race(&runtime, dir.path(), &mock.url, &config);
     drop(mock);
     println!("load average at the end: {}", read_trimmed("/proc/loadavg"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streamed runs: OpenAI's chat and Anthropic's Messages API, each streamed.
+
+/// A streamed request kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamKind {
+    /// `/v1/chat/completions`, `stream: true` with the usage chunk.
+    Chat,
+    /// `/v1/messages`, `stream: true` (Anthropic's typed events).
+    Messages,
+}
+
+impl StreamKind {
+    fn label(self) -> &'static str {
+        match self {
+            StreamKind::Chat => "chat",
+            StreamKind::Messages => "messages",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            StreamKind::Chat => "/v1/chat/completions",
+            StreamKind::Messages => "/v1/messages",
+        }
+    }
+
+    fn body(self) -> Bytes {
+        let body = match self {
+            StreamKind::Chat => json!({"model": MODEL, "stream": true,
+                "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": PROMPT}]}),
+            StreamKind::Messages => json!({"model": MESSAGES_MODEL, "stream": true,
+                "max_tokens": 256, "messages": [{"role": "user", "content": PROMPT}]}),
+        };
+        Bytes::from(serde_json::to_vec(&body).unwrap())
+    }
+
+    /// What the stream's last event must be.
+    fn last_event(self) -> &'static str {
+        match self {
+            StreamKind::Chat => "data: [DONE]",
+            StreamKind::Messages => "event: message_stop",
+        }
+    }
+}
+
+/// Where the streamed runs send their requests.
+struct StreamSides<'a> {
+    mock_url: &'a str,
+    gateway_addr: &'a str,
+    keys: &'a [String],
+    client: &'a reqwest::Client,
+}
+
+/// One streamed run's measure.
+struct StreamMeasured {
+    kind: StreamKind,
+    side: Side,
+    rate: f64,
+    p50: Duration,
+    gateway_cpu: f64,
+}
+
+/// Saturation runs of streamed chat and streamed Messages, both sides, `config.turns` turns
+/// (sides alternating); prints each run and the summary. Returns the requests sent through
+/// tollgate.
+fn streamed_runs(
+    runtime: &tokio::runtime::Runtime,
+    sides: &StreamSides<'_>,
+    config: &Config,
+    procs: Procs,
+) -> usize {
+    let target = |kind: StreamKind, side: Side| {
+        Arc::new(Target {
+            side,
+            url: match side {
+                Side::Direct => format!("{}{}", sides.mock_url, kind.path()),
+                Side::Tollgate => format!("http://{}{}", sides.gateway_addr, kind.path()),
+            },
+            keys: match side {
+                Side::Direct => vec![UPSTREAM_KEY.to_owned()],
+                Side::Tollgate => sides.keys.to_vec(),
+            },
+            client: sides.client.clone(),
+            body: kind.body(),
+        })
+    };
+    let mut sent = 0;
+    let mut measured = Vec::new();
+    println!();
+    println!(
+        "streamed runs: saturation, {} connections, {:.1}s per kind and side; {REPLY_TOKENS}-token \
+         replies, one event per token",
+        config.concurrency,
+        config.run.as_secs_f64()
+    );
+    for kind in [StreamKind::Chat, StreamKind::Messages] {
+        for side in [Side::Direct, Side::Tollgate] {
+            let body = runtime
+                .block_on(one(&target(kind, side), 0))
+                .unwrap_or_else(|f| panic!("{} {}: {f:?}", kind.label(), side.label()));
+            let text = String::from_utf8_lossy(&body);
+            let last = text.trim_end().rsplit("\n\n").next().unwrap_or_default();
+            assert!(
+                last.starts_with(kind.last_event()),
+                "{} {}: the stream ended with {last:?}",
+                kind.label(),
+                side.label()
+            );
+            sent += usize::from(side == Side::Tollgate);
+        }
+    }
+    for turn in 0..config.turns {
+        for kind in [StreamKind::Chat, StreamKind::Messages] {
+            let order = if turn % 2 == 0 {
+                [Side::Direct, Side::Tollgate]
+            } else {
+                [Side::Tollgate, Side::Direct]
+            };
+            for side in order {
+                let run = runtime.block_on(saturate(
+                    target(kind, side),
+                    config.concurrency,
+                    config.run,
+                    procs,
+                ));
+                run.assert_clean(side, &format!("streamed {}", kind.label()));
+                if side == Side::Tollgate {
+                    sent += run.sent();
+                }
+                let m = StreamMeasured {
+                    kind,
+                    side,
+                    rate: run.rate(),
+                    p50: percentile(&run.latencies, 50.0),
+                    gateway_cpu: run.cpu_per_request().gateway,
+                };
+                println!(
+                    "{:>4}  streamed {:<9} {:<8} {:>7} {:>8.0} req/s  p50 {:>7.3} ms{}",
+                    turn + 1,
+                    kind.label(),
+                    side.label(),
+                    run.sent(),
+                    m.rate,
+                    ms(m.p50),
+                    if side == Side::Tollgate {
+                        format!("  gateway {:.1} us/req", m.gateway_cpu)
+                    } else {
+                        String::new()
+                    }
+                );
+                measured.push(m);
+            }
+        }
+    }
+    println!("streamed summary: median of {} turn(s)", config.turns);
+    for kind in [StreamKind::Chat, StreamKind::Messages] {
+        let med = |side: Side, f: &dyn Fn(&StreamMeasured) -> f64| {
+            median(
+                measured
+                    .iter()
+                    .filter(|m| m.kind == kind && m.side == side)
+                    .map(f)
+                    .collect(),
+            )
+        };
+        let (d, g) = (
+            med(Side::Direct, &|m| m.rate),
+            med(Side::Tollgate, &|m| m.rate),
+        );
+        let (dp, gp) = (
+            med(Side::Direct, &|m| ms(m.p50)),
+            med(Side::Tollgate, &|m| ms(m.p50)),
+        );
+        println!(
+            "  streamed {:<9} throughput direct {d:>7.0}  tollgate {g:>7.0} req/s  ratio {:.3};  \
+             p50 direct {dp:.3}  tollgate {gp:.3} ms ({:+.3} added);  gateway CPU {:.1} us/req",
+            kind.label(),
+            g / d,
+            gp - dp,
+            med(Side::Tollgate, &|m| m.gateway_cpu),
+        );
+    }
+    sent
 }
 
 // ---------------------------------------------------------------------------------------------
