@@ -1,7 +1,7 @@
-//! The Messages stream reader on arbitrary bytes (see `tollgate_fuzz::stream`).
+//! The Messages stream reader on arbitrary bytes (see `tollgate_fuzz_checks::stream`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tollgate::gateway::request::Wire;
 
-fuzz_target!(|data: &[u8]| tollgate_fuzz::stream(Wire::Messages, data));
+fuzz_target!(|data: &[u8]| tollgate_fuzz_checks::stream(Wire::Messages, data));

@@ -1,8 +1,8 @@
 //! Request-body validation of the Completions endpoint on arbitrary bytes (see
-//! `tollgate_fuzz::request`).
+//! `tollgate_fuzz_checks::request`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tollgate::gateway::request::Endpoint;
 
-fuzz_target!(|data: &[u8]| tollgate_fuzz::request(Endpoint::Completions, data));
+fuzz_target!(|data: &[u8]| tollgate_fuzz_checks::request(Endpoint::Completions, data));

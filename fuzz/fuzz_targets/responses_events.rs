@@ -1,7 +1,7 @@
-//! The Responses stream reader on arbitrary bytes (see `tollgate_fuzz::stream`).
+//! The Responses stream reader on arbitrary bytes (see `tollgate_fuzz_checks::stream`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tollgate::gateway::request::Wire;
 
-fuzz_target!(|data: &[u8]| tollgate_fuzz::stream(Wire::Responses, data));
+fuzz_target!(|data: &[u8]| tollgate_fuzz_checks::stream(Wire::Responses, data));

@@ -762,6 +762,9 @@ impl ClientRequest {
     /// it uses none, and lowers a thinking budget below it, so no field the upstream obeys asks
     /// for more than was reserved.
     pub fn set_output_cap(&mut self, cap: u64) {
+        if !self.endpoint.has_output() {
+            return;
+        }
         let mut set = false;
         for field in self.endpoint.cap_fields() {
             if self.body.get(*field).is_some_and(|v| !v.is_null()) {

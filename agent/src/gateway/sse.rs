@@ -306,7 +306,7 @@ pub fn error_event(wire: Wire, message: &str, kind: &str, sequence: Option<u64>)
         }
         Wire::Responses => {
             let json = serde_json::json!({"type": "error", "code": kind, "message": message,
-                "param": null, "sequence_number": sequence.map_or(0, |n| n + 1)});
+                "param": null, "sequence_number": sequence.map_or(0, |n| n.saturating_add(1))});
             Bytes::from(format!("event: error\ndata: {json}\n\n"))
         }
         Wire::Messages => {

@@ -69,6 +69,12 @@ pub fn request(endpoint: Endpoint, data: &[u8]) {
     let cap = 1 + (data.len() as u64 % 5_000);
     let _ = parsed.check_answer_size(cap, parsed.choices, 1 << 20);
     parsed.set_output_cap(cap);
+    if !endpoint.has_output() {
+        assert!(
+            parsed.body.keys().all(|k| !k.starts_with("max_")),
+            "a cap written into an embeddings request"
+        );
+    }
     if parsed.stream {
         parsed.ask_stream_usage();
     }
@@ -96,5 +102,58 @@ pub fn request(endpoint: Endpoint, data: &[u8]) {
             Some(cap),
             "the cap did not survive forwarding"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every seed of every target, run through its check (what the fuzzers start from).
+    #[test]
+    fn the_seeds_pass_their_checks() {
+        let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../seeds");
+        let targets: [(&str, &dyn Fn(&[u8])); 8] = [
+            ("chat_sse", &|d| stream(Wire::Chat, d)),
+            ("responses_events", &|d| stream(Wire::Responses, d)),
+            ("messages_events", &|d| stream(Wire::Messages, d)),
+            ("request_chat_completions", &|d| {
+                request(Endpoint::ChatCompletions, d)
+            }),
+            ("request_completions", &|d| {
+                request(Endpoint::Completions, d)
+            }),
+            ("request_embeddings", &|d| request(Endpoint::Embeddings, d)),
+            ("request_responses", &|d| request(Endpoint::Responses, d)),
+            ("request_messages", &|d| request(Endpoint::Messages, d)),
+        ];
+        for (target, check) in targets {
+            let mut ran = 0;
+            for seed in std::fs::read_dir(seeds.join(target)).unwrap() {
+                check(&std::fs::read(seed.unwrap().path()).unwrap());
+                ran += 1;
+            }
+            assert!(ran > 0, "{target} has no seeds");
+        }
+    }
+
+    /// A request a seed makes is accepted, so the check follows it all the way.
+    #[test]
+    fn the_request_seeds_are_accepted() {
+        let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../seeds");
+        for (target, endpoint) in [
+            ("request_chat_completions", Endpoint::ChatCompletions),
+            ("request_completions", Endpoint::Completions),
+            ("request_embeddings", Endpoint::Embeddings),
+            ("request_responses", Endpoint::Responses),
+            ("request_messages", Endpoint::Messages),
+        ] {
+            for seed in std::fs::read_dir(seeds.join(target)).unwrap() {
+                let path = seed.unwrap().path();
+                let body = std::fs::read(&path).unwrap();
+                request::parse(endpoint, &body, &[])
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+        }
     }
 }
