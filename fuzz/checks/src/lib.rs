@@ -56,7 +56,7 @@ pub fn request(endpoint: Endpoint, data: &[u8]) {
     };
     let table = PriceTable::builtin();
     // An OpenAI model (counted with its tokenizer) or another (counted by bytes).
-    let model = if data.len() % 2 == 0 {
+    let model = if data.len().is_multiple_of(2) {
         "gpt-4o-mini"
     } else {
         "claude-sonnet-4"
