@@ -109,11 +109,14 @@ pub fn request(endpoint: Endpoint, data: &[u8]) {
 mod tests {
     use super::*;
 
+    /// A target's name and its check.
+    type Target<'a> = (&'a str, &'a dyn Fn(&[u8]));
+
     /// Every seed of every target, run through its check (what the fuzzers start from).
     #[test]
     fn the_seeds_pass_their_checks() {
         let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../seeds");
-        let targets: [(&str, &dyn Fn(&[u8])); 8] = [
+        let targets: [Target<'_>; 8] = [
             ("chat_sse", &|d| stream(Wire::Chat, d)),
             ("responses_events", &|d| stream(Wire::Responses, d)),
             ("messages_events", &|d| stream(Wire::Messages, d)),
