@@ -72,6 +72,11 @@ pub mod error_code {
     pub const NOT_FOUND: &str = "not_found";
     /// The server cannot answer now (database down); retry later.
     pub const UNAVAILABLE: &str = "unavailable";
+    /// Too many requests of this kind at once, or too soon after the last; retry after the
+    /// `Retry-After` header's seconds.
+    pub const TOO_MANY_REQUESTS: &str = "too_many_requests";
+    /// The request body did not arrive in time.
+    pub const REQUEST_TIMEOUT: &str = "request_timeout";
 }
 
 /// Every refusal: `{"error": {"code": ..., "message": ..., "acked_seq": ...}}`.

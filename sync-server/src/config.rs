@@ -15,6 +15,18 @@ pub const LISTEN_DEFAULT: &str = "127.0.0.1:4200";
 pub const POOL_SIZE_DEFAULT: usize = 16;
 /// Stripe's API, unless `TOLLGATE_STRIPE_API_BASE` points elsewhere (a local mock in tests).
 pub const STRIPE_API_BASE_DEFAULT: &str = "https://api.stripe.com";
+/// How long a client may take to send a request's headers (idle keep-alive included).
+pub const HEADER_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// How long a request's body may take to arrive.
+pub const BODY_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Connections each replica serves at once (more wait in the kernel's backlog).
+pub const CONNECTIONS_MAX_DEFAULT: usize = 1_024;
+/// How long a request waits for a pool connection before a 503 with retry advice.
+pub const POOL_WAIT_DEFAULT: Duration = Duration::from_secs(5);
+/// Long polls one agent may hold open at once on a replica (it needs one).
+pub const LONG_POLLS_PER_AGENT_DEFAULT: usize = 4;
+/// The least time between two reconciles a read-only admin token starts (on a replica).
+pub const READ_ONLY_RECONCILE_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 
 /// Everything a running server needs.
 #[derive(Clone)]
@@ -26,6 +38,94 @@ pub struct ServerConfig {
     pub stripe: Option<StripeConfig>,
     /// Longest a long poll waits (capped by the protocol's own maximum).
     pub long_poll_max: Duration,
+    /// The limits every connection and request lives under.
+    pub limits: Limits,
+}
+
+/// The limits every connection and request lives under (`TOLLGATE_SERVER_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `TOLLGATE_SERVER_HEADER_READ_TIMEOUT_SECS`.
+    pub header_read_timeout: Duration,
+    /// `TOLLGATE_SERVER_BODY_READ_TIMEOUT_SECS`: a body slower than this is a 408.
+    pub body_read_timeout: Duration,
+    /// `TOLLGATE_SERVER_CONNECTIONS_MAX`.
+    pub connections_max: usize,
+    /// `TOLLGATE_SERVER_POOL_WAIT_MS`: a request that cannot get a database connection within
+    /// this is a 503 with `Retry-After`.
+    pub pool_wait: Duration,
+    /// `TOLLGATE_SERVER_LONG_POLLS_PER_AGENT`: more at once from one agent is a 429.
+    pub long_polls_per_agent: usize,
+    /// `TOLLGATE_SERVER_READ_ONLY_RECONCILE_INTERVAL_SECS`: a read-only token's reconciles are
+    /// at least this far apart (a 429 with `Retry-After` otherwise).
+    pub read_only_reconcile_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_read_timeout: HEADER_READ_TIMEOUT_DEFAULT,
+            body_read_timeout: BODY_READ_TIMEOUT_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            pool_wait: POOL_WAIT_DEFAULT,
+            long_polls_per_agent: LONG_POLLS_PER_AGENT_DEFAULT,
+            read_only_reconcile_interval: READ_ONLY_RECONCILE_INTERVAL_DEFAULT,
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, each changed by its `TOLLGATE_SERVER_*` variable if set.
+    fn load(env: EnvReader<'_>) -> anyhow::Result<Limits> {
+        let number =
+            |name: &str, default: u64, range: std::ops::RangeInclusive<u64>| match env(name) {
+                None => Ok(default),
+                Some(text) => text
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| range.contains(n))
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "{name} {text:?} is not a number from {} to {}",
+                            range.start(),
+                            range.end()
+                        )
+                    }),
+            };
+        let d = Limits::default();
+        Ok(Limits {
+            header_read_timeout: Duration::from_secs(number(
+                "TOLLGATE_SERVER_HEADER_READ_TIMEOUT_SECS",
+                d.header_read_timeout.as_secs(),
+                1..=3_600,
+            )?),
+            body_read_timeout: Duration::from_secs(number(
+                "TOLLGATE_SERVER_BODY_READ_TIMEOUT_SECS",
+                d.body_read_timeout.as_secs(),
+                1..=3_600,
+            )?),
+            connections_max: usize::try_from(number(
+                "TOLLGATE_SERVER_CONNECTIONS_MAX",
+                d.connections_max as u64,
+                1..=1_000_000,
+            )?)?,
+            pool_wait: Duration::from_millis(number(
+                "TOLLGATE_SERVER_POOL_WAIT_MS",
+                d.pool_wait.as_millis() as u64,
+                1..=600_000,
+            )?),
+            long_polls_per_agent: usize::try_from(number(
+                "TOLLGATE_SERVER_LONG_POLLS_PER_AGENT",
+                d.long_polls_per_agent as u64,
+                1..=1_000,
+            )?)?,
+            read_only_reconcile_interval: Duration::from_secs(number(
+                "TOLLGATE_SERVER_READ_ONLY_RECONCILE_INTERVAL_SECS",
+                d.read_only_reconcile_interval.as_secs(),
+                0..=86_400,
+            )?),
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -45,6 +145,7 @@ impl fmt::Debug for ServerConfig {
             .field("pool_size", &self.pool_size)
             .field("stripe", &self.stripe)
             .field("long_poll_max", &self.long_poll_max)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -67,7 +168,8 @@ pub type EnvReader<'a> = &'a dyn Fn(&str) -> Option<String>;
 impl ServerConfig {
     /// Builds the config from the database URL, an optional listen address and the environment:
     /// `TOLLGATE_SERVER_POOL_SIZE`, `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET`,
-    /// `TOLLGATE_STRIPE_API_BASE`, `TOLLGATE_STRIPE_SUCCESS_URL`, `TOLLGATE_STRIPE_CANCEL_URL`.
+    /// `TOLLGATE_STRIPE_API_BASE`, `TOLLGATE_STRIPE_SUCCESS_URL`, `TOLLGATE_STRIPE_CANCEL_URL`,
+    /// and the [`Limits`].
     pub fn load(
         database_url: Option<String>,
         listen: Option<String>,
@@ -117,6 +219,7 @@ impl ServerConfig {
             pool_size,
             stripe,
             long_poll_max: Duration::from_millis(tollgate_schema::wire::LONG_POLL_MAX_MS),
+            limits: Limits::load(env)?,
         })
     }
 }

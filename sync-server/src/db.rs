@@ -9,15 +9,22 @@
 //!   naming both versions: an old binary must not write to books it does not understand.
 
 use anyhow::{Context, anyhow};
-use deadpool_postgres::{ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtime};
+use deadpool_postgres::{ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::NoTls;
 use tollgate_schema::postgres::{LATEST_VERSION, migrations};
 
 /// An arbitrary, fixed key for `pg_advisory_lock` while migrating.
 const MIGRATION_LOCK_KEY: i64 = 0x746f_6c6c_6761_7465; // "tollgate"
 
-/// A pool of at most `size` connections to `url`. Connections are made lazily.
+/// A pool of at most `size` connections to `url`, a request waiting at most the default
+/// [`crate::config::POOL_WAIT_DEFAULT`] for one. Connections are made lazily.
 pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
+    pool_waiting(url, size, crate::config::POOL_WAIT_DEFAULT)
+}
+
+/// A pool of at most `size` connections to `url`; a request that cannot get one within `wait`
+/// fails (`PoolError::Timeout`, answered 503 with retry advice) instead of waiting forever.
+pub fn pool_waiting(url: &str, size: usize, wait: std::time::Duration) -> anyhow::Result<Pool> {
     let pg: tokio_postgres::Config = url
         .parse()
         .map_err(|e| anyhow!("the database URL is not valid ({e})"))?;
@@ -47,7 +54,13 @@ pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
     config.manager = Some(ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     });
-    config.pool = Some(PoolConfig::new(size));
+    let mut pool = PoolConfig::new(size);
+    pool.timeouts = Timeouts {
+        wait: Some(wait),
+        create: Some(std::time::Duration::from_secs(5)),
+        recycle: Some(std::time::Duration::from_secs(5)),
+    };
+    config.pool = Some(pool);
     config
         .create_pool(Some(Runtime::Tokio1), NoTls)
         .context("creating the database pool")

@@ -6,7 +6,7 @@
 //! (tests bind port 0 and read the address before serving) and runs until `shutdown` resolves.
 //! The ledger is owned by one writer thread ([`writer`]) that group-commits every request's
 //! hold and settle; everything else is async. Modules: [`config`] (file < env < flags),
-//! [`server`] (the HTTP loop: connection limit, header timeout), [`auth`] (API keys, cached
+//! the HTTP loop (crate `tollgate-serve`: connection limit, header timeout), [`auth`] (API keys, cached
 //! briefly), [`served`] (what the upstream serves: LiteLLM's `/v1/models` and `/model/info`),
 //! [`request`] (the body's allowlist and output bounds, pure), [`routing`] (levels and models,
 //! pure), [`tokens`] (the prompt's ceiling, pure), [`pricing`] (credits, pure), [`money`] (the
@@ -38,7 +38,6 @@ mod proxy;
 pub mod request;
 pub mod routing;
 pub mod served;
-mod server;
 pub mod sse;
 mod stream;
 pub mod tokens;
@@ -246,11 +245,11 @@ pub async fn serve(
     let _ = tokio::task::spawn_blocking(move || tokens::warm_up(&needed)).await;
     let background = tokio::spawn(background(gateway.clone()));
     let app = router(gateway.clone());
-    let limits = server::ConnectionLimits {
+    let limits = tollgate_serve::ConnectionLimits {
         connections_max: gateway.config.limits.connections_max,
         header_read_timeout: gateway.config.header_read_timeout(),
     };
-    let served = server::serve(listener, app, limits, shutdown).await;
+    let served = tollgate_serve::serve(listener, app, limits, shutdown).await;
     background.abort();
     // Last provider health, then let the writer finish what is queued and stop.
     flush_health(&gateway).await;

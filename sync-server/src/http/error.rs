@@ -13,6 +13,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub acked_seq: Option<i64>,
+    /// Seconds to wait before retrying (`Retry-After`), when retrying later can help.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,7 +24,30 @@ impl ApiError {
             code,
             message: message.into(),
             acked_seq: None,
+            retry_after: None,
         }
+    }
+
+    /// Says when to retry (`Retry-After`, seconds).
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    pub fn too_many(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            error_code::TOO_MANY_REQUESTS,
+            message,
+        )
+    }
+
+    pub fn request_timeout(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            error_code::REQUEST_TIMEOUT,
+            message,
+        )
     }
 
     pub fn with_acked_seq(mut self, acked_seq: i64) -> ApiError {
@@ -75,8 +100,18 @@ impl ApiError {
 
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(e: deadpool_postgres::PoolError) -> ApiError {
+        if matches!(
+            e,
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)
+        ) {
+            tracing::warn!("every database connection is busy; a request was turned away");
+            return ApiError::unavailable(
+                "the server is busy: no database connection came free in time; retry shortly",
+            )
+            .retry_after(1);
+        }
         tracing::warn!(error = %e, "no database connection");
-        ApiError::unavailable("the database is unavailable; retry later")
+        ApiError::unavailable("the database is unavailable; retry later").retry_after(1)
     }
 }
 
@@ -99,6 +134,13 @@ impl IntoResponse for ApiError {
                 acked_seq: self.acked_seq,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        response
     }
 }

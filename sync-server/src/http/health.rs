@@ -1,5 +1,6 @@
 //! `/healthz` (the process answers), `/readyz` (the database answers and its schema is one this
-//! build knows, fully migrated) and `/metrics` (Prometheus text).
+//! build knows, fully migrated; unauthenticated, so a 503 says only "not ready" and the reason
+//! goes to the log) and `/metrics` (Prometheus text).
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -15,10 +16,19 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     match crate::db::check_schema(&state.pool).await {
         Ok(version) if version == tollgate_schema::postgres::LATEST_VERSION => Ok("ready\n"),
-        Ok(version) => Err(ApiError::unavailable(format!(
-            "the database schema is at version {version}; run `tollgate-server migrate`"
-        ))),
-        Err(e) => Err(ApiError::unavailable(format!("not ready: {e:#}"))),
+        Ok(version) => {
+            tracing::warn!(
+                version,
+                "not ready: the database schema is not this build's"
+            );
+            Err(ApiError::unavailable("not ready"))
+        }
+        // The reason goes to the log, never to this unauthenticated answer (it may name hosts,
+        // databases and users).
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "not ready");
+            Err(ApiError::unavailable("not ready"))
+        }
     }
 }
 

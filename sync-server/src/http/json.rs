@@ -1,20 +1,35 @@
-//! Reading request bodies: a size limit named per endpoint and JSON errors that say what was
-//! wrong (axum's own rejections answer in plain text; ours answer in the wire's `ErrorBody`).
+//! Reading request bodies: a size limit named per endpoint, a time limit
+//! (`TOLLGATE_SERVER_BODY_READ_TIMEOUT_SECS`), and JSON errors that say what was wrong (axum's
+//! own rejections answer in plain text; ours answer in the wire's `ErrorBody`).
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request};
 use serde::de::DeserializeOwned;
 
+use super::AppState;
 use super::error::ApiError;
 
 /// The largest body of an ordinary (non-push) endpoint.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
 
-/// Reads at most `limit` bytes of `body`; more is a 413 naming the limit.
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::too_large(format!("the request body is larger than {limit} bytes")))
+/// Reads at most `limit` bytes of `body`, arriving within `timeout`: more is a 413 naming the
+/// limit, slower a 408 naming the time (a client trickling a body cannot hold a request, and
+/// the pool connection it may be waiting for, forever).
+pub async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::too_large(format!(
+            "the request body is larger than {limit} bytes"
+        ))),
+        Err(_) => Err(ApiError::request_timeout(format!(
+            "the request body did not arrive within {} s",
+            timeout.as_secs()
+        ))),
+    }
 }
 
 /// Parses JSON, naming the path of the field at fault (`entries[3].amount: invalid type …`):
@@ -38,10 +53,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let is_json = req
             .headers()
             .get(axum::http::header::CONTENT_TYPE)
@@ -52,7 +67,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 "the request body must be JSON (Content-Type: application/json)",
             ));
         }
-        let bytes = read_body(req.into_body(), BODY_BYTES_MAX).await?;
+        let timeout = state.config.limits.body_read_timeout;
+        let bytes = read_body(req.into_body(), BODY_BYTES_MAX, timeout).await?;
         parse_json(&bytes).map(ApiJson)
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod gates;
 pub mod health;
 pub mod json;
 
@@ -35,6 +36,10 @@ pub struct AppState {
     pub inbox: InboxNotifier,
     /// Outbound HTTP (Stripe's API).
     pub http: reqwest::Client,
+    /// Long polls open per agent (bounded by `limits.long_polls_per_agent`).
+    pub long_polls: Arc<gates::LongPolls>,
+    /// Read-only tokens' reconciles, spaced by `limits.read_only_reconcile_interval`.
+    pub reconciles: Arc<gates::ReconcileGate>,
 }
 
 /// The whole router.
@@ -146,7 +151,11 @@ fn route_label(matched: Option<&str>) -> &'static str {
 /// Builds the shared state: the pool, metrics, the inbox notifier (its LISTEN connection is
 /// started here) and the outbound HTTP client.
 pub async fn state(config: ServerConfig) -> anyhow::Result<AppState> {
-    let pool = crate::db::pool(&config.database_url, config.pool_size)?;
+    let pool = crate::db::pool_waiting(
+        &config.database_url,
+        config.pool_size,
+        config.limits.pool_wait,
+    )?;
     let inbox = InboxNotifier::start(&config.database_url).await?;
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
@@ -157,17 +166,23 @@ pub async fn state(config: ServerConfig) -> anyhow::Result<AppState> {
         metrics: Arc::new(Metrics::new()),
         inbox,
         http,
+        long_polls: Arc::default(),
+        reconciles: Arc::default(),
     })
 }
 
-/// Serves on `listener` until `shutdown` resolves, then finishes the requests in flight.
+/// Serves on `listener` until `shutdown` resolves, then finishes the requests in flight; at most
+/// `limits.connections_max` connections at once, each closed if a request's headers take longer
+/// than `limits.header_read_timeout`.
 pub async fn serve(
     state: AppState,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = tollgate_serve::ConnectionLimits {
+        connections_max: state.config.limits.connections_max,
+        header_read_timeout: state.config.limits.header_read_timeout,
+    };
+    tollgate_serve::serve(listener, router(state), limits, shutdown).await?;
     Ok(())
 }

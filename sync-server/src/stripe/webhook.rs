@@ -120,9 +120,13 @@ async fn receive(
             ),
         ));
     };
-    let bytes = read_body(body, WEBHOOK_BODY_BYTES_MAX)
-        .await
-        .map_err(|e| (outcome::TOO_LARGE, e))?;
+    let bytes = read_body(
+        body,
+        WEBHOOK_BODY_BYTES_MAX,
+        state.config.limits.body_read_timeout,
+    )
+    .await
+    .map_err(|e| (outcome::TOO_LARGE, e))?;
     let header = headers
         .get("stripe-signature")
         .map(|v| v.to_str().unwrap_or_default());

@@ -138,6 +138,15 @@ pub async fn inbox(
     acknowledge(&state.pool, agent.agent_id, params.after).await?;
     let mut page = read_page(&state.pool, agent.agent_id, params.after).await?;
     if page.events.is_empty() && !wait.is_zero() {
+        let max = state.config.limits.long_polls_per_agent;
+        let Some(_slot) = state.long_polls.enter(agent.agent_id, max) else {
+            return Err(ApiError::too_many(format!(
+                "agent {:?} already has {max} long polls open on this server; one at a time is \
+                 enough",
+                agent.name
+            ))
+            .retry_after(1));
+        };
         let deadline = tokio::time::Instant::now() + wait;
         // Subscribe first, then re-read: an event committed in between is either in the read or
         // wakes the waiter.

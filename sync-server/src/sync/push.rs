@@ -77,7 +77,12 @@ async fn push(
     agent: &AgentAuth,
     body: Body,
 ) -> Result<(PushResponse, Outcome), ApiError> {
-    let bytes = read_body(body, PUSH_BODY_BYTES_MAX).await?;
+    let bytes = read_body(
+        body,
+        PUSH_BODY_BYTES_MAX,
+        state.config.limits.body_read_timeout,
+    )
+    .await?;
     // Parsing and hashing up to a thousand entries is CPU work (about a millisecond): off the
     // async workers, so other requests (long polls, health checks) are not held behind it.
     let batch = tokio::task::spawn_blocking(move || Batch::check(parse_request(&bytes)?))

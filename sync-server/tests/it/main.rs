@@ -9,6 +9,7 @@ mod bad_input_sync;
 mod central;
 mod crash;
 mod enroll;
+mod hardening;
 mod migrations;
 mod pull;
 mod push;

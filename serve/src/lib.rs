@@ -1,9 +1,10 @@
-//! The gateway's HTTP server loop: hyper's HTTP/1 connections with the limits `axum::serve`
-//! does not offer — a connection limit and a header-read timeout — so a slow or idle client
-//! (slowloris) holds a connection for at most `limits.header_read_timeout_secs`, and the
-//! gateway never holds more than `limits.connections_max` connections at once (beyond it, new
-//! connections wait in the kernel's backlog until one closes). The body read timeout is the
-//! request path's (`proxy::read_body`).
+//! tollgate-serve: the HTTP server loop both programs run (the agent's gateway and the central
+//! server) — hyper's HTTP/1 connections with the limits `axum::serve` does not offer, a
+//! connection limit and a header-read timeout, so a slow or idle client (slowloris) holds a
+//! connection for at most [`ConnectionLimits::header_read_timeout`], and a program never holds
+//! more than [`ConnectionLimits::connections_max`] connections at once (beyond it, new
+//! connections wait in the kernel's backlog until one closes). Body read timeouts are each
+//! program's own (where it reads a body).
 //!
 //! Guarantees: every connection runs in its own task and is counted until it ends; on
 //! shutdown the loop stops accepting, tells each connection to finish its request in flight
