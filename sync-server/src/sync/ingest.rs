@@ -32,6 +32,7 @@ use tollgate_schema::wire::{WireEntry, error_code};
 use uuid::Uuid;
 
 use super::push::{Batch, quarantined};
+use super::rules;
 use crate::http::auth::AgentAuth;
 use crate::http::error::ApiError;
 
@@ -112,10 +113,6 @@ const HEARTBEAT: &str = "WITH s AS (UPDATE agent_streams SET reported_head_seq =
      UPDATE agents SET incarnation = $2 WHERE agent_id = $1 AND incarnation IS DISTINCT FROM $2";
 /// The unique index on central operation keys (V1__central.sql).
 const CENTRAL_KEY_INDEX: &str = "idx_credit_transactions_central_key";
-const CENTRAL_OPERATIONS: &str = "SELECT operation_key, agent_id, user_id, amount \
-     FROM central_operations WHERE kind = 'credit' AND operation_key = ANY($1)";
-const STORED_KEYS: &str = "SELECT idempotency_key FROM credit_transactions \
-     WHERE idempotency_key = ANY($1)";
 const INSERT_EVIDENCE: &str = "INSERT INTO quarantined_entries \
      (agent_id, incarnation, seq, held_hash, offered_hash, offered) VALUES ($1, $2, $3, $4, $5, $6)";
 const QUARANTINE: &str = "UPDATE agents SET status = 'quarantined', quarantine_reason = $2 \
@@ -263,9 +260,13 @@ pub(crate) async fn ingest(
         return Err(quarantine(tx, agent, incarnation, acked, reason, &evidence).await);
     }
 
-    // An entry carrying a central operation's key must be that operation, applied once, by the
-    // agent it was sent to: anything else would count central credit twice or in the wrong place.
-    if let Some(reason) = central_key_mismatch(&tx, agent_id, new).await? {
+    // What this agent may write: central operation keys it was sent, users it holds, each
+    // user's balance chain continued, amounts the books can hold.
+    if let Some(reason) = rules::central_key_mismatch(&tx, agent_id, new).await? {
+        drop(tx);
+        return Err(quarantine_alone(pool, agent, acked, reason).await);
+    }
+    if let Some(reason) = rules::user_rule_broken(&tx, agent_id, new).await? {
         drop(tx);
         return Err(quarantine_alone(pool, agent, acked, reason).await);
     }
@@ -391,69 +392,6 @@ pub(crate) async fn ingest(
         acked_seq: last.seq,
         ingested: new.len(),
     })
-}
-
-/// A central credit operation as an entry must match it: (agent sent to, user, amount).
-type CentralCredit = (Option<Uuid>, Option<String>, Option<Decimal>);
-
-/// Why entries keyed by a central credit operation do not match it, if they do not: the
-/// operation was sent to another agent, is for another user or amount, or already has its entry
-/// (stored, or earlier in this batch).
-async fn central_key_mismatch(
-    tx: &Transaction<'_>,
-    agent_id: Uuid,
-    new: &[WireEntry],
-) -> Result<Option<String>, ApiError> {
-    let keys: Vec<&str> = new
-        .iter()
-        .filter_map(|e| e.idempotency_key.as_deref())
-        .collect();
-    if keys.is_empty() {
-        return Ok(None);
-    }
-    let operations: BTreeMap<String, CentralCredit> = tx
-        .query(CENTRAL_OPERATIONS, &[&keys])
-        .await?
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
-        .collect();
-    if operations.is_empty() {
-        return Ok(None);
-    }
-    let applied: Vec<String> = tx
-        .query(STORED_KEYS, &[&keys])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let mut seen: Vec<&str> = Vec::new();
-    for entry in new {
-        let Some(key) = entry.idempotency_key.as_deref() else {
-            continue;
-        };
-        let Some((op_agent, op_user, op_amount)) = operations.get(key) else {
-            continue;
-        };
-        let why = if *op_agent != Some(agent_id) {
-            Some("it was sent to another agent")
-        } else if op_user.as_deref() != Some(entry.user_id.as_str()) {
-            Some("it is for another user")
-        } else if *op_amount != Some(entry.amount.to_decimal()) {
-            Some("its amount differs")
-        } else if applied.iter().any(|k| k == key) || seen.contains(&key) {
-            Some("it already has its entry")
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            return Ok(Some(format!(
-                "seq {} carries central operation key {key:?}, but {why}",
-                entry.seq
-            )));
-        }
-        seen.push(key);
-    }
-    Ok(None)
 }
 
 /// One conflicting entry, as kept in `quarantined_entries`.

@@ -7,3 +7,4 @@ mod ingest;
 pub mod notify;
 pub mod pull;
 pub mod push;
+mod rules;

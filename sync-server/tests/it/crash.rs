@@ -3,10 +3,11 @@
 //! bytes on a restarted server is applied once.
 //!
 //! The kill is timed by what PostgreSQL reports, not by sleeps: the test polls
-//! `pg_stat_activity` until the push's `INSERT INTO credit_transactions` is running. On odd
-//! batches the test also holds a lock the insert's foreign-key check needs (the users' rows, `FOR
-//! UPDATE`), so the insert is provably still in flight when the kill lands; on even batches it
-//! kills as soon as it sees the insert, wherever the transaction has got to by then.
+//! `pg_stat_activity` until the push's transaction is running a statement that touches the
+//! users' rows (the rules' `SELECT … FOR UPDATE` of the batch's users, or the `INSERT INTO
+//! credit_transactions` whose foreign keys need them). On odd batches the test also holds those
+//! rows (`FOR UPDATE`), so the transaction is provably still in flight when the kill lands; on
+//! even batches it kills as soon as it sees either, wherever the transaction has got to by then.
 
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,8 @@ const BATCHES: usize = 7;
 /// Bound on every wait for PostgreSQL's signal (generous; never a sleep).
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The pid of the backend running the push's insert, or `None` once the push has finished.
+/// The pid of the backend running the push's users lock or insert, or `None` once the push has
+/// finished.
 async fn wait_for_insert(
     watcher: &tokio_postgres::Client,
     in_flight: &tokio::task::JoinHandle<Result<crate::sync_support::Answer, reqwest::Error>>,
@@ -32,7 +34,8 @@ async fn wait_for_insert(
         let row = watcher
             .query_opt(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
-                 AND state = 'active' AND query LIKE 'INSERT INTO credit_transactions%' LIMIT 1",
+                 AND state = 'active' AND (query LIKE 'INSERT INTO credit_transactions%' \
+                 OR query LIKE 'SELECT u.user_id, u.home_agent_id%') LIMIT 1",
                 &[],
             )
             .await
@@ -43,7 +46,10 @@ async fn wait_for_insert(
         if in_flight.is_finished() {
             return None;
         }
-        assert!(Instant::now() < until, "the push's insert never started");
+        assert!(
+            Instant::now() < until,
+            "the push's transaction never reached the users"
+        );
         tokio::task::yield_now().await;
     }
 }

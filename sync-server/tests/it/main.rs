@@ -10,6 +10,7 @@ mod central;
 mod crash;
 mod enroll;
 mod hardening;
+mod ingest_rules;
 mod migrations;
 mod pull;
 mod push;

@@ -1,0 +1,198 @@
+//! What an agent may write (SYNC.md "Who governs what"), checked on every new entry of a push
+//! before anything is stored. A broken rule is a reason (naming the entry, the user and the
+//! rule) that quarantines the agent.
+//!
+//! The rules:
+//! - **Central operation keys** (`admin:…`, `stripe:…`) belong to operations the server made: an
+//!   entry carrying one must be that operation, sent to this agent, for its user and amount, and
+//!   its only entry. A key in that namespace no operation has is refused too (else it would be
+//!   taken before the operation is made, and the agent it is sent to quarantined for applying
+//!   it).
+//! - **Users it holds**: an agent writes only for users homed on it (or not yet known centrally:
+//!   they are homed on it as they arrive).
+//! - **The balance chain**: each entry's `balance_before` is the user's central balance (with
+//!   the batch's earlier entries applied); a central balance moves only by these entries, so any
+//!   other value is a forged or replayed history.
+//! - **Amounts the books hold**: a user's lifetime purchases and month's usage stay within
+//!   [`Credits::MAX`] (balances do, by the chain).
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use tokio_postgres::Transaction;
+use tollgate_schema::money::Credits;
+use tollgate_schema::wire::WireEntry;
+use uuid::Uuid;
+
+use crate::central::operation::{ADMIN_KEY_PREFIX, STRIPE_KEY_PREFIX};
+use crate::http::error::ApiError;
+
+const CENTRAL_OPERATIONS: &str = "SELECT operation_key, agent_id, user_id, amount \
+     FROM central_operations WHERE kind = 'credit' AND operation_key = ANY($1)";
+const STORED_KEYS: &str = "SELECT idempotency_key FROM credit_transactions \
+     WHERE idempotency_key = ANY($1)";
+/// The batch's users as the central books hold them, locked in user order (the order every push
+/// and central change locks users in).
+const USERS: &str = "SELECT u.user_id, u.home_agent_id, a.name, u.balance, \
+     u.lifetime_credits_purchased, u.credits_used_this_month \
+     FROM user_credits u LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
+     WHERE u.user_id = ANY($1) ORDER BY u.user_id FOR UPDATE OF u";
+
+/// Whether `key` is in the central operations' namespace.
+pub(crate) fn is_central_key(key: &str) -> bool {
+    key.starts_with(ADMIN_KEY_PREFIX) || key.starts_with(STRIPE_KEY_PREFIX)
+}
+
+/// A central credit operation as an entry must match it: (agent sent to, user, amount).
+type CentralCredit = (Option<Uuid>, Option<String>, Option<Decimal>);
+
+/// Why entries keyed by a central credit operation do not match it, if they do not: no such
+/// operation was made, or it was sent to another agent, is for another user or amount, or
+/// already has its entry (stored, or earlier in this batch).
+pub(crate) async fn central_key_mismatch(
+    tx: &Transaction<'_>,
+    agent_id: Uuid,
+    new: &[WireEntry],
+) -> Result<Option<String>, ApiError> {
+    let keys: Vec<&str> = new
+        .iter()
+        .filter_map(|e| e.idempotency_key.as_deref())
+        .collect();
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    let operations: BTreeMap<String, CentralCredit> = tx
+        .query(CENTRAL_OPERATIONS, &[&keys])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect();
+    if operations.is_empty() && !keys.iter().any(|k| is_central_key(k)) {
+        return Ok(None);
+    }
+    let applied: Vec<String> = tx
+        .query(STORED_KEYS, &[&keys])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut seen: Vec<&str> = Vec::new();
+    for entry in new {
+        let Some(key) = entry.idempotency_key.as_deref() else {
+            continue;
+        };
+        let Some((op_agent, op_user, op_amount)) = operations.get(key) else {
+            if is_central_key(key) {
+                return Ok(Some(format!(
+                    "seq {} carries central operation key {key:?}, but no such operation was \
+                     made: keys in that namespace are the server's to give",
+                    entry.seq
+                )));
+            }
+            continue;
+        };
+        let why = if *op_agent != Some(agent_id) {
+            Some("it was sent to another agent")
+        } else if op_user.as_deref() != Some(entry.user_id.as_str()) {
+            Some("it is for another user")
+        } else if *op_amount != Some(entry.amount.to_decimal()) {
+            Some("its amount differs")
+        } else if applied.iter().any(|k| k == key) || seen.contains(&key) {
+            Some("it already has its entry")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Ok(Some(format!(
+                "seq {} carries central operation key {key:?}, but {why}",
+                entry.seq
+            )));
+        }
+        seen.push(key);
+    }
+    Ok(None)
+}
+
+/// A user as the central books hold them.
+struct CentralUser {
+    home: Option<Uuid>,
+    home_name: Option<String>,
+    balance: Decimal,
+    purchased: Decimal,
+    used: Decimal,
+}
+
+/// Why the new entries break a user rule (the users it holds, the balance chain, amounts the
+/// books hold), if they do.
+pub(crate) async fn user_rule_broken(
+    tx: &Transaction<'_>,
+    agent_id: Uuid,
+    new: &[WireEntry],
+) -> Result<Option<String>, ApiError> {
+    let mut ids: Vec<&str> = new.iter().map(|e| e.user_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut users: BTreeMap<String, CentralUser> = tx
+        .query(USERS, &[&ids])
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                CentralUser {
+                    home: r.get(1),
+                    home_name: r.get(2),
+                    balance: r.get(3),
+                    purchased: r.get(4),
+                    used: r.get(5),
+                },
+            )
+        })
+        .collect();
+    let max = Credits::MAX.to_decimal();
+    for entry in new {
+        let user = users
+            .entry(entry.user_id.clone())
+            .or_insert_with(|| CentralUser {
+                home: Some(agent_id),
+                home_name: None,
+                balance: Decimal::ZERO,
+                purchased: Decimal::ZERO,
+                used: Decimal::ZERO,
+            });
+        let (seq, id) = (entry.seq, &entry.user_id);
+        if user.home != Some(agent_id) {
+            let holder = match (&user.home, &user.home_name) {
+                (Some(_), Some(name)) => format!("agent {name:?} holds"),
+                _ => "no agent holds".to_owned(),
+            };
+            return Ok(Some(format!(
+                "seq {seq} writes for user {id:?}, whose balance {holder}: an agent may write \
+                 only for the users it holds"
+            )));
+        }
+        let before = entry.balance_before.to_decimal();
+        if before != user.balance {
+            return Ok(Some(format!(
+                "seq {seq} says user {id:?} had {before} credits, but the central books hold \
+                 {}: the user's balance chain is broken",
+                user.balance.normalize()
+            )));
+        }
+        user.balance = entry.balance_after.to_decimal();
+        let amount = entry.amount.to_decimal();
+        match entry.transaction_type.as_str() {
+            "purchase" if amount > Decimal::ZERO => user.purchased += amount,
+            "usage" if amount < Decimal::ZERO => user.used -= amount,
+            _ => {}
+        }
+        if user.purchased > max || user.used > max {
+            return Ok(Some(format!(
+                "seq {seq} would take user {id:?}'s lifetime purchases or month's usage past \
+                 {} credits, the most the books hold",
+                Credits::MAX
+            )));
+        }
+    }
+    Ok(None)
+}
