@@ -103,7 +103,8 @@ pub enum AdminTokensCommand {
 pub enum UsersCommand {
     /// Every user known centrally: home agent, balance, tier, power level.
     List,
-    /// Create or change a user, homed on agent HOME; the settings reach the home agent.
+    /// Create or change a user, homed on agent HOME; only the settings named change, and they
+    /// reach the home agent.
     Set(UserSetArgs),
 }
 
@@ -113,12 +114,16 @@ pub struct UserSetArgs {
     /// The agent (by name) that holds this user's balance.
     #[arg(long)]
     pub home: String,
-    #[arg(long, default_value = "trial")]
-    pub tier: String,
-    #[arg(long, default_value = "balanced")]
-    pub power_level: String,
-    #[arg(long, default_value = "0")]
-    pub monthly_allowance: String,
+    /// Unless given, unchanged (a new user: trial).
+    #[arg(long)]
+    pub tier: Option<String>,
+    /// Unless given, unchanged (a new user: the tier's default level).
+    #[arg(long)]
+    pub power_level: Option<String>,
+    /// Credits; unless given, unchanged (a new user: 0).
+    #[arg(long)]
+    pub monthly_allowance: Option<String>,
+    /// Credits, or "none" for no cap; unless given, unchanged (a new user: no cap).
     #[arg(long)]
     pub monthly_spend_cap: Option<String>,
 }

@@ -82,17 +82,19 @@ pub async fn show(
         .ok_or_else(|| ApiError::not_found(format!("no user {user_id:?} is known centrally")))
 }
 
-/// The body of `PUT /admin/v1/users/{user_id}`: the user's whole central settings.
+/// The body of `PUT /admin/v1/users/{user_id}`: the settings to set. A field left out (or null)
+/// keeps its value; a new user gets the defaults for it (tier `trial`, the tier's default level,
+/// no allowance, no cap).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserBody {
     /// The agent (by name) that holds the user's balance.
     pub home_agent: String,
-    pub tier: String,
-    pub power_level: String,
-    /// Exact decimal credits; default "0".
+    pub tier: Option<String>,
+    pub power_level: Option<String>,
+    /// Exact decimal credits.
     pub monthly_allowance: Option<String>,
-    /// Exact decimal credits; absent or null: no cap.
+    /// Exact decimal credits, or "none" to remove the cap.
     pub monthly_spend_cap: Option<String>,
     /// Idempotency id: the same id with the same body is applied once.
     pub operation_id: Option<String>,
@@ -110,14 +112,15 @@ pub async fn set(
         home_agent: body.home_agent,
         tier: body.tier,
         power_level: body.power_level,
-        monthly_allowance: match body.monthly_allowance.as_deref() {
-            Some(text) => validate::credits("monthly_allowance", text)?,
-            None => tollgate_schema::money::Credits::ZERO,
-        },
+        monthly_allowance: body
+            .monthly_allowance
+            .as_deref()
+            .map(|text| validate::credits("monthly_allowance", text))
+            .transpose()?,
         monthly_spend_cap: body
             .monthly_spend_cap
             .as_deref()
-            .map(|text| validate::credits("monthly_spend_cap", text))
+            .map(|text| validate::spend_cap("monthly_spend_cap", text))
             .transpose()?,
     };
     let key = extract::operation_key(body.operation_id.as_deref(), "user")?;

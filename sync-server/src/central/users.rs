@@ -4,7 +4,9 @@
 //! - [`set_user`] validates everything first (tier, power level, user id, limits, the home agent
 //!   exists and is not revoked), then in one transaction claims the operation key, upserts
 //!   `user_credits` (home and settings only: never the balance) and writes a `UserUpsert` event
-//!   to the home agent's inbox. Same key and content → the stored result, no new event.
+//!   with the user's whole settings to the home agent's inbox. A change names only what it
+//!   changes: the rest keeps its value (the row is read `FOR UPDATE`, so concurrent changes of
+//!   different settings both land). Same key and content → the stored result, no new event.
 //! - A user's home never moves while the old home may hold credit for them: a non-zero cached
 //!   balance, or a credit operation sent to the old home and not yet seen back as an entry, is
 //!   refused. In home-agent mode the home is the only holder of the balance; moving the user
@@ -22,18 +24,40 @@ use uuid::Uuid;
 use super::operation::{self, Begin, Claim};
 use super::{Applied, CentralError, inbox, validate};
 
-/// Create or change a user (the whole central state of their settings).
+/// Create or change a user: the settings it names change, the others keep their value (or, for
+/// a new user, take the defaults: tier `trial`, the tier's default level, no allowance, no cap).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserSet {
     pub user_id: String,
     /// The agent, by name, that holds this user's balance.
     pub home_agent: String,
-    pub tier: String,
-    pub power_level: String,
-    pub monthly_allowance: Credits,
-    /// `None`: no cap.
-    pub monthly_spend_cap: Option<Credits>,
+    pub tier: Option<String>,
+    pub power_level: Option<String>,
+    pub monthly_allowance: Option<Credits>,
+    pub monthly_spend_cap: Option<SpendCap>,
 }
+
+/// A change to a user's monthly spend cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpendCap {
+    /// No cap.
+    Unlimited,
+    /// At most this much a month.
+    Credits(Credits),
+}
+
+impl SpendCap {
+    fn credits(self) -> Option<Credits> {
+        match self {
+            SpendCap::Unlimited => None,
+            SpendCap::Credits(c) => Some(c),
+        }
+    }
+}
+
+/// The tier a new user gets unless told.
+pub const NEW_USER_TIER: &str = "trial";
 
 /// What [`set_user`] did (stored with the operation key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,10 +76,16 @@ pub struct UserSetResult {
 impl UserSet {
     fn validate(&self) -> Result<(), CentralError> {
         validate::user_id("user_id", &self.user_id)?;
-        validate::tier("tier", &self.tier)?;
-        validate::power_level("power_level", &self.power_level)?;
-        validate::non_negative("monthly_allowance", self.monthly_allowance)?;
-        if let Some(cap) = self.monthly_spend_cap {
+        if let Some(tier) = &self.tier {
+            validate::tier("tier", tier)?;
+        }
+        if let Some(level) = &self.power_level {
+            validate::power_level("power_level", level)?;
+        }
+        if let Some(allowance) = self.monthly_allowance {
+            validate::non_negative("monthly_allowance", allowance)?;
+        }
+        if let Some(SpendCap::Credits(cap)) = self.monthly_spend_cap {
             validate::non_negative("monthly_spend_cap", cap)?;
         }
         if self.home_agent.is_empty() {
@@ -64,13 +94,35 @@ impl UserSet {
         Ok(())
     }
 
-    fn settings(&self) -> UserSettings {
+    /// The settings of a new user: what it names, defaults for the rest.
+    fn new_settings(&self) -> UserSettings {
+        let tier = self
+            .tier
+            .clone()
+            .unwrap_or_else(|| NEW_USER_TIER.to_owned());
         UserSettings {
             user_id: self.user_id.clone(),
-            tier: self.tier.clone(),
-            power_level: self.power_level.clone(),
-            monthly_allowance: self.monthly_allowance,
-            monthly_spend_cap: self.monthly_spend_cap,
+            power_level: self
+                .power_level
+                .clone()
+                .unwrap_or_else(|| validate::default_power_level(&tier).to_owned()),
+            tier,
+            monthly_allowance: self.monthly_allowance.unwrap_or(Credits::ZERO),
+            monthly_spend_cap: self.monthly_spend_cap.and_then(SpendCap::credits),
+        }
+    }
+
+    /// `current` with what this changes.
+    fn applied_to(&self, current: UserSettings) -> UserSettings {
+        UserSettings {
+            user_id: current.user_id,
+            tier: self.tier.clone().unwrap_or(current.tier),
+            power_level: self.power_level.clone().unwrap_or(current.power_level),
+            monthly_allowance: self.monthly_allowance.unwrap_or(current.monthly_allowance),
+            monthly_spend_cap: match self.monthly_spend_cap {
+                None => current.monthly_spend_cap,
+                Some(cap) => cap.credits(),
+            },
         }
     }
 }
@@ -122,28 +174,30 @@ pub async fn set_user(
         ));
     }
 
-    let allowance = req.monthly_allowance.to_decimal();
-    let cap = req.monthly_spend_cap.map(Credits::to_decimal);
+    let fresh = req.new_settings();
     let created = tx
         .query_opt(
             "INSERT INTO user_credits (user_id, home_agent_id, subscription_tier, power_level, \
              monthly_allowance, monthly_spend_cap) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (user_id) DO NOTHING RETURNING id",
             &[
-                &req.user_id,
+                &fresh.user_id,
                 &home_id,
-                &req.tier,
-                &req.power_level,
-                &allowance,
-                &cap,
+                &fresh.tier,
+                &fresh.power_level,
+                &fresh.monthly_allowance.to_decimal(),
+                &fresh.monthly_spend_cap.map(Credits::to_decimal),
             ],
         )
         .await?
         .is_some();
-    if !created {
+    let settings = if created {
+        fresh
+    } else {
         let row = tx
             .query_one(
-                "SELECT u.home_agent_id, a.name FROM user_credits u \
+                "SELECT u.home_agent_id, a.name, u.subscription_tier, u.power_level, \
+                 u.monthly_allowance, u.monthly_spend_cap FROM user_credits u \
                  LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
                  WHERE u.user_id = $1 FOR UPDATE OF u",
                 &[&req.user_id],
@@ -155,21 +209,30 @@ pub async fn set_user(
             let old_name = old_name.unwrap_or_else(|| old_home.to_string());
             return Err(refuse_move(&req.user_id, &old_name, &req.home_agent));
         }
+        let cap: Option<Decimal> = row.get(5);
+        let current = UserSettings {
+            user_id: req.user_id.clone(),
+            tier: row.get(2),
+            power_level: row.get(3),
+            monthly_allowance: super::credits_from_db(row.get(4))?,
+            monthly_spend_cap: cap.map(super::credits_from_db).transpose()?,
+        };
+        let settings = req.applied_to(current);
         tx.execute(
             "UPDATE user_credits SET home_agent_id = $2, subscription_tier = $3, power_level = $4, \
              monthly_allowance = $5, monthly_spend_cap = $6 WHERE user_id = $1",
             &[
-                &req.user_id,
+                &settings.user_id,
                 &home_id,
-                &req.tier,
-                &req.power_level,
-                &allowance,
-                &cap,
+                &settings.tier,
+                &settings.power_level,
+                &settings.monthly_allowance.to_decimal(),
+                &settings.monthly_spend_cap.map(Credits::to_decimal),
             ],
         )
         .await?;
-    }
-    let settings = req.settings();
+        settings
+    };
     let written = inbox::append(
         &tx,
         home_id,

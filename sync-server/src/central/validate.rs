@@ -134,6 +134,23 @@ pub fn non_negative(field: &'static str, amount: Credits) -> Result<(), CentralE
     Ok(())
 }
 
+/// A spend cap as text: exact decimal credits, or `none` for no cap.
+pub fn spend_cap(field: &'static str, text: &str) -> Result<super::users::SpendCap, CentralError> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(super::users::SpendCap::Unlimited);
+    }
+    credits(field, text).map(super::users::SpendCap::Credits)
+}
+
+/// The level a new user of `tier` runs at unless told: balanced where the tier allows it (starter
+/// and above), else eco — the agent's own rule (`tollgate users add`).
+pub fn default_power_level(tier: &str) -> &'static str {
+    match tier {
+        "free" | "trial" => "eco",
+        _ => "balanced",
+    }
+}
+
 /// The rank of a tier in [`TIERS`] (free < trial < starter < professional < enterprise).
 pub fn tier_rank(tier: &str) -> Option<usize> {
     TIERS.iter().position(|t| *t == tier)

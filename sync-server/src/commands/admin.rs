@@ -238,14 +238,15 @@ pub async fn users(pool: &Pool, cmd: UsersCommand, json: bool) -> anyhow::Result
                 home_agent: args.home,
                 tier: args.tier,
                 power_level: args.power_level,
-                monthly_allowance: validate::credits(
-                    "--monthly-allowance",
-                    &args.monthly_allowance,
-                )?,
+                monthly_allowance: args
+                    .monthly_allowance
+                    .as_deref()
+                    .map(|t| validate::credits("--monthly-allowance", t))
+                    .transpose()?,
                 monthly_spend_cap: args
                     .monthly_spend_cap
                     .as_deref()
-                    .map(|t| validate::credits("--monthly-spend-cap", t))
+                    .map(|t| validate::spend_cap("--monthly-spend-cap", t))
                     .transpose()?,
             };
             let key = operation::fresh_key("user");

@@ -78,7 +78,18 @@ async fn setting_a_user_sends_the_settings_to_the_home_agent_only() {
     let (status, one) = api.get("/admin/v1/users/alice").await;
     assert_eq!(status, 200, "{one}");
     assert_eq!(one["home_agent_status"], "active");
+    // The PUT that named no cap kept it; "none" removes it.
+    assert_eq!(one["monthly_spend_cap"], "100");
+    let (status, _) = api
+        .put(
+            "/admin/v1/users/alice",
+            json!({"home_agent": "a1", "monthly_spend_cap": "none"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, one) = api.get("/admin/v1/users/alice").await;
     assert_eq!(one["monthly_spend_cap"], serde_json::Value::Null);
+    assert_eq!(one["tier"], "professional", "{one}");
     let (status, err) = api.get("/admin/v1/users/nobody").await;
     assert_eq!((status, code(&err)), (404, "not_found"));
 }

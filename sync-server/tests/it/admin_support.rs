@@ -244,9 +244,9 @@ pub async fn set_user(db: &TestDb, user: &str, agent: &str) {
         &tollgate_server::central::users::UserSet {
             user_id: user.to_owned(),
             home_agent: agent.to_owned(),
-            tier: "trial".to_owned(),
-            power_level: "balanced".to_owned(),
-            monthly_allowance: Credits::ZERO,
+            tier: Some("trial".to_owned()),
+            power_level: Some("balanced".to_owned()),
+            monthly_allowance: Some(Credits::ZERO),
             monthly_spend_cap: None,
         },
         &format!("test:{}", Uuid::now_v7()),

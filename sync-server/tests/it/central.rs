@@ -4,9 +4,11 @@
 use tollgate_schema::wire::{CreditEventKind, EventBody};
 use tollgate_server::central::CentralError;
 use tollgate_server::central::credit::{self, CreditKind, CreditOp, PurchasedPackage};
-use tollgate_server::central::users::{UserSet, set_user};
+use tollgate_server::central::users::{SpendCap, UserSet, set_user};
 
-use crate::admin_support::{add_agent, books, c, count, inbox, revoke_agent, set_user as home};
+use crate::admin_support::{
+    add_agent, books, c, cli, count, inbox, revoke_agent, set_user as home,
+};
 use crate::support::TestDb;
 
 fn grant(user: &str, amount: &str, op: &str) -> CreditOp {
@@ -177,10 +179,10 @@ async fn set_user_is_idempotent_and_validated() {
     let req = UserSet {
         user_id: "alice".to_owned(),
         home_agent: "a1".to_owned(),
-        tier: "starter".to_owned(),
-        power_level: "eco".to_owned(),
-        monthly_allowance: c("10"),
-        monthly_spend_cap: Some(c("50")),
+        tier: Some("starter".to_owned()),
+        power_level: Some("eco".to_owned()),
+        monthly_allowance: Some(c("10")),
+        monthly_spend_cap: Some(SpendCap::Credits(c("50"))),
     };
     let first = set_user(&db.pool, &req, "admin:u-1", "test").await.unwrap();
     assert!(first.result.created && !first.replayed);
@@ -191,7 +193,7 @@ async fn set_user_is_idempotent_and_validated() {
     let err = set_user(
         &db.pool,
         &UserSet {
-            tier: "enterprise".to_owned(),
+            tier: Some("enterprise".to_owned()),
             ..req.clone()
         },
         "admin:u-1",
@@ -205,14 +207,14 @@ async fn set_user_is_idempotent_and_validated() {
     for (bad, needle) in [
         (
             UserSet {
-                tier: "gold".to_owned(),
+                tier: Some("gold".to_owned()),
                 ..req.clone()
             },
             "tier: \"gold\" is not one of",
         ),
         (
             UserSet {
-                power_level: "turbo".to_owned(),
+                power_level: Some("turbo".to_owned()),
                 ..req.clone()
             },
             "power_level",
@@ -240,7 +242,7 @@ async fn set_user_is_idempotent_and_validated() {
         ),
         (
             UserSet {
-                monthly_allowance: c("-1"),
+                monthly_allowance: Some(c("-1")),
                 ..req.clone()
             },
             "monthly_allowance",
@@ -253,6 +255,97 @@ async fn set_user_is_idempotent_and_validated() {
         assert!(err.contains(needle), "{err}");
     }
     assert_eq!(books(&db).await, before);
+}
+
+#[tokio::test]
+async fn a_change_names_only_what_it_changes() {
+    let db = TestDb::new().await;
+    add_agent(&db, "edge-1").await;
+    let show = |args: &'static [&'static str]| {
+        let db = &db;
+        async move {
+            let (code, out, err) = cli(db, args).await;
+            assert_eq!(code, 0, "{args:?}: {err}");
+            out
+        }
+    };
+    show(&[
+        "users",
+        "set",
+        "dave",
+        "--home",
+        "edge-1",
+        "--tier",
+        "professional",
+        "--monthly-allowance",
+        "7",
+    ])
+    .await;
+    // Only the cap: the tier and the allowance stay (the CLI once applied its defaults here).
+    show(&[
+        "users",
+        "set",
+        "dave",
+        "--home",
+        "edge-1",
+        "--monthly-spend-cap",
+        "5",
+    ])
+    .await;
+    let detail = |db: &TestDb| {
+        let pool = db.pool.clone();
+        async move {
+            let conn = pool.get().await.unwrap();
+            tollgate_server::central::users::show_user(&conn, "dave")
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let dave = detail(&db).await;
+    assert_eq!(dave.summary.tier, "professional");
+    assert_eq!(dave.summary.power_level, "balanced");
+    assert_eq!(dave.monthly_allowance, c("7"));
+    assert_eq!(dave.monthly_spend_cap, Some(c("5")));
+    // The event carries the whole settings, so the agent converges whatever it missed.
+    let events = inbox(&db, "edge-1").await;
+    match &events.last().unwrap().1 {
+        tollgate_schema::wire::EventBody::UserUpsert(s) => {
+            assert_eq!(
+                (s.tier.as_str(), s.monthly_spend_cap),
+                ("professional", Some(c("5")))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // "none" removes the cap, and only the cap.
+    show(&[
+        "users",
+        "set",
+        "dave",
+        "--home",
+        "edge-1",
+        "--monthly-spend-cap",
+        "none",
+    ])
+    .await;
+    let dave = detail(&db).await;
+    assert_eq!(dave.monthly_spend_cap, None);
+    assert_eq!(dave.summary.tier, "professional");
+    // A new user with nothing named gets the defaults: trial, and trial's level.
+    show(&["users", "set", "erin", "--home", "edge-1"]).await;
+    let conn = db.pool.get().await.unwrap();
+    let erin = tollgate_server::central::users::show_user(&conn, "erin")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            erin.summary.tier.as_str(),
+            erin.summary.power_level.as_str()
+        ),
+        ("trial", "eco")
+    );
 }
 
 #[tokio::test]
