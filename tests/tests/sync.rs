@@ -157,10 +157,24 @@ async fn agents_and_server_converge_after_an_outage() {
             agent.command(&["enroll", "--server", &base, "--token", "-"]),
             Some(&token),
         );
+        // Users are governed by the server once an agent is enrolled: made there, homed on
+        // this agent, and pulled by it; credit and keys are then added on the agent.
+        for u in 0..USERS_PER_AGENT {
+            let user = format!("user-{a}-{u}");
+            server.ok(&[
+                "users",
+                "set",
+                &user,
+                "--home",
+                &name,
+                "--tier",
+                "professional",
+            ]);
+        }
+        agent.ok(&["sync", "now"]);
         let mut users = Vec::new();
         for u in 0..USERS_PER_AGENT {
             let user = format!("user-{a}-{u}");
-            agent.ok(&["users", "add", &user, "--tier", "professional"]);
             agent.ok(&["credits", "add", &user, "50", "--type", "purchase"]);
             let created = agent.json(&["users", "api-key", "create", &user]);
             users.push((user, created["key"].as_str().unwrap().to_owned()));

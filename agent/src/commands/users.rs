@@ -1,4 +1,5 @@
-//! `tollgate users …`: add, list, show, set, and API keys.
+//! `tollgate users …`: add, list, show, set, and API keys. On an enrolled agent, `add` and `set`
+//! are refused with where to make the change (the server governs users).
 
 use std::process::ExitCode;
 
@@ -9,10 +10,14 @@ use super::{Ctx, done, output, parse_amount, parse_choice, parse_opt};
 use crate::cli::{ApiKeyCommand, UserSettings, UsersCommand};
 use crate::gateway::config::levels_allowed;
 use crate::ledger::{NewUser, PowerLevel, Tier, UserAccount, UserChanges};
+use crate::sync::config::SyncConfig;
 
 pub fn run(ctx: &Ctx, cmd: UsersCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        UsersCommand::Add { user, settings } => add(ctx, user, &settings),
+        UsersCommand::Add { user, settings } => {
+            governed_here(ctx, "users add")?;
+            add(ctx, user, &settings)
+        }
         UsersCommand::List => list(ctx),
         UsersCommand::Show { user } => {
             let account = ctx.ledger()?.account(&user)?;
@@ -22,8 +27,26 @@ pub fn run(ctx: &Ctx, cmd: UsersCommand) -> anyhow::Result<ExitCode> {
             user,
             settings,
             auto_renew,
-        } => set(ctx, &user, &settings, auto_renew),
+        } => {
+            governed_here(ctx, "users set")?;
+            set(ctx, &user, &settings, auto_renew)
+        }
         UsersCommand::ApiKey(cmd) => api_key(ctx, cmd),
+    }
+}
+
+/// Refuses `command` on an enrolled agent: its users and their settings are governed by the
+/// server (SYNC.md "Who governs what"), and a local change would silently diverge from it.
+fn governed_here(ctx: &Ctx, command: &str) -> anyhow::Result<()> {
+    match SyncConfig::load(&ctx.data_dir.sync_config())? {
+        None => Ok(()),
+        Some(sync) => Err(anyhow!(
+            "`tollgate {command}` is refused on an enrolled agent: this agent ({}) syncs with \
+             {}, which governs users and their settings; make the change there (`tollgate-server \
+             users set USER --home AGENT …`) and it reaches this agent through its inbox",
+            sync.agent_id,
+            sync.server
+        )),
     }
 }
 

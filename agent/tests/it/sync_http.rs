@@ -393,6 +393,28 @@ async fn enroll(agent: &Arc<Agent>, server: &FakeServer) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolled_agent_refuses_local_user_changes_and_says_where_to_make_them() {
+    let agent = Arc::new(Agent::init());
+    agent.ok(&["users", "add", "alice", "--tier", "starter"]);
+    let server = FakeServer::start().await;
+    enroll(&agent, &server).await;
+    for args in [
+        &["users", "set", "alice", "--tier", "professional"][..],
+        &["users", "add", "carol"][..],
+    ] {
+        let err = failed(&cli(&agent, args).await);
+        assert!(err.contains("enrolled"), "{args:?}: {err}");
+        assert!(err.contains("tollgate-server users set"), "{args:?}: {err}");
+        assert!(err.contains(&server.url), "{args:?}: {err}");
+    }
+    // Nothing changed locally.
+    assert_eq!(agent.json(&["users", "show", "alice"])["tier"], "starter");
+    let users = agent.json(&["users", "list"]);
+    assert_eq!(users.as_array().unwrap().len(), 1, "{users}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enroll_and_sync_now_over_http() {
     let agent = Arc::new(Agent::init());
     agent.ok(&["users", "add", "alice", "--tier", "starter"]);
