@@ -38,6 +38,10 @@ pub const INBOX_PAGE_MAX: usize = 500;
 pub const LONG_POLL_MAX_MS: u64 = 30_000;
 /// Longest credential, enrolment token or admin token accepted (bytes).
 pub const TOKEN_LEN_MAX: usize = 256;
+/// Most users an agent brings to its enrolment.
+pub const ENROLL_USERS_MAX: usize = 100_000;
+/// The largest enrolment body (its users, about 150 bytes each).
+pub const ENROLL_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// The hash that precedes an incarnation's first entry.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
@@ -110,6 +114,12 @@ pub struct EnrollRequest {
     pub token: String,
     /// The agent database's incarnation (UUID), for the admin's view.
     pub incarnation: String,
+    /// The users the agent already has, with their settings: the server adopts them, homed on
+    /// this agent (their balances follow with the journal). At most [`ENROLL_USERS_MAX`]. Added
+    /// after protocol 1's first release: absent means none, and it is left out when empty, so an
+    /// agent without users sends what earlier agents sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

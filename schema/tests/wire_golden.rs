@@ -1,6 +1,8 @@
 //! Golden JSON fixtures for every sync message (`tests/fixtures/wire/*.json`) and one entry's
 //! hash. A change that alters any message's JSON, or the bytes an entry's hash covers, fails here;
-//! such a change needs a new protocol version, not a fixture edit. To write the fixtures of a new
+//! such a change needs a new protocol version, not a fixture edit — except an additive, optional
+//! field (absent means what it meant before, and it is left out when empty), which gets a fixture
+//! of its own beside the unchanged one. To write the fixtures of a new
 //! message once: `TOLLGATE_WRITE_GOLDEN=1 cargo test -p tollgate-schema --test wire_golden`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -141,6 +143,24 @@ fn enrol_messages() {
             protocol_version: PROTOCOL_VERSION,
             token: "tge_example".to_owned(),
             incarnation: "0193a3c4-0000-7000-8000-000000000001".to_owned(),
+            users: Vec::new(),
+        },
+    );
+    // Added later, optional: an agent with users brings them; an agent without sends the
+    // message above, byte for byte what agents before the field sent.
+    golden(
+        "enroll_request_with_users",
+        &EnrollRequest {
+            protocol_version: PROTOCOL_VERSION,
+            token: "tge_example".to_owned(),
+            incarnation: "0193a3c4-0000-7000-8000-000000000001".to_owned(),
+            users: vec![UserSettings {
+                user_id: "alice".to_owned(),
+                tier: "professional".to_owned(),
+                power_level: "precision".to_owned(),
+                monthly_allowance: credits("100"),
+                monthly_spend_cap: Some(credits("250.5")),
+            }],
         },
     );
     golden(

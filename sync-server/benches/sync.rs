@@ -338,6 +338,22 @@ impl BenchDb {
         }
     }
 
+    /// Makes each agent's users (those of its chain index) centrally, homed on it, as enrolment
+    /// adopts them: the server accepts entries only for users it knows.
+    async fn home_users(&self, agents: &[(Uuid, usize)]) {
+        let conn = self.pool.get().await.unwrap();
+        for (agent_id, chain) in agents {
+            for u in 0..USERS_PER_AGENT {
+                conn.execute(
+                    "INSERT INTO user_credits (user_id, home_agent_id) VALUES ($1, $2)",
+                    &[&format!("agent{chain}-user{u}"), agent_id],
+                )
+                .await
+                .unwrap();
+            }
+        }
+    }
+
     /// Registers the agents as enrolled (credential hashes), as enrolment would.
     async fn enroll(&self, agents: &[(Uuid, &str, usize)]) {
         let conn = self.pool.get().await.unwrap();
@@ -408,6 +424,8 @@ async fn ingest_run(db: &BenchDb, agents: &[AgentLoad]) -> f64 {
         .map(|a| (a.agent_id, a.credential.as_str(), a.index))
         .collect();
     db.enroll(&enrolled).await;
+    let homes: Vec<_> = agents.iter().map(|a| (a.agent_id, a.index)).collect();
+    db.home_users(&homes).await;
     let (base, stop) = start_server(db).await;
     let client = reqwest::Client::new();
     let start = Instant::now();
@@ -642,6 +660,8 @@ async fn lag_run(db: &BenchDb, secs: u64) -> Vec<f64> {
         .map(|(id, c, i)| (*id, c.as_str(), *i))
         .collect();
     db.enroll(&enrolled).await;
+    let homes: Vec<_> = agents.iter().map(|(id, _, i)| (*id, *i + 100)).collect();
+    db.home_users(&homes).await;
     let (base, stop) = start_server(db).await;
     let client = reqwest::Client::new();
     let per_agent = (secs * LAG_RATE_PER_AGENT) as usize;

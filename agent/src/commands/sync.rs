@@ -16,6 +16,7 @@ use crate::ledger::clock::from_text;
 use crate::ledger::{LedgerError, SyncStatus};
 use crate::sync::config::{check_credential, server_url};
 use crate::sync::{SyncClient, SyncConfig, Syncer};
+use tollgate_schema::wire::{ENROLL_USERS_MAX, UserSettings};
 
 /// The most bytes read from stdin for a token (a token is at most `TOKEN_LEN_MAX`).
 const TOKEN_INPUT_BYTES_MAX: u64 = 4 * 1024;
@@ -33,6 +34,27 @@ struct Enrolled {
     agent_id: String,
     agent_name: String,
     credential_file: String,
+}
+
+/// The users this agent has, with their settings, for the server to adopt at enrolment.
+fn adopted_users(ledger: &mut crate::ledger::Ledger) -> anyhow::Result<Vec<UserSettings>> {
+    let accounts = ledger.accounts()?;
+    if accounts.len() > ENROLL_USERS_MAX {
+        bail!(
+            "this agent has {} users; an enrolment brings at most {ENROLL_USERS_MAX}",
+            accounts.len()
+        );
+    }
+    Ok(accounts
+        .into_iter()
+        .map(|a| UserSettings {
+            user_id: a.user_id,
+            tier: a.tier.to_string(),
+            power_level: a.power_level.to_string(),
+            monthly_allowance: a.monthly_allowance,
+            monthly_spend_cap: a.monthly_spend_cap,
+        })
+        .collect())
 }
 
 pub fn enroll(ctx: &Ctx, args: EnrollArgs) -> anyhow::Result<ExitCode> {
@@ -53,13 +75,19 @@ pub fn enroll(ctx: &Ctx, args: EnrollArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let server = server_url(&args.server)?;
+    let users = adopted_users(&mut ledger)?;
     let token = read_token(&args.token)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let answer = runtime
-        .block_on(SyncClient::enroll(&server, &token, &identity.incarnation))
+        .block_on(SyncClient::enroll(
+            &server,
+            &token,
+            &identity.incarnation,
+            users,
+        ))
         .with_context(|| format!("enrolling with {server}"))?;
     let agent_name = answer.agent_name;
     if let Some(previous) = identity.agent_id.as_deref()

@@ -20,7 +20,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use tollgate_schema::wire::{
     EnrollRequest, EnrollResponse, ErrorBody, InboxPage, LONG_POLL_MAX_MS, PROTOCOL_VERSION,
-    PushRequest, PushResponse, Snapshot, error_code,
+    PushRequest, PushResponse, Snapshot, UserSettings, error_code,
 };
 
 use super::config::SyncConfig;
@@ -175,17 +175,20 @@ impl SyncClient {
     }
 
     /// Trades a one-time enrolment token for this agent's id and credential (`server` is a base
-    /// URL as [`super::config::server_url`] returns it). The token is spent by the server.
+    /// URL as [`super::config::server_url`] returns it), bringing the agent's `users` (the server
+    /// adopts them, homed on this agent). The token is spent by the server.
     pub async fn enroll(
         server: &str,
         token: &Secret,
         incarnation: &str,
+        users: Vec<UserSettings>,
     ) -> Result<EnrollResponse, ClientError> {
         let http = http_client()?;
         let body = EnrollRequest {
             protocol_version: PROTOCOL_VERSION,
             token: token.expose().to_owned(),
             incarnation: incarnation.to_owned(),
+            users,
         };
         let request = http
             .post(format!("{server}/v1/agents/enroll"))

@@ -49,6 +49,21 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// Refuses a body that does not say it is JSON.
+pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let is_json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "the request body must be JSON (Content-Type: application/json)",
+        ))
+    }
+}
+
 /// A JSON body of at most [`BODY_BYTES_MAX`] bytes.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
@@ -57,16 +72,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let is_json = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        if !is_json {
-            return Err(ApiError::bad_request(
-                "the request body must be JSON (Content-Type: application/json)",
-            ));
-        }
+        require_json(req.headers())?;
         let timeout = state.config.limits.body_read_timeout;
         let bytes = read_body(req.into_body(), BODY_BYTES_MAX, timeout).await?;
         parse_json(&bytes).map(ApiJson)

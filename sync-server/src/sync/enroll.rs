@@ -9,21 +9,32 @@
 //!   credential. A reused, expired or unknown token is a 401 that says no more, and changes nothing.
 //! - Enrolling again replaces the agent's credential (the old one stops working); a revoked agent
 //!   can never enrol again; a quarantined agent stays quarantined.
+//! - The users an agent brings are adopted in the same transaction, homed on it, with the
+//!   settings it had for them (so no snapshot later resets them to defaults); their balances
+//!   follow with its journal. A user already homed on another agent refuses the enrolment (409,
+//!   naming the user and the agent) and spends nothing; one already homed on this agent keeps
+//!   the central settings (the server governs them since).
 
 use std::time::Duration;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::State;
-use deadpool_postgres::Pool;
-use tollgate_schema::wire::{EnrollRequest, EnrollResponse, PROTOCOL_VERSION, TOKEN_LEN_MAX};
+use deadpool_postgres::{Pool, Transaction};
+use rust_decimal::Decimal;
+use tollgate_schema::wire::{
+    ENROLL_BODY_BYTES_MAX, ENROLL_USERS_MAX, EnrollRequest, EnrollResponse, PROTOCOL_VERSION,
+    TOKEN_LEN_MAX, UserSettings,
+};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::agents::{AgentError, check_name};
 use super::push::{canonical_uuid, truncate, unsupported_protocol};
+use crate::central::validate;
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::json::ApiJson;
+use crate::http::json::{parse_json, read_body, require_json};
 use crate::tokens;
 
 /// Shortest life of an enrolment token.
@@ -87,11 +98,21 @@ fn refused() -> ApiError {
     ApiError::unauthorized("unknown, used or expired enrolment token")
 }
 
-/// `POST /v1/agents/enroll`: trades a one-time token for the agent's credential.
+/// `POST /v1/agents/enroll`: trades a one-time token for the agent's credential, adopting the
+/// users the agent brings.
 pub async fn handle(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<EnrollRequest>,
+    headers: axum::http::HeaderMap,
+    body: Body,
 ) -> Result<Json<EnrollResponse>, ApiError> {
+    require_json(&headers)?;
+    let bytes = read_body(
+        body,
+        ENROLL_BODY_BYTES_MAX,
+        state.config.limits.body_read_timeout,
+    )
+    .await?;
+    let req: EnrollRequest = parse_json(&bytes)?;
     if req.protocol_version != PROTOCOL_VERSION {
         return Err(unsupported_protocol(req.protocol_version));
     }
@@ -104,6 +125,7 @@ pub async fn handle(
             truncate(&req.incarnation)
         ))
     })?;
+    check_users(&req.users)?;
     let token_hash = tokens::hash(&req.token);
     let mut conn = state.pool.get().await?;
     let tx = conn.transaction().await?;
@@ -125,6 +147,7 @@ pub async fn handle(
     }
     let credential = tokens::generate(tokens::AGENT_CREDENTIAL_PREFIX)
         .map_err(|e| ApiError::internal("generating a credential", e))?;
+    adopt_users(&tx, agent_id, &req.users).await?;
     tx.execute(
         "UPDATE enrollment_tokens SET used_at = now() WHERE token_hash = $1",
         &[&token_hash],
@@ -138,11 +161,98 @@ pub async fn handle(
     )
     .await?;
     tx.commit().await?;
-    tracing::info!(agent = %name, %agent_id, %incarnation, "agent enrolled");
+    tracing::info!(agent = %name, %agent_id, %incarnation, users = req.users.len(), "agent enrolled");
     Ok(Json(EnrollResponse {
         protocol_version: PROTOCOL_VERSION,
         agent_id: agent_id.to_string(),
         agent_name: name,
         credential: credential.to_string(),
     }))
+}
+
+/// Checks the users an agent brings: at most [`ENROLL_USERS_MAX`], each id once, valid settings.
+fn check_users(users: &[UserSettings]) -> Result<(), ApiError> {
+    if users.len() > ENROLL_USERS_MAX {
+        return Err(ApiError::too_large(format!(
+            "an enrolment brings at most {ENROLL_USERS_MAX} users; this one brings {}",
+            users.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(users.len());
+    for (i, user) in users.iter().enumerate() {
+        let field = |name: &str| format!("users[{i}].{name}");
+        let named = |e: crate::central::CentralError| {
+            ApiError::bad_request(format!("{}: {e}", field("settings")))
+        };
+        validate::user_id("user_id", &user.user_id).map_err(named)?;
+        validate::tier("tier", &user.tier).map_err(named)?;
+        validate::power_level("power_level", &user.power_level).map_err(named)?;
+        validate::non_negative("monthly_allowance", user.monthly_allowance).map_err(named)?;
+        if let Some(cap) = user.monthly_spend_cap {
+            validate::non_negative("monthly_spend_cap", cap).map_err(named)?;
+        }
+        if !seen.insert(user.user_id.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "{}: user {:?} is listed twice",
+                field("user_id"),
+                user.user_id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Adopts `users`, homed on `agent_id` (see the module's guarantees).
+async fn adopt_users(
+    tx: &Transaction<'_>,
+    agent_id: Uuid,
+    users: &[UserSettings],
+) -> Result<(), ApiError> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
+    let tiers: Vec<&str> = users.iter().map(|u| u.tier.as_str()).collect();
+    let levels: Vec<&str> = users.iter().map(|u| u.power_level.as_str()).collect();
+    let allowances: Vec<Decimal> = users
+        .iter()
+        .map(|u| u.monthly_allowance.to_decimal())
+        .collect();
+    let caps: Vec<Option<Decimal>> = users
+        .iter()
+        .map(|u| u.monthly_spend_cap.map(|c| c.to_decimal()))
+        .collect();
+    tx.execute(
+        "INSERT INTO user_credits (user_id, home_agent_id, subscription_tier, power_level, \
+         monthly_allowance, monthly_spend_cap) \
+         SELECT u, $2, t, l, a, c FROM unnest($1::text[], $3::text[], $4::text[], \
+         $5::numeric[], $6::numeric[]) AS x(u, t, l, a, c) ORDER BY u \
+         ON CONFLICT (user_id) DO NOTHING",
+        &[&ids, &agent_id, &tiers, &levels, &allowances, &caps],
+    )
+    .await?;
+    let elsewhere = tx
+        .query(
+            "SELECT u.user_id, a.name FROM user_credits u \
+             LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
+             WHERE u.user_id = ANY($1) AND u.home_agent_id IS DISTINCT FROM $2 \
+             ORDER BY u.user_id LIMIT 5",
+            &[&ids, &agent_id],
+        )
+        .await?;
+    if let Some(first) = elsewhere.first() {
+        let user: String = first.get(0);
+        let holder: Option<String> = first.get(1);
+        let holder = holder.map_or_else(|| "no agent".to_owned(), |n| format!("agent {n:?}"));
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            tollgate_schema::wire::error_code::CONFLICT,
+            format!(
+                "this agent has user {user:?}, whose balance {holder} holds centrally; one user \
+                 id cannot be held by two agents: rename or remove the user here, then enrol \
+                 again (the token is not spent)"
+            ),
+        ));
+    }
+    Ok(())
 }

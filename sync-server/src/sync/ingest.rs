@@ -13,8 +13,8 @@
 //! - An entry keyed by a central credit operation must match it (the agent it was sent to, its
 //!   user and amount) and be its only entry; otherwise the agent is quarantined (409 `conflict`)
 //!   and nothing of the batch is stored, so a central credit is never counted twice.
-//! - New entries are stored with one multi-row insert, exactly as hashed; users first seen are
-//!   created homed on this agent; each user's balance moves once per batch by its net delta
+//! - New entries are stored with one multi-row insert, exactly as hashed; each user's balance
+//!   moves once per batch by its net delta
 //!   through `add_credits` / `debit_credits` (which refuse to overdraw); purchases and usage
 //!   bump the user's counters. The stream's head, hash and the agent's incarnation move in the
 //!   same transaction. Nothing is visible until it commits; a crash before commit leaves the
@@ -75,9 +75,6 @@ const LOCK_STREAM: &str = "SELECT acked_seq, head_hash FROM agent_streams \
 const AGENT_STATUS: &str = "SELECT status FROM agents WHERE agent_id = $1";
 const STORED_HASHES: &str = "SELECT seq, hash FROM credit_transactions \
      WHERE agent_id = $1 AND incarnation = $2 AND seq BETWEEN $3 AND $4 ORDER BY seq";
-const INSERT_USERS: &str = "INSERT INTO user_credits (user_id, home_agent_id) \
-     SELECT u, $2 FROM unnest($1::text[]) AS u ORDER BY u \
-     ON CONFLICT (user_id) DO NOTHING";
 const INSERT_ENTRIES: &str = "INSERT INTO credit_transactions (agent_id, incarnation, entry_id, \
      seq, user_id, transaction_type, amount, balance_before, balance_after, provider, model, \
      prompt_tokens, completion_tokens, total_tokens, cost_per_token, power_level, is_byok, \
@@ -271,11 +268,7 @@ pub(crate) async fn ingest(
         return Err(quarantine_alone(pool, agent, acked, reason).await);
     }
 
-    // Users first seen are homed on this agent.
     let effects = Effects::of(new)?;
-    let insert_users = tx.prepare_cached(INSERT_USERS).await?;
-    tx.execute(&insert_users, &[&effects.users, &agent_id])
-        .await?;
 
     let columns = Columns::of(
         new,
@@ -473,8 +466,6 @@ fn conflict_after_quarantine(
 
 /// Per-user effects of a batch's new entries, users sorted by id.
 struct Effects<'a> {
-    /// Every user in the batch.
-    users: Vec<&'a str>,
     /// Users whose balance moves, and by how much (never zero).
     balance_users: Vec<&'a str>,
     balance_deltas: Vec<Decimal>,
@@ -511,7 +502,6 @@ impl<'a> Effects<'a> {
                 .map_err(|e| ApiError::internal("summing a batch's amounts", e))
         };
         let mut effects = Effects {
-            users: Vec::with_capacity(by_user.len()),
             balance_users: Vec::new(),
             balance_deltas: Vec::new(),
             counter_users: Vec::new(),
@@ -519,7 +509,6 @@ impl<'a> Effects<'a> {
             used: Vec::new(),
         };
         for (user, sums) in by_user {
-            effects.users.push(user);
             if sums.delta != 0 {
                 effects.balance_users.push(user);
                 effects.balance_deltas.push(nanos(sums.delta)?);

@@ -8,8 +8,9 @@
 //!   its only entry. A key in that namespace no operation has is refused too (else it would be
 //!   taken before the operation is made, and the agent it is sent to quarantined for applying
 //!   it).
-//! - **Users it holds**: an agent writes only for users homed on it (or not yet known centrally:
-//!   they are homed on it as they arrive).
+//! - **Users it holds**: an agent writes only for users homed on it; a user the server does not
+//!   know is refused too (users are made centrally or adopted at enrolment: a push never creates
+//!   one, so no agent can squat an id).
 //! - **The balance chain**: each entry's `balance_before` is the user's central balance (with
 //!   the batch's earlier entries applied); a central balance moves only by these entries, so any
 //!   other value is a forged or replayed history.
@@ -151,16 +152,14 @@ pub(crate) async fn user_rule_broken(
         .collect();
     let max = Credits::MAX.to_decimal();
     for entry in new {
-        let user = users
-            .entry(entry.user_id.clone())
-            .or_insert_with(|| CentralUser {
-                home: Some(agent_id),
-                home_name: None,
-                balance: Decimal::ZERO,
-                purchased: Decimal::ZERO,
-                used: Decimal::ZERO,
-            });
         let (seq, id) = (entry.seq, &entry.user_id);
+        let Some(user) = users.get_mut(id) else {
+            return Ok(Some(format!(
+                "seq {seq} writes for user {id:?}, whom the server does not know: users are \
+                 made centrally (`tollgate-server users set`) or adopted when their agent \
+                 enrols, never by a push"
+            )));
+        };
         if user.home != Some(agent_id) {
             let holder = match (&user.home, &user.home_name) {
                 (Some(_), Some(name)) => format!("agent {name:?} holds"),

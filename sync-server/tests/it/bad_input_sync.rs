@@ -9,7 +9,9 @@ use tollgate_schema::wire::{
 use uuid::Uuid;
 
 use crate::support::{TestDb, TestServer};
-use crate::sync_support::{Answer, Chain, enroll, fingerprint, http, push, rechain};
+use crate::sync_support::{
+    Answer, Chain, chain_users, enroll, fingerprint, home_users, http, push, rechain,
+};
 
 /// How a case authenticates.
 #[derive(Debug, Clone)]
@@ -45,6 +47,7 @@ async fn bad_input_is_refused_clearly_and_writes_nothing() {
     let server = TestServer::start(db.config()).await;
     let base = server.url("");
     let agent = enroll(&db.pool, &base, "a1").await;
+    home_users(&db.pool, "a1", &chain_users("a1", 3)).await;
     let mut chain = Chain::new("a1", 3);
     let good = chain.take(20);
     // Some history, so replays and conflicts have something to compare with.
@@ -679,7 +682,7 @@ async fn bad_input_is_refused_clearly_and_writes_nothing() {
         enroll_case("enroll: wrong protocol", enroll_body(7, &token, &fresh), Some("application/json"), 400, error_code::UNSUPPORTED_PROTOCOL, "protocol_version 7"),
         enroll_case("enroll: incarnation not a UUID", enroll_body(1, &token, "laptop"), Some("application/json"), 400, error_code::BAD_REQUEST, "incarnation \"laptop\""),
         enroll_case("enroll: garbage token", enroll_body(1, "garbage", &fresh), Some("application/json"), 401, error_code::UNAUTHORIZED, "enrolment token"),
-        enroll_case("enroll: body too large", vec![b' '; 65 * 1024], Some("application/json"), 413, error_code::TOO_LARGE, "larger than"),
+        enroll_case("enroll: body too large", vec![b' '; tollgate_schema::wire::ENROLL_BODY_BYTES_MAX + 1], Some("application/json"), 413, error_code::TOO_LARGE, "larger than"),
     ]);
     // --- wrong methods and paths answer in the same shape
     cases.push(get_case(

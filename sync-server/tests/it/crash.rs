@@ -15,7 +15,8 @@ use tokio_postgres::NoTls;
 
 use crate::support::{ServerProcess, TestDb};
 use crate::sync_support::{
-    Chain, assert_books, enroll, push_bytes, push_request, scalar, try_push_bytes,
+    Chain, assert_books, chain_users, enroll, home_users, push_bytes, push_request, scalar,
+    try_push_bytes,
 };
 
 const BATCH: usize = 1_000;
@@ -78,6 +79,7 @@ async fn a_server_killed_mid_batch_loses_and_duplicates_nothing() {
     let mut server = ServerProcess::spawn(&db.url, &[]);
     let mut base = server.url("");
     let agent = enroll(&db.pool, &base, "a1").await;
+    home_users(&db.pool, "a1", &chain_users("a1", 50)).await;
     let mut chain = Chain::new("a1", 50);
     let entries = chain.take(BATCH * BATCHES);
     let head = entries.len() as i64;

@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use crate::support::{TestDb, TestServer};
 use crate::sync_support::{
-    Answer, Chain, admin_token, enroll, fingerprint, get, http, push, scalar,
+    Answer, Chain, admin_token, chain_users, enroll, fingerprint, get, home_users, http, push,
+    scalar,
 };
 
 async fn enroll_with(base: &str, token: &str, incarnation: &str) -> Answer {
@@ -22,6 +23,7 @@ async fn enroll_with(base: &str, token: &str, incarnation: &str) -> Answer {
             protocol_version: PROTOCOL_VERSION,
             token: token.to_owned(),
             incarnation: incarnation.to_owned(),
+            users: Vec::new(),
         })
         .send()
         .await
@@ -162,6 +164,7 @@ async fn re_enrolment_replaces_the_credential() {
     let server = TestServer::start(db.config()).await;
     let base = server.url("");
     let first = enroll(&db.pool, &base, "a1").await;
+    home_users(&db.pool, "a1", &chain_users("a1", 1)).await;
     let mut chain = Chain::new("a1", 1);
     assert_eq!(push(&base, &first, &chain.take(3)).await.acked_seq(), 3);
     let second = enroll(&db.pool, &base, "a1").await;
@@ -187,6 +190,7 @@ async fn a_revoked_agent_is_refused_everywhere() {
     let server = TestServer::start(db.config()).await;
     let base = server.url("");
     let agent = enroll(&db.pool, &base, "a1").await;
+    home_users(&db.pool, "a1", &chain_users("a1", 1)).await;
     let mut chain = Chain::new("a1", 1);
     let entries = chain.take(5);
     assert_eq!(push(&base, &agent, &entries[..2]).await.acked_seq(), 2);
@@ -473,6 +477,7 @@ async fn the_cli_enrols_lists_revokes_releases_and_prunes() {
         credential: answer.body["credential"].as_str().unwrap().to_owned(),
         incarnation: Uuid::now_v7(),
     };
+    home_users(&db.pool, "edge-1", &chain_users("e", 2)).await;
     let mut chain = Chain::new("e", 2);
     let body = serde_json::to_vec(&crate::sync_support::push_request(
         &agent,

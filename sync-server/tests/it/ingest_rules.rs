@@ -10,7 +10,7 @@ use crate::support::{TestDb, TestServer};
 use tollgate_schema::wire::GENESIS_HASH;
 
 use crate::sync_support::{
-    Chain, central_balance, enroll, fingerprint, hash_of, http, push, rechain, scalar,
+    Chain, central_balance, enroll, fingerprint, hash_of, home_users, http, push, rechain, scalar,
 };
 
 async fn status(db: &TestDb, agent: &str) -> String {
@@ -31,7 +31,8 @@ async fn an_agent_cannot_write_for_a_user_another_agent_holds() {
     let base = server.url("");
     let a = enroll(&db.pool, &base, "edge-a").await;
     let b = enroll(&db.pool, &base, "edge-b").await;
-    // Dave is B's: his first entry came from B.
+    // Dave is B's.
+    home_users(&db.pool, "edge-b", &["dave".to_owned()]).await;
     let mut b_chain = Chain::new("b", 1);
     let first = b_chain.entry("dave", "purchase", "10".parse().unwrap());
     assert_eq!(push(&base, &b, &[first]).await.status, 200);
@@ -99,6 +100,7 @@ async fn a_broken_balance_chain_cannot_push_a_balance_past_the_books() {
     let base = server.url("");
     let a = enroll(&db.pool, &base, "edge-a").await;
     let big: Credits = "9000000000".parse().unwrap();
+    home_users(&db.pool, "edge-a", &["frank".to_owned()]).await;
     let mut chain = Chain::new("a", 1);
     let first = chain.entry("frank", "purchase", big);
     assert_eq!(
@@ -125,5 +127,28 @@ async fn a_broken_balance_chain_cannot_push_a_balance_past_the_books() {
         .await
         .unwrap();
     assert_eq!(users.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_push_never_creates_a_user() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(db.config()).await;
+    let base = server.url("");
+    let a = enroll(&db.pool, &base, "edge-a").await;
+    // An id nobody made: a push that writes for it cannot squat it.
+    let mut chain = Chain::new("a", 1);
+    let squat = chain.entry("grace", "purchase", "1".parse().unwrap());
+    let answer = push(&base, &a, &[squat]).await;
+    assert_eq!(answer.status, 409);
+    let message = answer.error().error.message;
+    assert!(message.contains("\"grace\""), "{message}");
+    assert!(message.contains("does not know"), "{message}");
+    let known = scalar(
+        &db.pool,
+        "SELECT count(*) FROM user_credits WHERE user_id = 'grace'",
+    )
+    .await;
+    assert_eq!(known, 0, "the id is still free");
     server.stop().await;
 }

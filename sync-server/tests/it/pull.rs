@@ -13,7 +13,9 @@ use tollgate_server::sync::agents;
 use uuid::Uuid;
 
 use crate::support::{TestDb, TestServer};
-use crate::sync_support::{Agent, Chain, enroll, get, push, scalar};
+use crate::sync_support::{
+    Agent, Chain, chain_users, enroll, enroll_with_users, get, push, scalar,
+};
 
 fn credit(user: &str, n: i64) -> EventBody {
     EventBody::Credit(CreditEvent {
@@ -211,8 +213,8 @@ async fn cursor_gone_after_pruning_then_the_snapshot_restarts() {
     let db = TestDb::new().await;
     let server = TestServer::start(db.config()).await;
     let base = server.url("");
-    let agent = enroll(&db.pool, &base, "a1").await;
-    // Users homed on this agent (by its pushes), one with central settings.
+    // Users homed on this agent (brought to its enrolment), one with central settings.
+    let agent = enroll_with_users(&db.pool, &base, "a1", &chain_users("a1", 2)).await;
     let mut chain = Chain::new("a1", 2);
     assert_eq!(push(&base, &agent, &chain.take(4)).await.acked_seq(), 4);
     db.pool
@@ -268,7 +270,7 @@ async fn cursor_gone_after_pruning_then_the_snapshot_restarts() {
             UserSettings {
                 user_id: "a1-user0".to_owned(),
                 tier: "trial".to_owned(),
-                power_level: "balanced".to_owned(),
+                power_level: "eco".to_owned(),
                 monthly_allowance: Credits::ZERO,
                 monthly_spend_cap: None,
             },

@@ -9,8 +9,8 @@ use tollgate_server::sync::agents;
 
 use crate::support::{TestDb, TestServer};
 use crate::sync_support::{
-    Agent, Chain, assert_books, central_balance, enroll, fingerprint, get, push, push_bytes,
-    push_request, rechain, scalar,
+    Agent, Chain, assert_books, central_balance, chain_users, enroll, fingerprint, get, home_users,
+    push, push_bytes, push_request, rechain, scalar,
 };
 
 async fn setup(name: &str) -> (TestDb, TestServer, String, Agent) {
@@ -18,6 +18,8 @@ async fn setup(name: &str) -> (TestDb, TestServer, String, Agent) {
     let server = TestServer::start(db.config()).await;
     let base = server.url("");
     let agent = enroll(&db.pool, &base, name).await;
+    // The users the tests' chains write for (`{name}-user{i}`), made centrally on this agent.
+    home_users(&db.pool, name, &chain_users(name, 8)).await;
     (db, server, base, agent)
 }
 
@@ -377,6 +379,7 @@ async fn entries_that_would_overdraw_centrally_quarantine_the_pusher() {
     // User u is homed on a with 5 credits.
     let mut chain_a = Chain::new("a", 1);
     let shared = "shared-user";
+    home_users(&db.pool, "a", &[shared.to_owned()]).await;
     let from_a = vec![chain_a.entry(shared, "purchase", "5".parse().unwrap())];
     assert_eq!(push(&base, &a, &from_a).await.acked_seq(), 1);
     // Agent b believes the user had 10 and spends 8 of it: centrally that is below zero, and b
@@ -415,6 +418,8 @@ async fn an_entry_id_stored_elsewhere_quarantines() {
     let base = server.url("");
     let a = enroll(&db.pool, &base, "a").await;
     let b = enroll(&db.pool, &base, "b").await;
+    home_users(&db.pool, "a", &chain_users("a", 1)).await;
+    home_users(&db.pool, "b", &chain_users("b", 1)).await;
     let mut chain_a = Chain::new("a", 1);
     let from_a = chain_a.take(3);
     assert_eq!(push(&base, &a, &from_a).await.acked_seq(), 3);

@@ -4,7 +4,9 @@
 use tollgate_schema::wire::WireEntry;
 
 use crate::support::{TestDb, TestServer};
-use crate::sync_support::{Agent, Answer, Chain, assert_books, enroll, push, scalar};
+use crate::sync_support::{
+    Agent, Answer, Chain, assert_books, chain_users, enroll, home_users, push, scalar,
+};
 
 const ENTRIES: usize = 3_000;
 const BATCH: usize = 100;
@@ -36,6 +38,7 @@ async fn two_replicas_ingesting_one_agent_keep_the_stream_exactly_once() {
     let two = TestServer::start(db.config()).await;
     let (a, b) = (one.url(""), two.url(""));
     let agent: Agent = enroll(&db.pool, &a, "a1").await;
+    home_users(&db.pool, "a1", &chain_users("a1", 7)).await;
     let mut chain = Chain::new("a1", 7);
     let entries = chain.take(ENTRIES);
 

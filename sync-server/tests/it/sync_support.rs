@@ -24,6 +24,11 @@ pub struct Agent {
 
 /// Registers `name`, and enrols it over HTTP at `base` (a server URL without a path).
 pub async fn enroll(pool: &Pool, base: &str, name: &str) -> Agent {
+    enroll_with_users(pool, base, name, &[]).await
+}
+
+/// As [`enroll`], the agent bringing `users` (adopted, homed on it, with trial settings).
+pub async fn enroll_with_users(pool: &Pool, base: &str, name: &str, users: &[String]) -> Agent {
     let (agent_id, token) = tollgate_server::sync::enroll::create_enrollment(
         pool,
         name,
@@ -38,6 +43,16 @@ pub async fn enroll(pool: &Pool, base: &str, name: &str) -> Agent {
             protocol_version: PROTOCOL_VERSION,
             token: token.to_string(),
             incarnation: incarnation.to_string(),
+            users: users
+                .iter()
+                .map(|u| tollgate_schema::wire::UserSettings {
+                    user_id: u.clone(),
+                    tier: "trial".to_owned(),
+                    power_level: "eco".to_owned(),
+                    monthly_allowance: Credits::ZERO,
+                    monthly_spend_cap: None,
+                })
+                .collect(),
         })
         .send()
         .await
@@ -52,6 +67,33 @@ pub async fn enroll(pool: &Pool, base: &str, name: &str) -> Agent {
         credential: enrolled.credential,
         incarnation,
     }
+}
+
+/// Makes `users` centrally, homed on agent `agent` (as `tollgate-server users set` does): the
+/// server accepts entries only for users it knows.
+pub async fn home_users(pool: &Pool, agent: &str, users: &[String]) {
+    for user in users {
+        tollgate_server::central::users::set_user(
+            pool,
+            &tollgate_server::central::users::UserSet {
+                user_id: user.clone(),
+                home_agent: agent.to_owned(),
+                tier: None,
+                power_level: None,
+                monthly_allowance: None,
+                monthly_spend_cap: None,
+            },
+            &format!("test:{}", Uuid::now_v7()),
+            "test",
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// The users a [`Chain::new`]`(prefix, n)` writes for.
+pub fn chain_users(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-user{i}")).collect()
 }
 
 /// An HTTP client for the tests.
