@@ -81,6 +81,8 @@ pub mod error_code {
     pub const TOO_MANY_REQUESTS: &str = "too_many_requests";
     /// The request body did not arrive in time.
     pub const REQUEST_TIMEOUT: &str = "request_timeout";
+    /// A push for an incarnation the agent never enrolled with: enrol that database first.
+    pub const UNKNOWN_INCARNATION: &str = "unknown_incarnation";
 }
 
 /// Every refusal: `{"error": {"code": ..., "message": ..., "acked_seq": ...}}`.

@@ -9,6 +9,8 @@
 //!   credential. A reused, expired or unknown token is a 401 that says no more, and changes nothing.
 //! - Enrolling again replaces the agent's credential (the old one stops working); a revoked agent
 //!   can never enrol again; a quarantined agent stays quarantined.
+//! - The incarnation the agent enrols with is registered (its stream row made): pushes are
+//!   accepted only for registered incarnations, so an agent cannot start streams at will.
 //! - The users an agent brings are adopted in the same transaction, homed on it, with the
 //!   settings it had for them (so no snapshot later resets them to defaults); their balances
 //!   follow with its journal. A user already homed on another agent refuses the enrolment (409,
@@ -148,6 +150,13 @@ pub async fn handle(
     let credential = tokens::generate(tokens::AGENT_CREDENTIAL_PREFIX)
         .map_err(|e| ApiError::internal("generating a credential", e))?;
     adopt_users(&tx, agent_id, &req.users).await?;
+    // The incarnation is registered: its stream exists, so its pushes are accepted.
+    tx.execute(
+        "INSERT INTO agent_streams (agent_id, incarnation) VALUES ($1, $2) \
+         ON CONFLICT (agent_id, incarnation) DO NOTHING",
+        &[&agent_id, &incarnation],
+    )
+    .await?;
     tx.execute(
         "UPDATE enrollment_tokens SET used_at = now() WHERE token_hash = $1",
         &[&token_hash],

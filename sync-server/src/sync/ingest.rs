@@ -1,8 +1,9 @@
 //! Applying a checked push batch: one PostgreSQL transaction per batch (SYNC.md "Push").
 //!
 //! Guarantees:
-//! - The stream's row (`agent_streams`, one per agent and incarnation) is locked `FOR UPDATE`
-//!   before anything is read, so concurrent pushes of one stream — from several replicas, or
+//! - The stream's row (`agent_streams`, one per agent and incarnation, made when the agent
+//!   enrols with that incarnation: a push for any other is refused, 409 `unknown_incarnation`)
+//!   is locked `FOR UPDATE` before anything is read, so concurrent pushes of one stream — from several replicas, or
 //!   retries racing their originals — apply one after the other; each sees the head the previous
 //!   one committed.
 //! - Entries at or below the acknowledged head are compared by hash with the stored ones: equal
@@ -66,8 +67,9 @@ impl Outcome {
     }
 }
 
-const INSERT_STREAM: &str = "INSERT INTO agent_streams (agent_id, incarnation) VALUES ($1, $2) \
-     ON CONFLICT (agent_id, incarnation) DO NOTHING";
+const ENROLLED_INCARNATION: &str = "SELECT incarnation FROM agents WHERE agent_id = $1";
+const REGISTER_STREAM: &str = "INSERT INTO agent_streams (agent_id, incarnation) \
+     VALUES ($1, $2) ON CONFLICT (agent_id, incarnation) DO NOTHING";
 const LOCK_STREAM: &str = "SELECT acked_seq, head_hash FROM agent_streams \
      WHERE agent_id = $1 AND incarnation = $2 FOR UPDATE";
 /// Read after the stream lock is held: a statement started after the lock sees any quarantine
@@ -145,11 +147,24 @@ pub(crate) async fn ingest(
     let incarnation = batch.incarnation;
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
-    let insert_stream = tx.prepare_cached(INSERT_STREAM).await?;
-    tx.execute(&insert_stream, &[&agent_id, &incarnation])
-        .await?;
     let lock = tx.prepare_cached(LOCK_STREAM).await?;
-    let row = tx.query_one(&lock, &[&agent_id, &incarnation]).await?;
+    let row = match tx.query_opt(&lock, &[&agent_id, &incarnation]).await? {
+        Some(row) => row,
+        None => {
+            // An agent enrolled by a server from before streams were made at enrolment: its
+            // enrolled incarnation is registered all the same.
+            let enrolled: Option<Uuid> = tx
+                .query_one(ENROLLED_INCARNATION, &[&agent_id])
+                .await?
+                .get(0);
+            if enrolled != Some(incarnation) {
+                return Err(unregistered(agent, incarnation));
+            }
+            tx.execute(REGISTER_STREAM, &[&agent_id, &incarnation])
+                .await?;
+            tx.query_one(&lock, &[&agent_id, &incarnation]).await?
+        }
+    };
     let acked: i64 = row.get(0);
     let head_hash: Vec<u8> = row.get(1);
     let status_stmt = tx.prepare_cached(AGENT_STATUS).await?;
@@ -612,4 +627,20 @@ impl<'a> Columns<'a> {
             created_at: entries.iter().map(|e| e.created_at.as_str()).collect(),
         }
     }
+}
+
+/// The refusal of a push for an incarnation the agent never registered: an incarnation is
+/// registered by enrolling with it, never chosen by a push.
+fn unregistered(agent: &AgentAuth, incarnation: Uuid) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        error_code::UNKNOWN_INCARNATION,
+        format!(
+            "incarnation {incarnation} is not registered for agent {:?}: an agent's database \
+             registers its incarnation by enrolling (a restored or new database enrols again with \
+             a token from `tollgate-server agents enroll {}`)",
+            agent.name, agent.name
+        ),
+    )
+    .with_acked_seq(0)
 }

@@ -469,13 +469,14 @@ async fn the_cli_enrols_lists_revokes_releases_and_prunes() {
         "{out}"
     );
     assert!(!err.contains(token), "the token is never logged");
-    let answer = enroll_with(&base, token, &Uuid::now_v7().to_string()).await;
+    let incarnation = Uuid::now_v7();
+    let answer = enroll_with(&base, token, &incarnation.to_string()).await;
     assert_eq!(answer.status, StatusCode::OK);
     let agent = crate::sync_support::Agent {
         name: "edge-1".to_owned(),
         agent_id: answer.body["agent_id"].as_str().unwrap().parse().unwrap(),
         credential: answer.body["credential"].as_str().unwrap().to_owned(),
-        incarnation: Uuid::now_v7(),
+        incarnation,
     };
     home_users(&db.pool, "edge-1", &chain_users("e", 2)).await;
     let mut chain = Chain::new("e", 2);

@@ -10,7 +10,7 @@ use tollgate_server::sync::agents;
 use crate::support::{TestDb, TestServer};
 use crate::sync_support::{
     Agent, Chain, assert_books, central_balance, chain_users, enroll, fingerprint, get, home_users,
-    push, push_bytes, push_request, rechain, scalar,
+    push, push_bytes, push_request, rechain, reenroll, scalar,
 };
 
 async fn setup(name: &str) -> (TestDb, TestServer, String, Agent) {
@@ -336,6 +336,21 @@ async fn an_empty_batch_is_a_heartbeat() {
 }
 
 #[tokio::test]
+async fn an_agent_enrolled_before_streams_were_registered_still_pushes() {
+    let (db, _server, base, agent) = setup("a1").await;
+    // An older server made no stream at enrolment, only the agent's incarnation.
+    db.pool
+        .get()
+        .await
+        .unwrap()
+        .execute("DELETE FROM agent_streams", &[])
+        .await
+        .unwrap();
+    let mut chain = Chain::new("a1", 2);
+    assert_eq!(push(&base, &agent, &chain.take(3)).await.acked_seq(), 3);
+}
+
+#[tokio::test]
 async fn a_new_incarnation_is_a_new_stream() {
     let (db, _server, base, mut agent) = setup("a1").await;
     let mut chain = Chain::new("a1", 2);
@@ -347,6 +362,14 @@ async fn a_new_incarnation_is_a_new_stream() {
     let mut restored = Chain::new("a1", 2);
     restored.balances = chain.balances.clone();
     let fresh = restored.take(5);
+    // Not before it enrols: a push never registers an incarnation.
+    let before = fingerprint(&db.pool).await;
+    let refused = push(&base, &agent, &fresh).await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(refused.error().error.code, error_code::UNKNOWN_INCARNATION);
+    assert_eq!(fingerprint(&db.pool).await, before);
+    // Enrolled with it (a token for the same agent), it is a new stream.
+    agent = reenroll(&db.pool, &base, &agent).await;
     assert_eq!(push(&base, &agent, &fresh).await.acked_seq(), 5);
     assert_eq!(
         scalar(&db.pool, "SELECT count(*) FROM agent_streams").await,

@@ -91,6 +91,35 @@ pub async fn home_users(pool: &Pool, agent: &str, users: &[String]) {
     }
 }
 
+/// Enrols `agent` again with its (new) incarnation, as a restored database would: a fresh token
+/// for the same agent; returns it with its new credential.
+pub async fn reenroll(pool: &Pool, base: &str, agent: &Agent) -> Agent {
+    let (_, token) = tollgate_server::sync::enroll::create_enrollment(
+        pool,
+        &agent.name,
+        std::time::Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    let response = http()
+        .post(format!("{base}/v1/agents/enroll"))
+        .json(&EnrollRequest {
+            protocol_version: PROTOCOL_VERSION,
+            token: token.to_string(),
+            incarnation: agent.incarnation.to_string(),
+            users: Vec::new(),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let enrolled: EnrollResponse = response.json().await.unwrap();
+    Agent {
+        credential: enrolled.credential,
+        ..agent.clone()
+    }
+}
+
 /// The users a [`Chain::new`]`(prefix, n)` writes for.
 pub fn chain_users(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-user{i}")).collect()
