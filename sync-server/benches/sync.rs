@@ -354,18 +354,26 @@ impl BenchDb {
         }
     }
 
-    /// Registers the agents as enrolled (credential hashes), as enrolment would.
-    async fn enroll(&self, agents: &[(Uuid, &str, usize)]) {
+    /// Registers the agents as enrolled (credential hashes, their incarnation's stream), as
+    /// enrolment would.
+    async fn enroll(&self, agents: &[(Uuid, &str, usize, Uuid)]) {
         let conn = self.pool.get().await.unwrap();
-        for (agent_id, credential, index) in agents {
+        for (agent_id, credential, index, incarnation) in agents {
             conn.execute(
-                "INSERT INTO agents (agent_id, name, status, credential_hash, enrolled_at) \
-                 VALUES ($1, $2, 'active', $3, now())",
+                "INSERT INTO agents (agent_id, name, status, credential_hash, enrolled_at, \
+                 incarnation) VALUES ($1, $2, 'active', $3, now(), $4)",
                 &[
                     agent_id,
                     &format!("bench-agent-{index}"),
                     &tollgate_server::tokens::hash(credential),
+                    incarnation,
                 ],
+            )
+            .await
+            .unwrap();
+            conn.execute(
+                "INSERT INTO agent_streams (agent_id, incarnation) VALUES ($1, $2)",
+                &[agent_id, incarnation],
             )
             .await
             .unwrap();
@@ -421,7 +429,7 @@ async fn push(
 async fn ingest_run(db: &BenchDb, agents: &[AgentLoad]) -> f64 {
     let enrolled: Vec<_> = agents
         .iter()
-        .map(|a| (a.agent_id, a.credential.as_str(), a.index))
+        .map(|a| (a.agent_id, a.credential.as_str(), a.index, a.incarnation))
         .collect();
     db.enroll(&enrolled).await;
     let homes: Vec<_> = agents.iter().map(|a| (a.agent_id, a.index)).collect();
@@ -502,18 +510,12 @@ async fn baseline_run(db: &BenchDb, agents: &[AgentLoad]) -> f64 {
     // The same users and streams exist first (the journal's foreign keys need them).
     let enrolled: Vec<_> = agents
         .iter()
-        .map(|a| (a.agent_id, a.credential.as_str(), a.index))
+        .map(|a| (a.agent_id, a.credential.as_str(), a.index, a.incarnation))
         .collect();
     db.enroll(&enrolled).await;
     {
         let conn = db.pool.get().await.unwrap();
         for a in agents {
-            conn.execute(
-                "INSERT INTO agent_streams (agent_id, incarnation) VALUES ($1, $2)",
-                &[&a.agent_id, &a.incarnation],
-            )
-            .await
-            .unwrap();
             for u in 0..USERS_PER_AGENT {
                 conn.execute(
                     "INSERT INTO user_credits (user_id, home_agent_id) VALUES ($1, $2)",
@@ -646,27 +648,28 @@ impl Columns {
 /// Steady load: each agent commits LAG_RATE_PER_AGENT entries a second and pushes like the
 /// agent's sync task. Returns every entry's lag in milliseconds.
 async fn lag_run(db: &BenchDb, secs: u64) -> Vec<f64> {
-    let agents: Vec<(Uuid, String, usize)> = (0..AGENTS)
+    let agents: Vec<(Uuid, String, usize, Uuid)> = (0..AGENTS)
         .map(|i| {
             (
                 Uuid::now_v7(),
                 format!("tga_lag_{i}_{}", Uuid::now_v7().simple()),
                 i,
+                Uuid::now_v7(),
             )
         })
         .collect();
     let enrolled: Vec<_> = agents
         .iter()
-        .map(|(id, c, i)| (*id, c.as_str(), *i))
+        .map(|(id, c, i, inc)| (*id, c.as_str(), *i, *inc))
         .collect();
     db.enroll(&enrolled).await;
-    let homes: Vec<_> = agents.iter().map(|(id, _, i)| (*id, *i + 100)).collect();
+    let homes: Vec<_> = agents.iter().map(|(id, _, i, _)| (*id, *i + 100)).collect();
     db.home_users(&homes).await;
     let (base, stop) = start_server(db).await;
     let client = reqwest::Client::new();
     let per_agent = (secs * LAG_RATE_PER_AGENT) as usize;
     let mut tasks = Vec::new();
-    for (_, credential, index) in agents {
+    for (_, credential, index, incarnation) in agents {
         // The agent's journal: entries with their commit instants; the pusher sends what is
         // unacknowledged.
         let journal: Arc<Mutex<Vec<(WireEntry, Instant)>>> = Arc::default();
@@ -685,7 +688,7 @@ async fn lag_run(db: &BenchDb, secs: u64) -> Vec<f64> {
             })
         };
         let (client, base) = (client.clone(), base.clone());
-        let incarnation = Uuid::now_v7().to_string();
+        let incarnation = incarnation.to_string();
         tasks.push(tokio::spawn(async move {
             let mut acked = 0usize;
             let mut lags = Vec::with_capacity(per_agent);
