@@ -47,12 +47,13 @@ pub mod sqlite {
 #[cfg(feature = "postgres")]
 pub mod postgres {
     //! The central server's PostgreSQL migrations (refinery). Versions: 1 — the central books,
-    //! agents, streams, inboxes, admin tokens and Stripe (`V1__central.sql`).
+    //! agents, streams, inboxes, admin tokens and Stripe (`V1__central.sql`); 2 — a checkout
+    //! recorded before Stripe is called (`V2__checkout_before_call.sql`).
 
     refinery::embed_migrations!("migrations/postgres");
 
     /// The newest migration version embedded in this build.
-    pub const LATEST_VERSION: i32 = 1;
+    pub const LATEST_VERSION: i32 = 2;
 
     #[cfg(test)]
     mod tests {

@@ -6,10 +6,13 @@
 //!   (else 503 naming the env vars), the package exists and is active, the user exists centrally
 //!   with a home agent that is not revoked (so the grant has somewhere to go) and reaches the
 //!   package's minimum tier.
-//! - The session is created form-encoded with the package's exact price in cents
-//!   (`NUMERIC(12,2)` × 100, never a float) and `client_reference_id` = the user; the answer's
-//!   session id is then recorded in `checkout_sessions` with the credits and price *as sold*, so
-//!   a later change to the package never changes what this session grants.
+//! - The checkout is recorded first (`checkout_sessions`, status `creating`, our `checkout_id`)
+//!   with the credits and price *as sold*, so a later change to the package never changes what
+//!   it grants; then the session is created form-encoded with the package's exact price in cents
+//!   (`NUMERIC(12,2)` × 100, never a float), `client_reference_id` = the user,
+//!   `metadata[checkout_id]`, and `Idempotency-Key: <checkout_id>`; no database connection is
+//!   held during the call. Stripe's session id is then filled in (`open`); if the server dies
+//!   first, the webhook fills it in from the metadata; a refused call marks the row `failed`.
 //! - The secret key is sent only as the bearer credential to the configured API base, and never
 //!   logged; Stripe's refusals are answered as 502 with Stripe's own message.
 
@@ -21,6 +24,7 @@ use rust_decimal::prelude::ToPrimitive;
 use serde::{Deserialize, Serialize};
 use tollgate_schema::money::Credits;
 use tollgate_schema::wire::error_code;
+use uuid::Uuid;
 
 use crate::admin::extract::FullAdmin;
 use crate::central::{credits_from_db, validate};
@@ -164,6 +168,23 @@ pub async fn create(
         .filter(|c| *c > 0)
         .ok_or_else(|| ApiError::internal("pricing a package", "price out of range"))?;
 
+    // Recorded before Stripe is called, with the credits and price as sold; the connection goes
+    // back to the pool for the call.
+    let checkout_id = Uuid::now_v7();
+    conn.execute(
+        "INSERT INTO checkout_sessions (checkout_id, user_id, package_name, credits, price_usd, \
+         status) VALUES ($1, $2, $3, $4, $5, 'creating')",
+        &[
+            &checkout_id,
+            &req.user_id,
+            &req.package,
+            &credits.to_decimal(),
+            &price,
+        ],
+    )
+    .await?;
+    drop(conn);
+
     let form: Vec<(&str, String)> = vec![
         ("mode", "payment".to_owned()),
         ("client_reference_id", req.user_id.clone()),
@@ -176,14 +197,64 @@ pub async fn create(
         ("line_items[0][quantity]", "1".to_owned()),
         ("metadata[package]", req.package.clone()),
         ("metadata[user_id]", req.user_id.clone()),
+        ("metadata[checkout_id]", checkout_id.to_string()),
         ("success_url", stripe.success_url.clone()),
         ("cancel_url", stripe.cancel_url.clone()),
     ];
-    let response = state
-        .http
+    let created = create_session(state.http.clone(), stripe, &form, checkout_id).await;
+    let conn = state.pool.get().await?;
+    let session = match created {
+        Ok(session) => session,
+        Err(e) => {
+            conn.execute(
+                "UPDATE checkout_sessions SET status = 'failed' \
+                 WHERE checkout_id = $1 AND status = 'creating'",
+                &[&checkout_id],
+            )
+            .await?;
+            return Err(e);
+        }
+    };
+    let url = session.url.unwrap_or_default();
+    // The webhook may have filled the session in already (it carries the checkout id).
+    conn.execute(
+        "UPDATE checkout_sessions SET session_id = $2, \
+         status = CASE WHEN status = 'creating' THEN 'open' ELSE status END \
+         WHERE checkout_id = $1",
+        &[&checkout_id, &session.id],
+    )
+    .await?;
+    tracing::info!(
+        %checkout_id,
+        session_id = %session.id,
+        user_id = %req.user_id,
+        package = %req.package,
+        admin = %admin.name,
+        "Checkout Session created"
+    );
+    Ok(Json(CheckoutResponse {
+        session_id: session.id,
+        url,
+        user_id: req.user_id,
+        package: req.package,
+        credits,
+        price_usd: format!("{price:.2}"),
+    }))
+}
+
+/// Creates the Checkout Session at Stripe (no database connection held meanwhile), with
+/// `checkout_id` as the Idempotency-Key: a retry of the same call can never make a second one.
+async fn create_session(
+    http: reqwest::Client,
+    stripe: &crate::config::StripeConfig,
+    form: &[(&str, String)],
+    checkout_id: Uuid,
+) -> Result<StripeSession, ApiError> {
+    let response = http
         .post(format!("{}/v1/checkout/sessions", stripe.api_base))
         .bearer_auth(stripe.secret_key.as_str())
-        .form(&form)
+        .header("Idempotency-Key", checkout_id.to_string())
+        .form(form)
         .send()
         .await
         .map_err(|e| {
@@ -215,32 +286,5 @@ pub async fn create(
     if !well_formed {
         return Err(bad_gateway("Stripe's answer has no usable session id"));
     }
-    let url = session.url.unwrap_or_default();
-    conn.execute(
-        "INSERT INTO checkout_sessions (session_id, user_id, package_name, credits, price_usd) \
-         VALUES ($1, $2, $3, $4, $5)",
-        &[
-            &session.id,
-            &req.user_id,
-            &req.package,
-            &credits.to_decimal(),
-            &price,
-        ],
-    )
-    .await?;
-    tracing::info!(
-        session_id = %session.id,
-        user_id = %req.user_id,
-        package = %req.package,
-        admin = %admin.name,
-        "Checkout Session created"
-    );
-    Ok(Json(CheckoutResponse {
-        session_id: session.id,
-        url,
-        user_id: req.user_id,
-        package: req.package,
-        credits,
-        price_usd: format!("{price:.2}"),
-    }))
+    Ok(session)
 }

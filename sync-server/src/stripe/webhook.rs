@@ -12,7 +12,8 @@
 //!   `checkout.session.async_payment_succeeded` grant the session found in `checkout_sessions`
 //!   (locked `FOR UPDATE`) if it is still `open`, through `central::credit::grant_purchase`
 //!   (key `stripe:<session id>`), and mark it `granted`: two event types, redeliveries or
-//!   reordering can never grant one session twice. A completed but unpaid session grants
+//!   reordering can never grant one session twice. A session still `creating` (the server died
+//!   before storing Stripe's answer) is found by the `checkout_id` in its metadata. A completed but unpaid session grants
 //!   nothing (`unpaid`); an unknown session is recorded (`unknown_session`); other types are
 //!   `ignored`. The outcome is stored with the event id; a failure rolls everything back (the
 //!   event id too) and answers 5xx, so Stripe redelivers.
@@ -208,7 +209,13 @@ async fn apply(
         SESSION_COMPLETED if !paid => outcome::UNPAID,
         SESSION_COMPLETED | ASYNC_PAYMENT_SUCCEEDED => match session_id {
             None => outcome::NO_SESSION_ID,
-            Some(session_id) => grant_session(&tx, session_id).await?,
+            Some(session_id) => {
+                let checkout_id = object
+                    .and_then(|o| o.pointer("/metadata/checkout_id"))
+                    .and_then(|v| v.as_str())
+                    .and_then(|v| v.parse::<uuid::Uuid>().ok());
+                grant_session(&tx, session_id, checkout_id).await?
+            }
         },
         _ => outcome::IGNORED,
     };
@@ -224,11 +231,22 @@ async fn apply(
     Ok(result)
 }
 
-/// Grants an open session once and marks it granted.
+/// Grants an open session once and marks it granted. A session whose checkout the server
+/// recorded but whose id it never stored (it died while Stripe answered) is found by the
+/// `checkout_id` in its metadata and completed first.
 async fn grant_session(
     tx: &deadpool_postgres::Transaction<'_>,
     session_id: &str,
+    checkout_id: Option<uuid::Uuid>,
 ) -> Result<&'static str, ApiError> {
+    if let Some(checkout_id) = checkout_id {
+        tx.execute(
+            "UPDATE checkout_sessions SET session_id = $2, status = 'open' \
+             WHERE checkout_id = $1 AND session_id IS NULL AND status = 'creating'",
+            &[&checkout_id, &session_id],
+        )
+        .await?;
+    }
     let Some(row) = tx
         .query_opt(
             "SELECT user_id, package_name, credits, status FROM checkout_sessions \

@@ -13,8 +13,12 @@ async fn migrating_twice_and_concurrently_is_a_no_op() {
         tollgate_server::db::migrate(&db.pool)
     );
     let (a, b) = (a.unwrap(), b.unwrap());
-    // Exactly one of the racing runs applied version 1.
-    assert_eq!(a.len() + b.len(), 1, "{a:?} {b:?}");
+    // Exactly one of the racing runs applied every version, the other none.
+    let all: Vec<i32> = (1..=tollgate_schema::postgres::LATEST_VERSION).collect();
+    assert!(
+        (a == all && b.is_empty()) || (b == all && a.is_empty()),
+        "{a:?} {b:?}"
+    );
     assert!(
         tollgate_server::db::migrate(&db.pool)
             .await
@@ -137,4 +141,39 @@ async fn credit_functions_refuse_what_the_original_allowed() {
         .unwrap()
         .get(0);
     assert_eq!(q, d("33.33"));
+}
+
+#[tokio::test]
+async fn version_2_keeps_the_checkouts_a_version_1_database_holds() {
+    let db = TestDb::empty().await;
+    // Version 1 alone, with a session already recorded.
+    tollgate_schema::postgres::migrations::runner()
+        .set_target(refinery::Target::Version(1))
+        .run_async(&mut **db.pool.get().await.unwrap())
+        .await
+        .unwrap();
+    let conn = db.pool.get().await.unwrap();
+    conn.batch_execute(
+        "INSERT INTO user_credits (user_id) VALUES ('alice'); \
+         INSERT INTO checkout_sessions (session_id, user_id, package_name, credits, price_usd) \
+         VALUES ('cs_old', 'alice', 'Value Pack', 500, 45)",
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    tollgate_server::db::migrate(&db.pool).await.unwrap();
+    let row = db
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT checkout_id IS NOT NULL, status FROM checkout_sessions \
+             WHERE session_id = 'cs_old'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    assert_eq!(row.get::<_, String>(1), "open");
 }

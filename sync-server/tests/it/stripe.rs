@@ -663,3 +663,173 @@ async fn unknown_sessions_and_other_event_types_are_recorded_not_granted() {
     assert_eq!((status, code(&err)), (413, "too_large"));
     assert_eq!(count(&shop.db, "stripe_events").await, 3);
 }
+
+/// What the ordering mock saw when Stripe was called: the checkout row's status (by the
+/// checkout id in the metadata), the Idempotency-Key, and the status of an admin request made
+/// meanwhile (which needs a database connection).
+#[derive(Debug, Clone, Default)]
+struct SeenAtCall {
+    row_status: Option<String>,
+    idempotency_key: Option<String>,
+    checkout_id: Option<String>,
+    admin_status: Option<u16>,
+}
+
+#[derive(Clone)]
+struct OrderingMock {
+    pool: deadpool_postgres::Pool,
+    seen: Arc<Mutex<SeenAtCall>>,
+    /// The server and an admin token, set once the server runs.
+    admin: Arc<Mutex<Option<(String, String)>>>,
+}
+
+async fn ordering_sessions(
+    State(mock): State<OrderingMock>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::Json<Value> {
+    let form = decode_form(&body);
+    let checkout_id = form
+        .iter()
+        .find(|(k, _)| k == "metadata[checkout_id]")
+        .map(|(_, v)| v.clone());
+    let row_status = match &checkout_id {
+        Some(id) => mock
+            .pool
+            .get()
+            .await
+            .unwrap()
+            .query_opt(
+                "SELECT status FROM checkout_sessions WHERE checkout_id = $1::text::uuid",
+                &[id],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0)),
+        None => None,
+    };
+    let admin = mock.admin.lock().unwrap().clone();
+    let admin_status = match admin {
+        Some((url, token)) => Some(
+            reqwest::Client::new()
+                .get(format!("{url}/admin/v1/users"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        ),
+        None => None,
+    };
+    *mock.seen.lock().unwrap() = SeenAtCall {
+        row_status,
+        idempotency_key: headers
+            .get("idempotency-key")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        checkout_id,
+        admin_status,
+    };
+    axum::Json(
+        json!({"id": "cs_test_ordered", "object": "checkout.session",
+                      "url": "https://checkout.stripe.test/c/pay/cs_test_ordered"}),
+    )
+}
+
+#[tokio::test]
+async fn a_checkout_is_recorded_before_stripe_is_called_and_holds_no_connection_meanwhile() {
+    let db = TestDb::new().await;
+    let _agent = FakeAgent::new(&db, "a1").await;
+    set_user(&db, "alice", "a1").await;
+    let mock = OrderingMock {
+        pool: db.pool.clone(),
+        seen: Arc::default(),
+        admin: Arc::default(),
+    };
+    let app = Router::new()
+        .route("/v1/checkout/sessions", post(ordering_sessions))
+        .with_state(mock.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut config = db.config();
+    // One connection: if the checkout held it across Stripe's call, the admin request made
+    // during the call could not be served.
+    config.pool_size = 1;
+    config.limits.pool_wait = std::time::Duration::from_secs(2);
+    config.stripe = Some(StripeConfig {
+        api_base,
+        secret_key: Zeroizing::new(SECRET_KEY.to_owned()),
+        webhook_secret: Zeroizing::new(WEBHOOK_SECRET.to_owned()),
+        success_url: "https://shop.test/ok".to_owned(),
+        cancel_url: "https://shop.test/cancel".to_owned(),
+    });
+    let server = TestServer::start(config).await;
+    let token = add_token(&db, "root", "full").await;
+    *mock.admin.lock().unwrap() = Some((server.url(""), token.clone()));
+    let api = Api::new(&server, &token);
+    let (status, body) = api
+        .post(
+            "/admin/v1/checkout",
+            json!({"user_id": "alice", "package": "Value Pack"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = mock.seen.lock().unwrap().clone();
+    assert_eq!(seen.row_status.as_deref(), Some("creating"), "{seen:?}");
+    assert!(seen.checkout_id.is_some(), "{seen:?}");
+    assert_eq!(seen.idempotency_key, seen.checkout_id, "{seen:?}");
+    assert_eq!(seen.admin_status, Some(200), "{seen:?}");
+    let status: String = db
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT status FROM checkout_sessions WHERE session_id = 'cs_test_ordered'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "open");
+}
+
+#[tokio::test]
+async fn a_session_whose_id_was_never_stored_is_granted_from_its_metadata() {
+    let shop = shop().await;
+    // The server recorded the checkout, Stripe made the session, and the server died before
+    // storing its id.
+    let checkout_id = uuid::Uuid::now_v7();
+    shop.db
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO checkout_sessions (checkout_id, user_id, package_name, credits, \
+             price_usd, status) VALUES ($1, 'alice', 'Value Pack', 500, 45, 'creating')",
+            &[&checkout_id],
+        )
+        .await
+        .unwrap();
+    let mut body: Value =
+        serde_json::from_slice(&event("evt_lost", COMPLETED, "cs_test_lost", "paid")).unwrap();
+    body["data"]["object"]["metadata"]["checkout_id"] = json!(checkout_id.to_string());
+    let body = serde_json::to_vec(&body).unwrap();
+    let (status, answer) = shop.send(&body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outcome"], "granted", "{answer}");
+    // Granted once, to alice's home agent, keyed on the session.
+    let events = inbox(&shop.db, "a1").await;
+    let grants: Vec<_> = events
+        .iter()
+        .filter(|(_, e)| matches!(e, EventBody::Credit(c) if c.idempotency_key == "stripe:cs_test_lost"))
+        .collect();
+    assert_eq!(grants.len(), 1, "{events:?}");
+    let (status, answer) = shop.send(&body).await;
+    assert_eq!(
+        (status, answer["outcome"].as_str()),
+        (200, Some("duplicate"))
+    );
+}
