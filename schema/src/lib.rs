@@ -1,5 +1,6 @@
 //! tollgate-schema: everything that outlives a tollgate process.
 //!
+//! - [`api_key`]: the format of the API keys users call the gateway with, and their hash.
 //! - [`money`]: the exact credit amount type used on every money path.
 //! - [`sqlite`] (feature `sqlite`): the agent database's refinery migrations, embedded at build
 //!   time from `migrations/sqlite/`. Migration files are never edited once landed, only added.
@@ -8,6 +9,7 @@
 //! - [`postgres`] (feature `postgres`): the central server's refinery migrations, from
 //!   `migrations/postgres/`.
 
+pub mod api_key;
 pub mod money;
 pub mod wire;
 
@@ -20,12 +22,12 @@ pub mod sqlite {
     //! (`V2__prices.sql`); 3 — the sync client's state and applied inbox events (`V3__sync.sql`);
     //! 4 — every price dimension, the Responses mode, price aliases and hand-made price table
     //! versions (`V4__price_dimensions.sql`); 5 — the Responses API responses served
-    //! (`V5__served_responses.sql`).
+    //! (`V5__served_responses.sql`); 6 — API keys made centrally (`V6__central_api_keys.sql`).
 
     refinery::embed_migrations!("migrations/sqlite");
 
     /// The newest migration version embedded in this build.
-    pub const LATEST_VERSION: i32 = 5;
+    pub const LATEST_VERSION: i32 = 6;
 
     /// refinery's history table, which records the applied versions.
     pub const HISTORY_TABLE: &str = "refinery_schema_history";
@@ -48,12 +50,13 @@ pub mod sqlite {
 pub mod postgres {
     //! The central server's PostgreSQL migrations (refinery). Versions: 1 — the central books,
     //! agents, streams, inboxes, admin tokens and Stripe (`V1__central.sql`); 2 — a checkout
-    //! recorded before Stripe is called (`V2__checkout_before_call.sql`).
+    //! recorded before Stripe is called (`V2__checkout_before_call.sql`); 3 — API keys made
+    //! centrally and each agent's protocol version (`V3__central_api_keys.sql`).
 
     refinery::embed_migrations!("migrations/postgres");
 
     /// The newest migration version embedded in this build.
-    pub const LATEST_VERSION: i32 = 2;
+    pub const LATEST_VERSION: i32 = 3;
 
     #[cfg(test)]
     mod tests {

@@ -6,7 +6,11 @@
 //!   `schema/tests/fixtures/wire/` pin the JSON of every message and one entry's hash, so a change
 //!   to any of them fails a test before it can break a deployed peer.
 //! - Every message names [`PROTOCOL_VERSION`]-compatible fields only; unknown fields are refused
-//!   (`deny_unknown_fields`) so a typo never silently drops data.
+//!   (`deny_unknown_fields`) so a typo never silently drops data. Messages evolve additively: a
+//!   field added in a later version is optional and left out when empty, an event kind added
+//!   later is sent only to agents that speak its version ([`EventBody::since_version`]); the
+//!   previous version's messages are pinned in `schema/tests/fixtures/wire/v1/` and must read
+//!   back and write out byte for byte.
 //! - Amounts are [`Credits`] (exact decimal strings on the wire), never floats.
 //!
 //! Endpoints (all JSON; the agent authenticates with `Authorization: Bearer <credential>`):
@@ -23,10 +27,23 @@ use sha2::{Digest, Sha256};
 
 use crate::money::Credits;
 
-/// The protocol spoken by this build. Sent by the agent in every push and enrolment, and by the
-/// server in its answers; a server refuses a version it does not speak (HTTP 400,
-/// [`error_code::UNSUPPORTED_PROTOCOL`]).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol spoken by this build. History: 1 — enrolment, push, pull, snapshot; 2 — central
+/// API keys ([`EventBody::ApiKeyUpsert`], [`Snapshot::api_keys`]) and the [`PROTOCOL_HEADER`].
+///
+/// Negotiation (ARCHITECTURE.md "Protocol versions"): an agent names its version in every
+/// request — in the body of an enrolment or push and, from version 2, in the
+/// [`PROTOCOL_HEADER`] of every request (absent means 1). A server speaks every version from
+/// [`PROTOCOL_VERSION_MIN`] to its own and answers in the agent's: it never sends an agent a
+/// message or an event its version does not know. A version it does not speak is refused (HTTP
+/// 400, [`error_code::UNSUPPORTED_PROTOCOL`]). So a fleet upgrades the server first, then its
+/// agents one host at a time.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest protocol this build's server still speaks: an agent one version behind keeps
+/// syncing.
+pub const PROTOCOL_VERSION_MIN: u32 = 1;
+/// The request header in which an agent names its protocol version (from version 2; absent
+/// means 1).
+pub const PROTOCOL_HEADER: &str = "tollgate-protocol";
 
 /// Most entries in one push: bounds one PostgreSQL transaction and one request body.
 pub const PUSH_ENTRIES_MAX: usize = 1_000;
@@ -411,6 +428,43 @@ pub enum EventBody {
     PackageUpsert(PackageSpec),
     /// Replace a power level's routing configuration.
     PowerLevelUpsert(PowerLevelSpec),
+    /// An API key made (or revoked) centrally for a user this agent serves: only its hash
+    /// crosses the wire. Protocol 2.
+    ApiKeyUpsert(ApiKeySpec),
+}
+
+impl EventBody {
+    /// The oldest protocol version that knows this event: a server never sends it to an agent
+    /// speaking an older one.
+    pub const fn since_version(&self) -> u32 {
+        match self {
+            EventBody::UserUpsert(_)
+            | EventBody::Credit(_)
+            | EventBody::PackageUpsert(_)
+            | EventBody::PowerLevelUpsert(_) => 1,
+            EventBody::ApiKeyUpsert(_) => 2,
+        }
+    }
+}
+
+/// An API key issued centrally, as an agent stores it: never the key, only its SHA-256
+/// ([`crate::api_key::hash`]). The whole state, so applying it twice is harmless; a revoked key
+/// stays revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySpec {
+    /// `key_` and 16 hex digits.
+    pub key_id: String,
+    pub user_id: String,
+    /// Lower-case hex of the key's SHA-256.
+    pub key_hash: String,
+    /// The key's first characters (`tg_` and eight more), for listings.
+    pub prefix: String,
+    pub name: Option<String>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// RFC 3339, UTC; `None` while the key is live.
+    pub revoked_at: Option<String>,
 }
 
 /// A user's centrally managed settings.
@@ -511,6 +565,10 @@ pub struct Snapshot {
     pub users: Vec<UserSettings>,
     pub packages: Vec<PackageSpec>,
     pub power_levels: Vec<PowerLevelSpec>,
+    /// The API keys (hashes) of those users, revoked ones included. Protocol 2: left out when
+    /// empty, and always empty for an agent speaking 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<ApiKeySpec>,
 }
 
 /// Subscription tiers (same spelling on both sides).

@@ -2,7 +2,8 @@
 //! hash. A change that alters any message's JSON, or the bytes an entry's hash covers, fails here;
 //! such a change needs a new protocol version, not a fixture edit — except an additive, optional
 //! field (absent means what it meant before, and it is left out when empty), which gets a fixture
-//! of its own beside the unchanged one. To write the fixtures of a new
+//! of its own beside the unchanged one. The previous version's fixtures (`v1/`) are never edited:
+//! this build must read them and write them out byte for byte. To write the fixtures of a new
 //! message once: `TOLLGATE_WRITE_GOLDEN=1 cargo test -p tollgate-schema --test wire_golden`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -225,7 +226,7 @@ fn pull_messages() {
         "inbox_page",
         &InboxPage {
             protocol_version: PROTOCOL_VERSION,
-            head: 4,
+            head: 5,
             events: vec![
                 event(1, EventBody::UserUpsert(settings())),
                 event(
@@ -242,6 +243,7 @@ fn pull_messages() {
                 ),
                 event(3, EventBody::PackageUpsert(package())),
                 event(4, EventBody::PowerLevelUpsert(power_level())),
+                event(5, EventBody::ApiKeyUpsert(api_key())),
             ],
         },
     );
@@ -249,12 +251,66 @@ fn pull_messages() {
         "snapshot",
         &Snapshot {
             protocol_version: PROTOCOL_VERSION,
-            cursor: 4,
+            cursor: 5,
             users: vec![settings()],
             packages: vec![package()],
             power_levels: vec![power_level()],
+            api_keys: vec![api_key()],
         },
     );
+}
+
+fn api_key() -> ApiKeySpec {
+    ApiKeySpec {
+        key_id: "key_0123456789abcdef".to_owned(),
+        user_id: "alice".to_owned(),
+        key_hash: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".to_owned(),
+        prefix: "tg_AbCdEfGh".to_owned(),
+        name: Some("laptop".to_owned()),
+        created_at: "2026-11-24T10:00:00Z".to_owned(),
+        revoked_at: None,
+    }
+}
+
+/// The previous protocol's messages (pinned when it was current, never edited) read back with
+/// this build's types and write out byte for byte: a server of this build understands an agent
+/// one version behind, and can answer it in its own words — the fields added since are optional
+/// and left out when empty.
+#[test]
+fn previous_version_messages_read_back_and_write_out_byte_for_byte() {
+    fn same<T: Serialize + DeserializeOwned>(name: &str) {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/wire/v1")
+            .join(format!("{name}.json"));
+        let stored = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("fixture {} missing ({e})", path.display()));
+        let value: T = serde_json::from_str(&stored)
+            .unwrap_or_else(|e| panic!("v1 {name} does not parse: {e}"));
+        let json = serde_json::to_string_pretty(&value).expect("serializes") + "\n";
+        assert_eq!(json, stored, "v1 {name} does not write out as it was");
+    }
+    same::<EnrollRequest>("enroll_request");
+    same::<EnrollRequest>("enroll_request_with_users");
+    same::<EnrollResponse>("enroll_response");
+    same::<PushRequest>("push_request");
+    same::<PushResponse>("push_response");
+    same::<ErrorBody>("error_gap");
+    same::<InboxPage>("inbox_page");
+    same::<Snapshot>("snapshot");
+    let v1 =
+        std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wire/v1"))
+            .expect("the v1 fixtures")
+            .count();
+    assert_eq!(v1, 8, "every v1 fixture is checked above");
+}
+
+#[test]
+fn every_event_names_the_version_that_added_it() {
+    assert_eq!(EventBody::UserUpsert(settings()).since_version(), 1);
+    assert_eq!(EventBody::PackageUpsert(package()).since_version(), 1);
+    assert_eq!(EventBody::ApiKeyUpsert(api_key()).since_version(), 2);
+    // The server speaks the previous version (a rolling upgrade needs it).
+    const { assert!(PROTOCOL_VERSION_MIN < PROTOCOL_VERSION) };
 }
 
 #[test]

@@ -35,7 +35,8 @@ use tokio::sync::Mutex;
 use tollgate_e2e::Database;
 use tollgate_schema::money::Credits;
 use tollgate_schema::wire::{
-    Canonical, GENESIS_HASH, PROTOCOL_VERSION, PushRequest, PushResponse, WireEntry,
+    Canonical, GENESIS_HASH, PROTOCOL_HEADER, PROTOCOL_VERSION, PushRequest, PushResponse,
+    WireEntry,
 };
 use uuid::Uuid;
 
@@ -413,6 +414,7 @@ async fn push(
         .post(format!("{base}/v1/sync/push"))
         .bearer_auth(credential)
         .header("content-type", "application/json")
+        .header(PROTOCOL_HEADER, PROTOCOL_VERSION)
         .body(body)
         .send()
         .await

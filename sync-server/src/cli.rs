@@ -106,6 +106,24 @@ pub enum UsersCommand {
     /// Create or change a user, homed on agent HOME; only the settings named change, and they
     /// reach the home agent.
     Set(UserSetArgs),
+    /// API keys for a user, made here and sent (hashes only) to the agents that serve the user.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Make a key for USER and print it once (`tg_…`); only its hash is kept and sent.
+    Create {
+        user_id: String,
+        /// A label to tell keys apart.
+        #[arg(long)]
+        name: String,
+    },
+    /// List USER's keys (id, prefix, dates), never the keys themselves.
+    List { user_id: String },
+    /// Revoke a key by its id (key_…), on every agent.
+    Revoke { key_id: String },
 }
 
 #[derive(Debug, Args)]

@@ -157,8 +157,9 @@ async fn agents_and_server_converge_after_an_outage() {
             agent.command(&["enroll", "--server", &base, "--token", "-"]),
             Some(&token),
         );
-        // Users are governed by the server once an agent is enrolled: made there, homed on
-        // this agent, and pulled by it; credit and keys are then added on the agent.
+        // Users and their API keys are governed by the server once an agent is enrolled: made
+        // there, homed on this agent, and pulled by it; credit is then added on the agent.
+        let mut users = Vec::new();
         for u in 0..USERS_PER_AGENT {
             let user = format!("user-{a}-{u}");
             server.ok(&[
@@ -170,14 +171,15 @@ async fn agents_and_server_converge_after_an_outage() {
                 "--tier",
                 "professional",
             ]);
+            let created: Value = serde_json::from_str(&server.ok(&[
+                "users", "api-key", "create", &user, "--name", "e2e", "--json",
+            ]))
+            .unwrap();
+            users.push((user, created["key"].as_str().unwrap().to_owned()));
         }
         agent.ok(&["sync", "now"]);
-        let mut users = Vec::new();
-        for u in 0..USERS_PER_AGENT {
-            let user = format!("user-{a}-{u}");
-            agent.ok(&["credits", "add", &user, "50", "--type", "purchase"]);
-            let created = agent.json(&["users", "api-key", "create", &user]);
-            users.push((user, created["key"].as_str().unwrap().to_owned()));
+        for (user, _) in &users {
+            agent.ok(&["credits", "add", user, "50", "--type", "purchase"]);
         }
         let (gateway, url) = agent.serve(&upstream.url());
         hosts.push(Host {

@@ -50,6 +50,22 @@ fn governed_here(ctx: &Ctx, command: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Refuses making API keys on an enrolled agent: the server governs them, so a key made here
+/// would work on this host only and be unknown to the rest of the fleet. Keys made before
+/// enrolment keep working here, and may still be revoked here.
+fn keys_governed_here(ctx: &Ctx) -> anyhow::Result<()> {
+    match SyncConfig::load(&ctx.data_dir.sync_config())? {
+        None => Ok(()),
+        Some(sync) => Err(anyhow!(
+            "`tollgate users api-key create` is refused on an enrolled agent: this agent ({}) \
+             syncs with {}, which governs API keys; make the key there (`tollgate-server users \
+             api-key create USER --name NAME`) and its hash reaches this agent within seconds",
+            sync.agent_id,
+            sync.server
+        )),
+    }
+}
+
 /// A spend cap argument: an amount, or "none" for no cap.
 fn parse_cap(text: &str) -> anyhow::Result<Option<Credits>> {
     if text.eq_ignore_ascii_case("none") {
@@ -208,6 +224,7 @@ pub fn show(ctx: &Ctx, a: &UserAccount) -> anyhow::Result<ExitCode> {
 fn api_key(ctx: &Ctx, cmd: ApiKeyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ApiKeyCommand::Create { user, name } => {
+            keys_governed_here(ctx)?;
             let key = ctx.ledger()?.create_api_key(&user, name.as_deref())?;
             if ctx.json {
                 #[derive(serde::Serialize)]
@@ -245,16 +262,33 @@ fn api_key(ctx: &Ctx, cmd: ApiKeyCommand) -> anyhow::Result<ExitCode> {
                         k.created_at.clone(),
                         output::or_dash(k.last_used_at.as_deref()),
                         output::or_dash(k.revoked_at.as_deref()),
+                        k.origin.clone(),
                     ]
                 })
                 .collect();
             done(output::table(
-                &["ID", "PREFIX", "NAME", "CREATED", "LAST USED", "REVOKED"],
+                &[
+                    "ID",
+                    "PREFIX",
+                    "NAME",
+                    "CREATED",
+                    "LAST USED",
+                    "REVOKED",
+                    "MADE BY",
+                ],
                 &rows,
             ))
         }
         ApiKeyCommand::Revoke { id } => {
-            ctx.ledger()?.revoke_api_key(&id)?;
+            let mut ledger = ctx.ledger()?;
+            if ledger.api_key_origin(&id)?.as_deref() == Some("central") {
+                return Err(anyhow!(
+                    "API key {id} was made by the sync server, which governs it: revoke it \
+                     there (`tollgate-server users api-key revoke {id}`) and the revocation \
+                     reaches every agent within seconds"
+                ));
+            }
+            ledger.revoke_api_key(&id)?;
             if ctx.json {
                 return done(output::json(&serde_json::json!({ "revoked": id })));
             }

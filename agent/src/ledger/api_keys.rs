@@ -3,24 +3,14 @@
 //! A key is `tg_` followed by 43 base64url characters (32 random bytes), so a fast hash is as
 //! strong as a slow one here: there is nothing to guess. Listings show the public id and prefix.
 
-use base64::Engine;
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+use tollgate_schema::api_key;
+use tollgate_schema::wire::ApiKeySpec;
 use zeroize::Zeroizing;
 
+use super::session::Session;
 use super::{Ledger, LedgerError};
-
-/// What every key starts with.
-const KEY_TAG: &str = "tg_";
-/// Random bytes in a key.
-const KEY_BYTES: usize = 32;
-/// Characters in a key: the tag and the bytes in unpadded base64.
-const KEY_LEN: usize = KEY_TAG.len() + (KEY_BYTES * 4).div_ceil(3);
-/// Characters of a key shown in listings (`tg_` and the first eight of the secret).
-const PREFIX_LEN: usize = 11;
-/// Longest key name.
-pub const KEY_NAME_LEN_MAX: usize = 64;
 
 /// An issued key as listed (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -32,6 +22,8 @@ pub struct ApiKeyInfo {
     pub created_at: String,
     pub last_used_at: Option<String>,
     pub revoked_at: Option<String>,
+    /// `local` (made on this agent) or `central` (made by the sync server, which governs it).
+    pub origin: String,
 }
 
 /// A key just created: the one time its secret exists outside the caller's hands. Its Debug
@@ -50,37 +42,23 @@ impl std::fmt::Debug for NewApiKey {
     }
 }
 
-fn random_bytes<const N: usize>() -> Result<[u8; N], LedgerError> {
-    let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes).map_err(|e| LedgerError::Corrupt(format!("no randomness: {e}")))?;
-    Ok(bytes)
-}
-
-/// A fresh key, built in place in wiped-on-drop buffers: the random bytes are drawn straight into
-/// one and encoded straight into the other, whose capacity is reserved up front so it never
-/// reallocates and leaves a copy behind.
-fn new_secret() -> Result<Zeroizing<String>, LedgerError> {
-    let mut raw = Zeroizing::new([0u8; KEY_BYTES]);
-    getrandom::fill(raw.as_mut_slice())
-        .map_err(|e| LedgerError::Corrupt(format!("no randomness: {e}")))?;
-    let mut secret = Zeroizing::new(String::with_capacity(KEY_LEN));
-    let reserved = secret.capacity();
-    secret.push_str(KEY_TAG);
-    // encode_slice writes straight into a buffer we wipe (encode_string would pass the text
-    // through an internal stack buffer that nobody wipes).
-    let mut encoded = Zeroizing::new([0u8; 64]);
-    let written = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode_slice(raw.as_slice(), encoded.as_mut_slice())
-        .map_err(|e| LedgerError::Corrupt(format!("encoding a key: {e}")))?;
-    let text = std::str::from_utf8(&encoded[..written])
-        .map_err(|e| LedgerError::Corrupt(format!("encoding a key: {e}")))?;
-    secret.push_str(text);
-    debug_assert_eq!((secret.len(), secret.capacity()), (KEY_LEN, reserved));
-    Ok(secret)
-}
-
+/// The SHA-256 of a key, the only form stored.
 pub fn hash_key(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
+    api_key::hash(secret)
+}
+
+/// An RFC 3339 time from the wire, in this database's stored form.
+fn stored_time(field: &'static str, text: &str) -> Result<String, LedgerError> {
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| LedgerError::InvalidField {
+            field,
+            why: format!("{text:?} is not an RFC 3339 time: {e}"),
+        })?;
+    Ok(super::clock::to_text(at))
+}
+
+fn no_randomness(e: api_key::NoRandomness) -> LedgerError {
+    LedgerError::Corrupt(e.to_string())
 }
 
 impl Ledger {
@@ -90,22 +68,14 @@ impl Ledger {
         name: Option<&str>,
     ) -> Result<NewApiKey, LedgerError> {
         if let Some(n) = name {
-            if n.is_empty() || n.len() > KEY_NAME_LEN_MAX {
-                return Err(LedgerError::InvalidField {
-                    field: "key name",
-                    why: format!("{n:?} must be 1 to {KEY_NAME_LEN_MAX} bytes"),
-                });
-            }
-            if let Some(c) = n.chars().find(|c| c.is_control()) {
-                return Err(LedgerError::InvalidField {
-                    field: "key name",
-                    why: format!("{n:?} contains the control character {c:?}"),
-                });
-            }
+            api_key::check_name(n).map_err(|why| LedgerError::InvalidField {
+                field: "key name",
+                why,
+            })?;
         }
-        let secret = new_secret()?;
-        let key_id = format!("key_{}", hex::encode(random_bytes::<8>()?));
-        let prefix: String = secret.chars().take(PREFIX_LEN).collect();
+        let secret = api_key::new_secret().map_err(no_randomness)?;
+        let key_id = api_key::new_key_id().map_err(no_randomness)?;
+        let prefix = api_key::prefix(&secret);
         let now = super::clock::to_text(self.clock.now());
         let inserted = self.conn().execute(
             "INSERT INTO api_keys (key_id, user_id, key_hash, prefix, name, created_at) \
@@ -130,6 +100,7 @@ impl Ledger {
             created_at: now,
             last_used_at: None,
             revoked_at: None,
+            origin: "local".to_owned(),
         };
         Ok(NewApiKey { info, secret })
     }
@@ -139,18 +110,19 @@ impl Ledger {
             return Err(LedgerError::UnknownUser(user_id.to_owned()));
         }
         let mut stmt = self.conn().prepare_cached(
-            "SELECT key_id, user_id, prefix, name, created_at, last_used_at, revoked_at \
+            "SELECT key_id, user_id, prefix, name, created_at, last_used_at, revoked_at, origin \
              FROM api_keys WHERE user_id = ?1 ORDER BY id",
         )?;
         let rows = stmt.query_map([user_id], |r| {
             Ok(ApiKeyInfo {
-                key_id: r.get(0)?,
-                user_id: r.get(1)?,
-                prefix: r.get(2)?,
-                name: r.get(3)?,
-                created_at: r.get(4)?,
-                last_used_at: r.get(5)?,
-                revoked_at: r.get(6)?,
+                key_id: r.get("key_id")?,
+                user_id: r.get("user_id")?,
+                prefix: r.get("prefix")?,
+                name: r.get("name")?,
+                created_at: r.get("created_at")?,
+                last_used_at: r.get("last_used_at")?,
+                revoked_at: r.get("revoked_at")?,
+                origin: r.get("origin")?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -167,6 +139,15 @@ impl Ledger {
             return Err(LedgerError::UnknownApiKey(key_id.to_owned()));
         }
         Ok(())
+    }
+
+    /// Who made a key: `local` or `central`; `None` if there is no such key.
+    pub fn api_key_origin(&self, key_id: &str) -> Result<Option<String>, LedgerError> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT origin FROM api_keys WHERE key_id = ?1")?
+            .query_row([key_id], |r| r.get(0))
+            .optional()?)
     }
 
     /// The user a live (not revoked) key belongs to.
@@ -202,29 +183,87 @@ impl Ledger {
     }
 }
 
+impl Session<'_> {
+    /// Stores a key the sync server made (or revoked) for a user this agent holds: its hash
+    /// only, origin `central`. The whole state, so applying it again is harmless; a revoked key
+    /// stays revoked; a key id or hash this agent already holds for another key is refused.
+    pub(super) fn upsert_central_api_key(&mut self, key: &ApiKeySpec) -> Result<(), LedgerError> {
+        let invalid =
+            |field: &'static str| move |why: String| LedgerError::InvalidField { field, why };
+        api_key::check_key_id(&key.key_id).map_err(invalid("key id"))?;
+        if let Some(name) = &key.name {
+            api_key::check_name(name).map_err(invalid("key name"))?;
+        }
+        let hash = tollgate_schema::wire::decode_hash(&key.key_hash).ok_or_else(|| {
+            LedgerError::InvalidField {
+                field: "key hash",
+                why: "is not 64 lower-case hex digits".to_owned(),
+            }
+        })?;
+        if !key.prefix.starts_with(api_key::KEY_TAG) || key.prefix.len() > api_key::PREFIX_LEN {
+            return Err(LedgerError::InvalidField {
+                field: "key prefix",
+                why: format!("{:?} is not the start of a tollgate key", key.prefix),
+            });
+        }
+        let created_at = stored_time("key created_at", &key.created_at)?;
+        let revoked_at = key
+            .revoked_at
+            .as_deref()
+            .map(|t| stored_time("key revoked_at", t))
+            .transpose()?;
+        if !self.user_exists(&key.user_id)? {
+            return Err(LedgerError::UnknownUser(key.user_id.clone()));
+        }
+        let changed = self.conn.execute(
+            "INSERT INTO api_keys (key_id, user_id, key_hash, prefix, name, created_at, revoked_at, \
+             origin) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'central') \
+             ON CONFLICT (key_id) DO UPDATE SET name = excluded.name, \
+             revoked_at = COALESCE(api_keys.revoked_at, excluded.revoked_at) \
+             WHERE api_keys.origin = 'central' AND api_keys.user_id = excluded.user_id \
+             AND api_keys.key_hash = excluded.key_hash",
+            params![
+                key.key_id,
+                key.user_id,
+                hash.as_slice(),
+                key.prefix,
+                key.name,
+                created_at,
+                revoked_at
+            ],
+        )?;
+        if changed == 0 {
+            return Err(LedgerError::InvalidField {
+                field: "key id",
+                why: format!("{} names another key on this agent", key.key_id),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_new_key_has_its_shape_and_debug_hides_it() {
-        let secret = new_secret().unwrap();
-        assert_eq!(secret.len(), KEY_LEN);
-        assert!(secret.starts_with(KEY_TAG));
+    fn debug_hides_a_new_key() {
+        let secret = api_key::new_secret().unwrap();
         let key = NewApiKey {
             info: ApiKeyInfo {
                 key_id: "key_0".into(),
                 user_id: "alice".into(),
-                prefix: secret.chars().take(PREFIX_LEN).collect(),
+                prefix: api_key::prefix(&secret),
                 name: None,
                 created_at: "now".into(),
                 last_used_at: None,
                 revoked_at: None,
+                origin: "local".into(),
             },
             secret: secret.clone(),
         };
         let debug = format!("{key:?}");
         assert!(debug.contains("<redacted>"), "{debug}");
-        assert!(!debug.contains(&secret[PREFIX_LEN..]), "{debug}");
+        assert!(!debug.contains(&secret[api_key::PREFIX_LEN..]), "{debug}");
     }
 }

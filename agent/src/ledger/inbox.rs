@@ -57,6 +57,7 @@ pub struct SnapshotApplied {
     pub users: usize,
     pub packages: usize,
     pub power_levels: usize,
+    pub api_keys: usize,
     /// Items the books refused, each as "what: why"; the rest were applied.
     pub refused: Vec<String>,
     /// The inbox cursor before and after.
@@ -157,10 +158,15 @@ impl Ledger {
                 let result = guarded(&mut session, |s| s.upsert_power_level(level))?;
                 note(format!("power level {:?}", level.power_level), result);
             }
+            for key in &snapshot.api_keys {
+                let result = guarded(&mut session, |s| s.upsert_central_api_key(key))?;
+                note(format!("API key {:?}", key.key_id), result);
+            }
             SnapshotApplied {
                 users: snapshot.users.len(),
                 packages: snapshot.packages.len(),
                 power_levels: snapshot.power_levels.len(),
+                api_keys: snapshot.api_keys.len(),
                 refused,
                 previous_cursor,
                 cursor: snapshot.cursor,
@@ -255,6 +261,7 @@ fn event_kind(body: &EventBody) -> &'static str {
         EventBody::Credit(_) => "credit",
         EventBody::PackageUpsert(_) => "package_upsert",
         EventBody::PowerLevelUpsert(_) => "power_level_upsert",
+        EventBody::ApiKeyUpsert(_) => "api_key_upsert",
     }
 }
 
@@ -266,6 +273,7 @@ impl Session<'_> {
             EventBody::Credit(credit) => self.apply_credit(credit).map(Some),
             EventBody::PackageUpsert(package) => self.upsert_package(package).map(|()| None),
             EventBody::PowerLevelUpsert(level) => self.upsert_power_level(level).map(|()| None),
+            EventBody::ApiKeyUpsert(key) => self.upsert_central_api_key(key).map(|()| None),
         }
     }
 
@@ -443,7 +451,7 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn user_exists(&self, user_id: &str) -> Result<bool, LedgerError> {
+    pub(super) fn user_exists(&self, user_id: &str) -> Result<bool, LedgerError> {
         Ok(self
             .conn
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM user_credits WHERE user_id = ?1)")?

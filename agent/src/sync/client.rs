@@ -19,8 +19,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use tollgate_schema::wire::{
-    EnrollRequest, EnrollResponse, ErrorBody, InboxPage, LONG_POLL_MAX_MS, PROTOCOL_VERSION,
-    PushRequest, PushResponse, Snapshot, UserSettings, error_code,
+    EnrollRequest, EnrollResponse, ErrorBody, InboxPage, LONG_POLL_MAX_MS, PROTOCOL_HEADER,
+    PROTOCOL_VERSION, PushRequest, PushResponse, Snapshot, UserSettings, error_code,
 };
 
 use super::config::SyncConfig;
@@ -192,6 +192,7 @@ impl SyncClient {
         };
         let request = http
             .post(format!("{server}/v1/agents/enroll"))
+            .header(PROTOCOL_HEADER, PROTOCOL_VERSION)
             .timeout(REQUEST_TIMEOUT)
             .json(&body);
         // Wipe the body's copy of the token (the serialized request is reqwest's).
@@ -261,6 +262,7 @@ impl SyncClient {
     ) -> Result<T, ClientError> {
         let request = request
             .bearer_auth(self.credential.expose())
+            .header(PROTOCOL_HEADER, PROTOCOL_VERSION)
             .timeout(timeout);
         send(request, what, false).await
     }

@@ -321,7 +321,8 @@ fn a_version_1_database_upgrades_and_keeps_its_books() {
     // Take the file back to schema version 1, as an older tollgate left it.
     let conn = db::open(&path, OpenMode::MustExist).unwrap();
     conn.execute_batch(
-        "DROP TABLE served_responses; DROP TABLE inbox_events; DROP TABLE sync_state;
+        "ALTER TABLE api_keys DROP COLUMN origin;
+         DROP TABLE served_responses; DROP TABLE inbox_events; DROP TABLE sync_state;
          DROP TABLE price_aliases;
          DROP TABLE model_prices; DROP TABLE price_tables;
          DELETE FROM refinery_schema_history WHERE version >= 2;",

@@ -310,6 +310,7 @@ async fn snapshot(State(fake): State<Fake>, headers: HeaderMap) -> Response {
         users: Vec::new(),
         packages: Vec::new(),
         power_levels: Vec::new(),
+        api_keys: Vec::new(),
     }))
     .into_response()
 }
@@ -525,6 +526,7 @@ async fn enroll_and_sync_now_over_http() {
             users: vec![user("carol", "enterprise"), user("alice", "starter")],
             packages: vec![],
             power_levels: vec![],
+            api_keys: Vec::new(),
         });
     }
     server.send(credit("carol", CreditEventKind::Bonus, "3", "admin:carol"));

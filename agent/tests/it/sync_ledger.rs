@@ -20,8 +20,8 @@ use tollgate::ledger::{
 use tollgate::sync::SyncConfig;
 use tollgate_schema::money::Credits;
 use tollgate_schema::wire::{
-    CreditEvent, CreditEventKind, EventBody, GENESIS_HASH, InboxEvent, PUSH_ENTRIES_MAX,
-    PackageSpec, PowerLevelSpec, Snapshot, UserSettings, encode_hash,
+    ApiKeySpec, CreditEvent, CreditEventKind, EventBody, GENESIS_HASH, InboxEvent,
+    PUSH_ENTRIES_MAX, PackageSpec, PowerLevelSpec, Snapshot, UserSettings, encode_hash,
 };
 
 use super::support::Agent;
@@ -773,6 +773,7 @@ fn a_snapshot_upserts_everything_and_sets_the_cursor() {
         ],
         packages: vec![package("Mega Pack", "2500", 20_000)],
         power_levels: vec![level("eco", "0.5")],
+        api_keys: Vec::new(),
     };
     let applied = ledger.apply_snapshot(&snapshot).unwrap();
     assert_eq!((applied.previous_cursor, applied.cursor), (1, 40));
@@ -833,6 +834,7 @@ fn after_a_snapshot_moves_the_cursor_back_reused_seqs_are_new_events() {
             users: Vec::new(),
             packages: Vec::new(),
             power_levels: Vec::new(),
+            api_keys: Vec::new(),
         })
         .unwrap();
     assert_eq!((applied.previous_cursor, applied.cursor), (3, 1));
@@ -946,7 +948,8 @@ fn a_version_2_database_upgrades_with_its_identity() {
     let conn: Connection = db::open(&path, OpenMode::MustExist).unwrap();
     // Back to version 2: V3's tables gone, and V4's price tables as V2 made them.
     conn.execute_batch(
-        "DROP TABLE served_responses; DROP TABLE inbox_events; DROP TABLE sync_state;
+        "ALTER TABLE api_keys DROP COLUMN origin;
+         DROP TABLE served_responses; DROP TABLE inbox_events; DROP TABLE sync_state;
          DROP TABLE price_aliases;
          DROP TABLE model_prices; DROP TABLE price_tables;
          DELETE FROM refinery_schema_history WHERE version >= 3;",
@@ -1126,4 +1129,117 @@ fn enroll_refuses_bad_input_before_any_network_call() {
     }
     assert!(!agent.data_dir().join("sync.toml").exists());
     assert_eq!(agent.json(&["sync", "status"])["enrolled"], false);
+}
+
+fn central_key(key_id: &str, user: &str, secret: &str, revoked: Option<&str>) -> EventBody {
+    EventBody::ApiKeyUpsert(ApiKeySpec {
+        key_id: key_id.to_owned(),
+        user_id: user.to_owned(),
+        key_hash: tollgate_schema::wire::encode_hash(&tollgate_schema::api_key::hash(secret)),
+        prefix: secret.chars().take(11).collect(),
+        name: Some("laptop".to_owned()),
+        created_at: "2026-11-24T10:00:00Z".to_owned(),
+        revoked_at: revoked.map(str::to_owned),
+    })
+}
+
+#[test]
+fn a_central_api_key_authenticates_until_its_revocation_arrives_and_stays_revoked() {
+    let (_dir, mut ledger) = enrolled();
+    ledger.create_user(&NewUser::new("alice")).unwrap();
+    let secret = "tg_central_key_for_alice_0123456789abcdefghij";
+    let made = event(
+        1,
+        central_key("key_00000000000000a1", "alice", secret, None),
+    );
+    assert!(matches!(
+        ledger.apply_inbox_event(&made).unwrap(),
+        InboxOutcome::Applied { entry_id: None }
+    ));
+    assert_eq!(
+        ledger.authenticate(secret).unwrap().as_deref(),
+        Some("alice")
+    );
+    let listed = ledger.api_keys("alice").unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].origin.as_str(), listed[0].created_at.as_str()),
+        ("central", "2026-11-24T10:00:00.000Z")
+    );
+    // The same state again (a snapshot after the event) changes nothing.
+    let again = event(
+        2,
+        central_key("key_00000000000000a1", "alice", secret, None),
+    );
+    assert!(matches!(
+        ledger.apply_inbox_event(&again).unwrap(),
+        InboxOutcome::Applied { .. }
+    ));
+    let revoked = event(
+        3,
+        central_key(
+            "key_00000000000000a1",
+            "alice",
+            secret,
+            Some("2026-11-25T08:00:00Z"),
+        ),
+    );
+    ledger.apply_inbox_event(&revoked).unwrap();
+    assert_eq!(ledger.authenticate(secret).unwrap(), None);
+    // An older copy of the key (sent before the revocation) never revives it.
+    let stale = event(
+        4,
+        central_key("key_00000000000000a1", "alice", secret, None),
+    );
+    ledger.apply_inbox_event(&stale).unwrap();
+    assert_eq!(ledger.authenticate(secret).unwrap(), None);
+    assert_eq!(
+        ledger.api_keys("alice").unwrap()[0].revoked_at.as_deref(),
+        Some("2026-11-25T08:00:00.000Z")
+    );
+    assert!(ledger.verify().unwrap().is_clean());
+}
+
+#[test]
+fn a_central_api_key_that_does_not_fit_is_refused_and_the_inbox_moves_on() {
+    let (dir, mut ledger) = enrolled();
+    ledger.create_user(&NewUser::new("alice")).unwrap();
+    let local = ledger.create_api_key("alice", Some("local")).unwrap();
+    let cases: Vec<(EventBody, &str)> = vec![
+        (
+            central_key("key_00000000000000b1", "nobody", "tg_x1", None),
+            "nobody",
+        ),
+        (central_key("key_NOT_HEX", "alice", "tg_x2", None), "key id"),
+        // Another key's id (made locally) with another hash.
+        (
+            central_key(&local.info.key_id, "alice", "tg_x3", None),
+            "names another key",
+        ),
+        // A hash this agent already holds for another key.
+        (
+            central_key("key_00000000000000b2", "alice", &local.secret, None),
+            "UNIQUE",
+        ),
+        (
+            central_key("key_00000000000000b3", "alice", "tg_x4", Some("yesterday")),
+            "key revoked_at",
+        ),
+    ];
+    for (i, (body, why)) in cases.into_iter().enumerate() {
+        let seq = i as i64 + 1;
+        let InboxOutcome::Refused { detail } = ledger.apply_inbox_event(&event(seq, body)).unwrap()
+        else {
+            panic!("case {seq} was not refused");
+        };
+        assert!(detail.contains(why), "case {seq}: {detail}");
+        assert_eq!(cursor(&ledger), seq);
+    }
+    // The local key is untouched and still works; nothing else was stored.
+    assert_eq!(
+        ledger.authenticate(&local.secret).unwrap().as_deref(),
+        Some("alice")
+    );
+    assert_eq!(ledger.api_keys("alice").unwrap().len(), 1);
+    assert_eq!(inbox_rows(&dir.path().join("tollgate.db")).len(), 5);
 }

@@ -26,6 +26,7 @@ pub fn kind(body: &EventBody) -> &'static str {
         EventBody::Credit(_) => "credit",
         EventBody::PackageUpsert(_) => "package_upsert",
         EventBody::PowerLevelUpsert(_) => "power_level_upsert",
+        EventBody::ApiKeyUpsert(_) => "api_key_upsert",
     }
 }
 

@@ -16,6 +16,7 @@
 //! - Amounts are [`Credits`](tollgate_schema::money::Credits), stored as `NUMERIC(38,9)` through
 //!   `rust_decimal`; no float anywhere.
 
+pub mod api_keys;
 pub mod catalog;
 pub mod credit;
 pub mod inbox;

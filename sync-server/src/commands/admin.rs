@@ -17,10 +17,11 @@ use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tollgate_schema::money::Credits;
 
+use crate::central::api_keys;
 use crate::central::credit::{self, CreditKind, CreditOp};
 use crate::central::users::{self, USERS_PAGE_MAX, UserSet};
 use crate::central::{catalog, operation, rfc3339, validate};
-use crate::cli::{AdminTokensCommand, CreditArgs, CreditsCommand, UsersCommand};
+use crate::cli::{AdminTokensCommand, ApiKeyCommand, CreditArgs, CreditsCommand, UsersCommand};
 use crate::reconcile;
 use crate::tokens;
 
@@ -232,6 +233,7 @@ pub async fn users(pool: &Pool, cmd: UsersCommand, json: bool) -> anyhow::Result
             }
             Ok(ExitCode::SUCCESS)
         }
+        UsersCommand::ApiKey(cmd) => api_key(pool, cmd, json).await,
         UsersCommand::Set(args) => {
             let req = UserSet {
                 user_id: args.user_id,
@@ -268,6 +270,90 @@ pub async fn users(pool: &Pool, cmd: UsersCommand, json: bool) -> anyhow::Result
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `tollgate-server users api-key …`.
+async fn api_key(pool: &Pool, cmd: ApiKeyCommand, json: bool) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ApiKeyCommand::Create { user_id, name } => {
+            let made = api_keys::create(pool, &user_id, &name, CLI_ACTOR).await?;
+            if json {
+                #[derive(Serialize)]
+                struct Shown<'a> {
+                    key: &'a str,
+                    #[serde(flatten)]
+                    info: &'a api_keys::ApiKeyInfo,
+                    sent_to: &'a [String],
+                }
+                print_json(&Shown {
+                    key: &made.secret,
+                    info: &made.info,
+                    sent_to: &made.sent_to,
+                })?;
+            } else {
+                println!(
+                    "API key {} ({}) for user {}, sent to {}. It is shown only now; only its \
+                     hash is kept:",
+                    made.info.key_id,
+                    made.info.name,
+                    made.info.user_id,
+                    agents_text(&made.sent_to)
+                );
+                println!("{}", made.secret.as_str());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ApiKeyCommand::List { user_id } => {
+            let keys = api_keys::list(pool, &user_id).await?;
+            if json {
+                print_json(&keys)?;
+            } else {
+                let rows: Vec<Vec<String>> = keys
+                    .into_iter()
+                    .map(|k| {
+                        vec![
+                            k.key_id,
+                            k.prefix,
+                            k.name,
+                            k.created_at,
+                            or_dash(k.revoked_at),
+                        ]
+                    })
+                    .collect();
+                print_table(&["ID", "PREFIX", "NAME", "CREATED", "REVOKED"], &rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ApiKeyCommand::Revoke { key_id } => {
+            let revoked = api_keys::revoke(pool, &key_id).await?;
+            if json {
+                print_json(&revoked)?;
+            } else if revoked.newly {
+                println!(
+                    "API key {key_id} revoked; sent to {}",
+                    agents_text(&revoked.sent_to)
+                );
+            } else {
+                println!("API key {key_id} was already revoked");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// "agent a, agent b" or why none.
+fn agents_text(names: &[String]) -> String {
+    if names.is_empty() {
+        "no agent yet (the user's home agent speaks an older protocol and gets it when it \
+         upgrades)"
+            .to_owned()
+    } else {
+        names
+            .iter()
+            .map(|n| format!("agent {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

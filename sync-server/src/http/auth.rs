@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::sync::protocol;
 use crate::tokens;
 
 /// The bearer secret of a request, if well formed.
@@ -45,6 +46,8 @@ pub struct AgentAuth {
     pub agent_id: Uuid,
     pub name: String,
     pub status: AgentStatus,
+    /// The sync protocol this request speaks (its `tollgate-protocol` header; absent: 1).
+    pub protocol: u32,
 }
 
 impl FromRequestParts<AppState> for AgentAuth {
@@ -52,20 +55,28 @@ impl FromRequestParts<AppState> for AgentAuth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let hash = tokens::hash(bearer(parts)?);
+        let protocol = protocol::from_headers(&parts.headers)?;
         let conn = state.pool.get().await?;
         let row = conn
             .query_opt(
                 "UPDATE agents SET last_seen_at = now() \
                  WHERE credential_hash = $1 AND status IN ('active', 'quarantined') \
-                 RETURNING agent_id, name, status",
+                 RETURNING agent_id, name, status, protocol_version",
                 &[&hash],
             )
             .await?
             .ok_or_else(|| ApiError::unauthorized("unknown or revoked agent credential"))?;
-        let status: String = row.get(2);
+        drop(conn);
+        let agent_id: Uuid = row.get("agent_id");
+        let stored: i32 = row.get("protocol_version");
+        if i64::from(stored) != i64::from(protocol) {
+            protocol::record(&state.pool, agent_id, protocol).await?;
+        }
+        let status: String = row.get("status");
         Ok(AgentAuth {
-            agent_id: row.get(0),
-            name: row.get(1),
+            agent_id,
+            protocol,
+            name: row.get("name"),
             status: if status == "quarantined" {
                 AgentStatus::Quarantined
             } else {

@@ -25,14 +25,15 @@ use axum::extract::State;
 use deadpool_postgres::{Pool, Transaction};
 use rust_decimal::Decimal;
 use tollgate_schema::wire::{
-    ENROLL_BODY_BYTES_MAX, ENROLL_USERS_MAX, EnrollRequest, EnrollResponse, PROTOCOL_VERSION,
-    TOKEN_LEN_MAX, UserSettings,
+    ENROLL_BODY_BYTES_MAX, ENROLL_USERS_MAX, EnrollRequest, EnrollResponse, TOKEN_LEN_MAX,
+    UserSettings,
 };
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::agents::{AgentError, check_name};
-use super::push::{canonical_uuid, truncate, unsupported_protocol};
+use super::protocol;
+use super::push::{canonical_uuid, truncate};
 use crate::central::validate;
 use crate::http::AppState;
 use crate::http::error::ApiError;
@@ -115,9 +116,11 @@ pub async fn handle(
     )
     .await?;
     let req: EnrollRequest = parse_json(&bytes)?;
-    if req.protocol_version != PROTOCOL_VERSION {
-        return Err(unsupported_protocol(req.protocol_version));
+    if !protocol::speaks(req.protocol_version) {
+        return Err(protocol::unsupported(req.protocol_version));
     }
+    let version = i32::try_from(req.protocol_version)
+        .map_err(|_| protocol::unsupported(req.protocol_version))?;
     if req.token.is_empty() || req.token.len() > TOKEN_LEN_MAX {
         return Err(refused());
     }
@@ -165,14 +168,19 @@ pub async fn handle(
     tx.execute(
         "UPDATE agents SET credential_hash = $2, \
          status = CASE WHEN status = 'pending' THEN 'active' ELSE status END, \
-         enrolled_at = now(), incarnation = $3 WHERE agent_id = $1",
-        &[&agent_id, &tokens::hash(&credential), &incarnation],
+         enrolled_at = now(), incarnation = $3, protocol_version = $4 WHERE agent_id = $1",
+        &[
+            &agent_id,
+            &tokens::hash(&credential),
+            &incarnation,
+            &version,
+        ],
     )
     .await?;
     tx.commit().await?;
     tracing::info!(agent = %name, %agent_id, %incarnation, users = req.users.len(), "agent enrolled");
     Ok(Json(EnrollResponse {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_version: req.protocol_version,
         agent_id: agent_id.to_string(),
         agent_name: name,
         credential: credential.to_string(),

@@ -17,6 +17,10 @@
 //!   in one REPEATABLE READ transaction, with the cursor to continue from (`inbox_acked`): every
 //!   event after it is still held. Amounts are exact (no floats): prices in whole cents, the cost
 //!   multiplier as normalized decimal text.
+//! - Both answer in the agent's protocol version: a snapshot carries API keys only from
+//!   protocol 2, and a page never carries an event the agent's version does not know (such an
+//!   event exists only if the agent was downgraded after it was written: the pull is refused,
+//!   naming the event, rather than skipping it).
 //! - Both work for quarantined agents; only pushes are refused.
 
 use std::time::Duration;
@@ -33,11 +37,12 @@ use time::{OffsetDateTime, UtcOffset};
 use tokio_postgres::IsolationLevel;
 use tollgate_schema::money::Credits;
 use tollgate_schema::wire::{
-    EventBody, INBOX_PAGE_MAX, InboxEvent, InboxPage, LONG_POLL_MAX_MS, PROTOCOL_VERSION,
-    PackageSpec, PowerLevelSpec, Snapshot, UserSettings, error_code,
+    EventBody, INBOX_PAGE_MAX, InboxEvent, InboxPage, LONG_POLL_MAX_MS, PackageSpec,
+    PowerLevelSpec, Snapshot, UserSettings, error_code,
 };
 use uuid::Uuid;
 
+use crate::central::api_keys;
 use crate::http::AppState;
 use crate::http::auth::AgentAuth;
 use crate::http::error::ApiError;
@@ -136,7 +141,7 @@ pub async fn inbox(
     let params = InboxParams::parse(query.as_deref())?;
     let wait = params.wait.min(state.config.long_poll_max);
     acknowledge(&state.pool, agent.agent_id, params.after).await?;
-    let mut page = read_page(&state.pool, agent.agent_id, params.after).await?;
+    let mut page = read_page(&state.pool, agent.agent_id, params.after, agent.protocol).await?;
     if page.events.is_empty() && !wait.is_zero() {
         let max = state.config.limits.long_polls_per_agent;
         let Some(_slot) = state.long_polls.enter(agent.agent_id, max) else {
@@ -153,7 +158,7 @@ pub async fn inbox(
         let mut waiter = state.inbox.subscribe();
         let _waiting = Waiting::start(&state.metrics.long_polls_waiting);
         loop {
-            page = read_page(&state.pool, agent.agent_id, params.after).await?;
+            page = read_page(&state.pool, agent.agent_id, params.after, agent.protocol).await?;
             if !page.events.is_empty() || tokio::time::Instant::now() >= deadline {
                 break;
             }
@@ -218,7 +223,12 @@ async fn acknowledge(pool: &Pool, agent_id: Uuid, after: i64) -> Result<(), ApiE
 }
 
 /// The events after `after` (at most a page) and the head, from one statement.
-async fn read_page(pool: &Pool, agent_id: Uuid, after: i64) -> Result<InboxPage, ApiError> {
+async fn read_page(
+    pool: &Pool,
+    agent_id: Uuid,
+    after: i64,
+    protocol: u32,
+) -> Result<InboxPage, ApiError> {
     let conn = pool.get().await?;
     let stmt = conn
         .prepare_cached(
@@ -247,6 +257,20 @@ async fn read_page(pool: &Pool, agent_id: Uuid, after: i64) -> Result<InboxPage,
                 format!("event {seq} of agent {agent_id} is not a valid event body: {e}"),
             )
         })?;
+        if body.since_version() > protocol {
+            // Written while the agent spoke a newer protocol (it was downgraded since): it could
+            // not read this event, and skipping it would lose it.
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                error_code::UNSUPPORTED_PROTOCOL,
+                format!(
+                    "inbox event {seq} ({}) needs protocol {}, and this agent speaks {protocol}: \
+                     run the newer tollgate on this host again",
+                    crate::central::inbox::kind(&body),
+                    body.since_version()
+                ),
+            ));
+        }
         events.push(InboxEvent {
             seq,
             event_id: event_id.to_string(),
@@ -255,7 +279,7 @@ async fn read_page(pool: &Pool, agent_id: Uuid, after: i64) -> Result<InboxPage,
         });
     }
     Ok(InboxPage {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_version: protocol,
         events,
         head,
     })
@@ -305,13 +329,20 @@ pub async fn snapshot(
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let (packages, power_levels) = catalog(&tx).await?;
+    // API keys reach agents from protocol 2 on.
+    let api_keys = if agent.protocol >= 2 {
+        api_keys::served_by(&tx, agent.agent_id).await?
+    } else {
+        Vec::new()
+    };
     tx.commit().await?;
     Ok(Json(Snapshot {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_version: agent.protocol,
         cursor,
         users,
         packages,
         power_levels,
+        api_keys,
     }))
 }
 

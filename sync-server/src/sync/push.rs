@@ -26,12 +26,13 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tollgate_schema::wire::{
-    EntryProblem, GENESIS_HASH, POWER_LEVELS, PROTOCOL_VERSION, PUSH_BODY_BYTES_MAX,
-    PUSH_ENTRIES_MAX, PushRequest, PushResponse, WireEntry, decode_hash, error_code,
+    EntryProblem, GENESIS_HASH, POWER_LEVELS, PUSH_BODY_BYTES_MAX, PUSH_ENTRIES_MAX, PushRequest,
+    PushResponse, WireEntry, decode_hash, error_code,
 };
 use uuid::Uuid;
 
 use super::ingest::{self, Outcome};
+use super::protocol;
 use crate::http::AppState;
 use crate::http::auth::{AgentAuth, AgentStatus};
 use crate::http::error::ApiError;
@@ -85,9 +86,11 @@ async fn push(
     .await?;
     // Parsing and hashing up to a thousand entries is CPU work (about a millisecond): off the
     // async workers, so other requests (long polls, health checks) are not held behind it.
-    let batch = tokio::task::spawn_blocking(move || Batch::check(parse_request(&bytes)?))
-        .await
-        .map_err(|e| ApiError::internal("checking a push batch", e))??;
+    let negotiated = agent.protocol;
+    let batch =
+        tokio::task::spawn_blocking(move || Batch::check(parse_request(&bytes)?, negotiated))
+            .await
+            .map_err(|e| ApiError::internal("checking a push batch", e))??;
     if agent.status == AgentStatus::Quarantined {
         let acked = ingest::acked_seq(&state.pool, agent.agent_id, batch.incarnation).await?;
         return Err(quarantined(&agent.name, acked));
@@ -104,7 +107,7 @@ async fn push(
     }
     Ok((
         PushResponse {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: agent.protocol,
             incarnation: batch.incarnation_text,
             acked_seq: outcome.acked_seq(),
         },
@@ -149,23 +152,13 @@ fn parse_request(bytes: &[u8]) -> Result<PushRequest, ApiError> {
                 protocol_version: u32,
             }
             match serde_json::from_slice::<VersionOnly>(bytes) {
-                Ok(v) if v.protocol_version != PROTOCOL_VERSION => {
-                    Err(unsupported_protocol(v.protocol_version))
+                Ok(v) if !protocol::speaks(v.protocol_version) => {
+                    Err(protocol::unsupported(v.protocol_version))
                 }
                 _ => Err(e),
             }
         }
     }
-}
-
-pub(crate) fn unsupported_protocol(version: u32) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        error_code::UNSUPPORTED_PROTOCOL,
-        format!(
-            "protocol_version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
-        ),
-    )
 }
 
 fn bad_hash(message: String) -> ApiError {
@@ -187,11 +180,10 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    /// Checks `request` (see the module's guarantees).
-    pub(crate) fn check(request: PushRequest) -> Result<Batch, ApiError> {
-        if request.protocol_version != PROTOCOL_VERSION {
-            return Err(unsupported_protocol(request.protocol_version));
-        }
+    /// Checks `request`, sent by an agent that negotiated protocol `negotiated` (see the
+    /// module's guarantees).
+    pub(crate) fn check(request: PushRequest, negotiated: u32) -> Result<Batch, ApiError> {
+        protocol::check_body(request.protocol_version, negotiated)?;
         let incarnation = canonical_uuid(&request.incarnation).ok_or_else(|| {
             ApiError::bad_request(format!(
                 "incarnation {:?} is not a UUID in lower-case hyphenated form",

@@ -56,7 +56,7 @@ async fn bad_input_is_refused_clearly_and_writes_nothing() {
     let head_hash = crate::sync_support::hash_of(&good[9]);
 
     let request = |entries: Vec<WireEntry>| PushRequest {
-        protocol_version: 1,
+        protocol_version: tollgate_schema::wire::PROTOCOL_VERSION,
         incarnation: agent.incarnation.to_string(),
         head_seq: entries.last().map_or(0, |e| e.seq),
         entries,
@@ -186,11 +186,11 @@ async fn bad_input_is_refused_clearly_and_writes_nothing() {
             "more than 9 decimal places",
         ),
         push_case(
-            "wrong protocol version",
-            edit(&|v| v["protocol_version"] = 2.into()),
+            "protocol version the server does not speak",
+            edit(&|v| v["protocol_version"] = 3.into()),
             400,
             error_code::UNSUPPORTED_PROTOCOL,
-            "protocol_version 2",
+            "protocol_version 3",
         ),
         push_case(
             "wrong protocol and shape",

@@ -12,6 +12,7 @@ mod enroll;
 mod hardening;
 mod ingest_rules;
 mod migrations;
+mod protocol;
 mod pull;
 mod push;
 mod reconcile;

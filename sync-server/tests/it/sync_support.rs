@@ -125,10 +125,16 @@ pub fn chain_users(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-user{i}")).collect()
 }
 
-/// An HTTP client for the tests.
+/// An HTTP client for the tests, speaking this build's protocol (its header on every request).
 pub fn http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        tollgate_schema::wire::PROTOCOL_HEADER,
+        reqwest::header::HeaderValue::from(PROTOCOL_VERSION),
+    );
     reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(60))
+        .default_headers(headers)
         .build()
         .unwrap()
 }

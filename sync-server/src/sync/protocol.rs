@@ -1,0 +1,112 @@
+//! Which sync protocol each agent speaks, so a fleet can upgrade one host at a time
+//! (ARCHITECTURE.md "Protocol versions").
+//!
+//! Guarantees:
+//! - The server speaks every version from [`PROTOCOL_VERSION_MIN`] to [`PROTOCOL_VERSION`]. An
+//!   agent names its version in the [`PROTOCOL_HEADER`] of every request (absent: 1, what agents
+//!   before the header sent) and in the body of an enrolment or push; a version outside that
+//!   range, or a body that names another version than the header, is refused (400
+//!   `unsupported_protocol`) before anything is read or written.
+//! - Answers are in the agent's version, and no event or field its version does not know is
+//!   sent to it: inbox writers check `agents.protocol_version` under the agent row's lock.
+//! - [`record`] stores the version an agent speaks when it changes; when it rises past a
+//!   version that added events, the events the agent missed are sent in the same transaction,
+//!   under the same lock (today: every API key of the users it serves).
+
+use axum::http::{HeaderMap, StatusCode};
+use deadpool_postgres::Pool;
+use tollgate_schema::wire::{PROTOCOL_HEADER, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, error_code};
+use uuid::Uuid;
+
+use crate::central::api_keys;
+use crate::http::error::ApiError;
+
+/// Whether this server speaks `version`.
+pub fn speaks(version: u32) -> bool {
+    (PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&version)
+}
+
+/// The refusal of a version this server does not speak.
+pub fn unsupported(version: u32) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        error_code::UNSUPPORTED_PROTOCOL,
+        format!(
+            "protocol_version {version} is not supported; this server speaks \
+             {PROTOCOL_VERSION_MIN} to {PROTOCOL_VERSION} (upgrade the server before its agents)"
+        ),
+    )
+}
+
+/// The version named by a request's [`PROTOCOL_HEADER`] (absent: 1).
+pub fn from_headers(headers: &HeaderMap) -> Result<u32, ApiError> {
+    let Some(value) = headers.get(PROTOCOL_HEADER) else {
+        return Ok(1);
+    };
+    let version = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                error_code::UNSUPPORTED_PROTOCOL,
+                format!("the {PROTOCOL_HEADER} header is not a protocol version number"),
+            )
+        })?;
+    if speaks(version) {
+        Ok(version)
+    } else {
+        Err(unsupported(version))
+    }
+}
+
+/// Checks that a body's `protocol_version` is the one the request's header named.
+pub fn check_body(body_version: u32, negotiated: u32) -> Result<(), ApiError> {
+    if !speaks(body_version) {
+        return Err(unsupported(body_version));
+    }
+    if body_version != negotiated {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            error_code::UNSUPPORTED_PROTOCOL,
+            format!(
+                "the body names protocol_version {body_version} but the request's \
+                 {PROTOCOL_HEADER} header names {negotiated}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Records that `agent_id` now speaks `version` (see the module's guarantees). Returns how many
+/// catch-up events were written.
+pub async fn record(pool: &Pool, agent_id: Uuid, version: u32) -> Result<usize, ApiError> {
+    let mut conn = pool.get().await?;
+    let tx = conn.transaction().await?;
+    let stored: i32 = tx
+        .query_one(
+            "SELECT protocol_version FROM agents WHERE agent_id = $1 FOR UPDATE",
+            &[&agent_id],
+        )
+        .await?
+        .get(0);
+    let version_i32 = i32::try_from(version).map_err(|_| unsupported(version))?;
+    if stored == version_i32 {
+        return Ok(0);
+    }
+    tx.execute(
+        "UPDATE agents SET protocol_version = $2 WHERE agent_id = $1",
+        &[&agent_id, &version_i32],
+    )
+    .await?;
+    // Protocol 2 added API key events: an agent rising to it gets every key it serves.
+    let sent = if stored < 2 && version_i32 >= 2 {
+        api_keys::catch_up(&tx, agent_id).await?
+    } else {
+        0
+    };
+    tx.commit().await?;
+    tracing::info!(%agent_id, from = stored, to = version, catch_up_events = sent, "agent protocol changed");
+    Ok(sent)
+}
