@@ -51,12 +51,13 @@ pub mod postgres {
     //! The central server's PostgreSQL migrations (refinery). Versions: 1 — the central books,
     //! agents, streams, inboxes, admin tokens and Stripe (`V1__central.sql`); 2 — a checkout
     //! recorded before Stripe is called (`V2__checkout_before_call.sql`); 3 — API keys made
-    //! centrally and each agent's protocol version (`V3__central_api_keys.sql`).
+    //! centrally and each agent's protocol version (`V3__central_api_keys.sql`); 4 — Stripe
+    //! refunds and disputes take credit back (`V4__stripe_refunds_and_disputes.sql`).
 
     refinery::embed_migrations!("migrations/postgres");
 
     /// The newest migration version embedded in this build.
-    pub const LATEST_VERSION: i32 = 3;
+    pub const LATEST_VERSION: i32 = 4;
 
     #[cfg(test)]
     mod tests {

@@ -246,6 +246,43 @@ pub async fn grant_purchase(
     .await
 }
 
+/// Takes credit back from (negative `amount`) or gives it back to (positive) a user because of
+/// a Stripe refund or dispute, inside the webhook's transaction: an `admin_adjustment` to the
+/// home agent keyed `key` (in the `stripe:` namespace; a second call with the same key returns
+/// the first result). The home agent books it if the balance covers it; if not, it refuses it
+/// and reconcile lists the operation as not applied (see the README: no debt is booked yet).
+pub async fn stripe_adjustment(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    amount: Credits,
+    key: &str,
+    note: &str,
+) -> Result<Applied<CreditResult>, CentralError> {
+    if amount == Credits::ZERO {
+        return Err(CentralError::invalid(
+            "amount",
+            "a Stripe adjustment must not be zero",
+        ));
+    }
+    let fingerprint = operation::fingerprint(&("stripe_adjustment", user_id, amount, key))?;
+    credit_in_tx(
+        tx,
+        &CreditRequest {
+            key,
+            fingerprint: &fingerprint,
+            user_id,
+            kind: CreditEventKind::AdminAdjustment,
+            amount,
+            package: None,
+            note: Some(note),
+            admin_user_id: None,
+            actor: "stripe",
+            allow_revoked_home: true,
+        },
+    )
+    .await
+}
+
 /// One credit operation, already validated.
 struct CreditRequest<'a> {
     key: &'a str,

@@ -15,7 +15,9 @@
 //!   reordering can never grant one session twice. A session still `creating` (the server died
 //!   before storing Stripe's answer) is found by the `checkout_id` in its metadata. A completed but unpaid session grants
 //!   nothing (`unpaid`); an unknown session is recorded (`unknown_session`); other types are
-//!   `ignored`. The outcome is stored with the event id; a failure rolls everything back (the
+//!   `ignored`. `charge.refunded`, `charge.dispute.created` and `charge.dispute.closed` take
+//!   credit back, or give it back, through [`super::refunds`] (tied to the session by the
+//!   `payment_intent` stored at its grant). The outcome is stored with the event id; a failure rolls everything back (the
 //!   event id too) and answers 5xx, so Stripe redelivers.
 //! - Metrics count every delivery by outcome; logs carry event ids and outcomes, never the
 //!   secret or the signature.
@@ -26,6 +28,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
+use super::refunds;
 use super::signature::{self, SignatureError};
 use crate::central::credit::{PurchasedPackage, grant_purchase};
 use crate::central::credits_from_db;
@@ -42,6 +45,10 @@ pub const STRIPE_ID_LEN_MAX: usize = 255;
 /// The event types that pay for a session.
 pub const SESSION_COMPLETED: &str = "checkout.session.completed";
 pub const ASYNC_PAYMENT_SUCCEEDED: &str = "checkout.session.async_payment_succeeded";
+/// The event types that give money back, and so take credit back ([`super::refunds`]).
+pub const CHARGE_REFUNDED: &str = "charge.refunded";
+pub const DISPUTE_CREATED: &str = "charge.dispute.created";
+pub const DISPUTE_CLOSED: &str = "charge.dispute.closed";
 
 /// What happened to a delivery (metric label and `stripe_events.outcome`).
 pub mod outcome {
@@ -51,6 +58,14 @@ pub mod outcome {
     pub const UNKNOWN_SESSION: &str = "unknown_session";
     pub const NO_SESSION_ID: &str = "no_session_id";
     pub const IGNORED: &str = "ignored";
+    pub const TAKEN_BACK: &str = "taken_back";
+    pub const ALREADY_TAKEN_BACK: &str = "already_taken_back";
+    pub const UNKNOWN_PAYMENT: &str = "unknown_payment";
+    pub const UNKNOWN_DISPUTE: &str = "unknown_dispute";
+    pub const ALREADY_CLOSED: &str = "already_closed";
+    pub const DISPUTE_WON: &str = "dispute_won";
+    pub const DISPUTE_LOST: &str = "dispute_lost";
+    pub const MALFORMED_OBJECT: &str = "malformed_object";
     pub const DUPLICATE: &str = "duplicate";
     pub const BAD_SIGNATURE: &str = "bad_signature";
     pub const STALE: &str = "stale";
@@ -214,9 +229,28 @@ async fn apply(
                     .and_then(|o| o.pointer("/metadata/checkout_id"))
                     .and_then(|v| v.as_str())
                     .and_then(|v| v.parse::<uuid::Uuid>().ok());
-                grant_session(&tx, session_id, checkout_id).await?
+                let payment_intent = object
+                    .and_then(|o| o.get("payment_intent"))
+                    .and_then(|v| v.as_str())
+                    .filter(|v| !v.is_empty() && v.len() <= STRIPE_ID_LEN_MAX);
+                grant_session(&tx, session_id, checkout_id, payment_intent).await?
             }
         },
+        CHARGE_REFUNDED | DISPUTE_CREATED | DISPUTE_CLOSED => {
+            let cents_field = if event.kind == CHARGE_REFUNDED {
+                "amount_refunded"
+            } else {
+                "amount"
+            };
+            match object.and_then(|o| refunds::MoneyBack::parse(o, cents_field)) {
+                None => outcome::MALFORMED_OBJECT,
+                Some(money) => match event.kind.as_str() {
+                    CHARGE_REFUNDED => refunds::charge_refunded(&tx, &money).await?,
+                    DISPUTE_CREATED => refunds::dispute_created(&tx, &money).await?,
+                    _ => refunds::dispute_closed(&tx, &money).await?,
+                },
+            }
+        }
         _ => outcome::IGNORED,
     };
     tx.execute(
@@ -225,7 +259,7 @@ async fn apply(
     )
     .await?;
     tx.commit().await?;
-    if result == outcome::GRANTED {
+    if [outcome::GRANTED, outcome::TAKEN_BACK, outcome::DISPUTE_WON].contains(&result) {
         state.metrics.inbox_events_written.inc();
     }
     Ok(result)
@@ -238,6 +272,7 @@ async fn grant_session(
     tx: &deadpool_postgres::Transaction<'_>,
     session_id: &str,
     checkout_id: Option<uuid::Uuid>,
+    payment_intent: Option<&str>,
 ) -> Result<&'static str, ApiError> {
     if let Some(checkout_id) = checkout_id {
         tx.execute(
@@ -268,9 +303,9 @@ async fn grant_session(
     };
     grant_purchase(tx, &user_id, &package, session_id).await?;
     tx.execute(
-        "UPDATE checkout_sessions SET status = 'granted', granted_at = now() \
-         WHERE session_id = $1",
-        &[&session_id],
+        "UPDATE checkout_sessions SET status = 'granted', granted_at = now(), \
+         payment_intent_id = $2 WHERE session_id = $1",
+        &[&session_id, &payment_intent],
     )
     .await?;
     Ok(outcome::GRANTED)

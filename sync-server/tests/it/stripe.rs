@@ -833,3 +833,235 @@ async fn a_session_whose_id_was_never_stored_is_granted_from_its_metadata() {
         (200, Some("duplicate"))
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Money back: refunds and disputes take credit back (before, they were ignored and the credit
+// survived a chargeback).
+
+const REFUNDED: &str = "charge.refunded";
+const DISPUTE_CREATED: &str = "charge.dispute.created";
+const DISPUTE_CLOSED: &str = "charge.dispute.closed";
+
+/// A paid `checkout.session.completed` carrying the payment intent Stripe made.
+fn paid_with_intent(id: &str, session: &str, payment_intent: &str) -> Vec<u8> {
+    let mut body: Value = serde_json::from_slice(&event(id, COMPLETED, session, "paid")).unwrap();
+    body["data"]["object"]["payment_intent"] = payment_intent.into();
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// A `charge.refunded` for `charge` of `payment_intent` (the Value Pack costs 4500 cents), with
+/// the charge's cumulative `amount_refunded`.
+fn refunded(id: &str, charge: &str, payment_intent: &str, amount_refunded: i64) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "id": id, "object": "event", "type": REFUNDED, "created": now(), "livemode": false,
+        "data": {"object": {
+            "id": charge, "object": "charge", "payment_intent": payment_intent,
+            "amount": 4500, "amount_refunded": amount_refunded, "currency": "usd",
+            "refunded": amount_refunded == 4500
+        }}
+    }))
+    .unwrap()
+}
+
+fn dispute(id: &str, kind: &str, dispute: &str, payment_intent: &str, status: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "id": id, "object": "event", "type": kind, "created": now(), "livemode": false,
+        "data": {"object": {
+            "id": dispute, "object": "dispute", "charge": "ch_1", "payment_intent": payment_intent,
+            "amount": 4500, "currency": "usd", "status": status, "reason": "fraudulent"
+        }}
+    }))
+    .unwrap()
+}
+
+/// The outcome of delivering `body`, which must be accepted.
+async fn outcome_of(shop: &Shop, body: &[u8]) -> String {
+    let (status, answer) = shop.send(body).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["outcome"].as_str().unwrap().to_owned()
+}
+
+/// (idempotency key, amount) of every central credit event after the purchase.
+async fn adjustments(shop: &Shop) -> Vec<(String, tollgate_schema::money::Credits)> {
+    shop.credit_events()
+        .await
+        .into_iter()
+        .filter(|e| e.kind == CreditEventKind::AdminAdjustment)
+        .map(|e| (e.idempotency_key, e.amount))
+        .collect()
+}
+
+#[tokio::test]
+async fn refunds_take_back_the_refunded_share_once_however_they_arrive() {
+    let mut shop = shop().await;
+    let session = shop.checkout("Value Pack").await;
+    assert_eq!(
+        outcome_of(&shop, &paid_with_intent("evt_p", &session, "pi_1")).await,
+        "granted"
+    );
+
+    // Half refunded: half the 500 credits come back, as an adjustment to the home agent.
+    assert_eq!(
+        outcome_of(&shop, &refunded("evt_r1", "ch_1", "pi_1", 2250)).await,
+        "taken_back"
+    );
+    // Redelivered, or an older total arriving late: nothing more.
+    assert_eq!(
+        outcome_of(&shop, &refunded("evt_r1", "ch_1", "pi_1", 2250)).await,
+        "duplicate"
+    );
+    assert_eq!(
+        outcome_of(&shop, &refunded("evt_r0", "ch_1", "pi_1", 1000)).await,
+        "already_taken_back"
+    );
+    // The rest refunded: only the difference.
+    assert_eq!(
+        outcome_of(&shop, &refunded("evt_r2", "ch_1", "pi_1", 4500)).await,
+        "taken_back"
+    );
+    assert_eq!(
+        adjustments(&shop).await,
+        [
+            ("stripe:refund:ch_1:2250".to_owned(), c("-250")),
+            ("stripe:refund:ch_1:4500".to_owned(), c("-250")),
+        ]
+    );
+    // A refund of a payment we never granted is recorded, and takes nothing.
+    assert_eq!(
+        outcome_of(&shop, &refunded("evt_r9", "ch_9", "pi_unknown", 100)).await,
+        "unknown_payment"
+    );
+    let (status, answer) = shop
+        .send(
+            &serde_json::to_vec(
+                &json!({"id": "evt_bad", "type": REFUNDED, "data": {"object": {"id": "ch_1"}}}),
+            )
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["outcome"].as_str()),
+        (200, Some("malformed_object"))
+    );
+    assert_eq!(adjustments(&shop).await.len(), 2);
+
+    // The home agent books them; the books agree: the purchase is wholly taken back.
+    shop.agent.apply_inbox(&shop.db).await;
+    let report = tollgate_server::reconcile::run(&shop.db.pool)
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:#?}");
+    let (_, user) = shop.api.get("/admin/v1/users/alice").await;
+    assert_eq!(user["balance"], "0", "{user}");
+}
+
+#[tokio::test]
+async fn a_dispute_takes_the_credit_back_and_gives_it_back_only_if_won() {
+    let mut shop = shop().await;
+    let won = shop.checkout("Value Pack").await;
+    assert_eq!(
+        outcome_of(&shop, &paid_with_intent("evt_p1", &won, "pi_won")).await,
+        "granted"
+    );
+    let lost = shop.checkout("Value Pack").await;
+    assert_eq!(
+        outcome_of(&shop, &paid_with_intent("evt_p2", &lost, "pi_lost")).await,
+        "granted"
+    );
+
+    assert_eq!(
+        outcome_of(
+            &shop,
+            &dispute(
+                "evt_d1",
+                DISPUTE_CREATED,
+                "dp_won",
+                "pi_won",
+                "needs_response"
+            )
+        )
+        .await,
+        "taken_back"
+    );
+    assert_eq!(
+        outcome_of(
+            &shop,
+            &dispute(
+                "evt_d1b",
+                DISPUTE_CREATED,
+                "dp_won",
+                "pi_won",
+                "needs_response"
+            )
+        )
+        .await,
+        "already_taken_back"
+    );
+    assert_eq!(
+        outcome_of(
+            &shop,
+            &dispute(
+                "evt_d2",
+                DISPUTE_CREATED,
+                "dp_lost",
+                "pi_lost",
+                "needs_response"
+            )
+        )
+        .await,
+        "taken_back"
+    );
+    // A refund after the dispute took everything back takes nothing more.
+    assert_eq!(
+        outcome_of(&shop, &refunded("evt_r", "ch_2", "pi_lost", 4500)).await,
+        "already_taken_back"
+    );
+    assert_eq!(
+        outcome_of(
+            &shop,
+            &dispute("evt_c1", DISPUTE_CLOSED, "dp_won", "pi_won", "won")
+        )
+        .await,
+        "dispute_won"
+    );
+    assert_eq!(
+        outcome_of(
+            &shop,
+            &dispute("evt_c1b", DISPUTE_CLOSED, "dp_won", "pi_won", "won")
+        )
+        .await,
+        "already_closed"
+    );
+    assert_eq!(
+        outcome_of(
+            &shop,
+            &dispute("evt_c2", DISPUTE_CLOSED, "dp_lost", "pi_lost", "lost")
+        )
+        .await,
+        "dispute_lost"
+    );
+    assert_eq!(
+        outcome_of(
+            &shop,
+            &dispute("evt_c3", DISPUTE_CLOSED, "dp_never", "pi_won", "won")
+        )
+        .await,
+        "unknown_dispute"
+    );
+    assert_eq!(
+        adjustments(&shop).await,
+        [
+            ("stripe:dispute:dp_won".to_owned(), c("-500")),
+            ("stripe:dispute:dp_lost".to_owned(), c("-500")),
+            ("stripe:dispute_won:dp_won".to_owned(), c("500")),
+        ]
+    );
+    shop.agent.apply_inbox(&shop.db).await;
+    let report = tollgate_server::reconcile::run(&shop.db.pool)
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:#?}");
+    let (_, user) = shop.api.get("/admin/v1/users/alice").await;
+    // Two purchases of 500; the lost one taken back.
+    assert_eq!(user["balance"], "500", "{user}");
+}
