@@ -1,6 +1,7 @@
 //! The end-to-end harness: the real `tollgate` and `tollgate-server` binaries as child processes,
 //! a fresh PostgreSQL database per test, the mock LLM upstream and a mock Stripe API, all on
-//! loopback.
+//! loopback; for fault injection, a PostgreSQL cluster of the test's own ([`cluster`]) and a
+//! TCP proxy that partitions an agent from the server ([`proxy`]).
 //!
 //! The binaries are the ones cargo built for this workspace (next to this test's own executable,
 //! in `target/<profile>/`): run the suite with `cargo nextest run --workspace` (the README's test
@@ -15,6 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
+
+pub mod cluster;
+pub mod proxy;
 use serde_json::Value;
 
 /// A built workspace binary by name.
