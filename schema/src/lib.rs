@@ -1,6 +1,8 @@
 //! tollgate-schema: everything that outlives a tollgate process.
 //!
 //! - [`api_key`]: the format of the API keys users call the gateway with, and their hash.
+//! - [`vocabulary`]: the words both programs store and exchange (tiers, power levels and which a
+//!   tier allows, entry types, payment methods, fallback strategies, agent statuses) as types.
 //! - [`money`]: the exact credit amount type used on every money path.
 //! - [`sqlite`] (feature `sqlite`): the agent database's refinery migrations, embedded at build
 //!   time from `migrations/sqlite/`. Migration files are never edited once landed, only added.
@@ -11,6 +13,7 @@
 
 pub mod api_key;
 pub mod money;
+pub mod vocabulary;
 pub mod wire;
 
 #[cfg(feature = "sqlite")]

@@ -571,9 +571,9 @@ pub struct Snapshot {
     pub api_keys: Vec<ApiKeySpec>,
 }
 
-/// Subscription tiers (same spelling on both sides).
-pub const TIERS: &[&str] = &["free", "trial", "starter", "professional", "enterprise"];
-/// Power levels.
-pub const POWER_LEVELS: &[&str] = &["eco", "balanced", "precision"];
-/// Fallback strategies of a power level.
-pub const FALLBACK_STRATEGIES: &[&str] = &["next_available", "cheapest", "fastest"];
+/// Subscription tiers (the spellings of [`crate::vocabulary::Tier`]).
+pub const TIERS: &[&str] = crate::vocabulary::Tier::NAMES;
+/// Power levels ([`crate::vocabulary::PowerLevel`]).
+pub const POWER_LEVELS: &[&str] = crate::vocabulary::PowerLevel::NAMES;
+/// Fallback strategies of a power level ([`crate::vocabulary::FallbackStrategy`]).
+pub const FALLBACK_STRATEGIES: &[&str] = crate::vocabulary::FallbackStrategy::NAMES;

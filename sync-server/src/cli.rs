@@ -103,6 +103,8 @@ pub enum AdminTokensCommand {
 pub enum UsersCommand {
     /// Every user known centrally: home agent, balance, tier, power level.
     List,
+    /// One user: settings, balance, who holds it, spend this month, pending central credit.
+    Show { user_id: String },
     /// Create or change a user, homed on agent HOME; only the settings named change, and they
     /// reach the home agent.
     Set(UserSetArgs),

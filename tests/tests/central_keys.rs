@@ -79,6 +79,11 @@ async fn a_key_made_centrally_works_on_the_agent_and_its_revocation_stops_it() {
     let key_id = made["key_id"].as_str().unwrap().to_owned();
     assert!(key.starts_with("tg_"), "{made}");
     assert_eq!(made["sent_to"], json!(["edge-1"]), "{made}");
+    let shown: Value =
+        serde_json::from_str(&server.ok(&["users", "show", "alice", "--json"])).unwrap();
+    assert_eq!(shown["live_api_keys"], 1, "{shown}");
+    assert_eq!(shown["tier"], "professional", "{shown}");
+    assert_eq!(shown["held_by"][0]["agent"], "edge-1", "{shown}");
     let listed = server.ok(&["users", "api-key", "list", "alice"]);
     assert!(
         listed.contains(&key_id) && !listed.contains(&key[12..]),
@@ -125,6 +130,11 @@ async fn a_key_made_centrally_works_on_the_agent_and_its_revocation_stops_it() {
     .await;
     let stopped = started.elapsed();
     assert_eq!(status(&client, &gateway, &local_key).await, 200);
+    let shown = server.ok(&["users", "show", "alice"]);
+    assert!(
+        shown.contains("live API keys") && shown.contains("edge-1"),
+        "{shown}"
+    );
     // Revoking again is a no-op.
     let again = server.ok(&["users", "api-key", "revoke", &key_id]);
     assert!(again.contains("already revoked"), "{again}");

@@ -8,7 +8,6 @@ use tollgate_schema::money::Credits;
 
 use super::{Ctx, done, output, parse_amount, parse_choice, parse_opt};
 use crate::cli::{ApiKeyCommand, UserSettings, UsersCommand};
-use crate::gateway::config::levels_allowed;
 use crate::ledger::{NewUser, PowerLevel, Tier, UserAccount, UserChanges};
 use crate::sync::config::SyncConfig;
 
@@ -91,29 +90,15 @@ fn changes(settings: &UserSettings) -> anyhow::Result<UserChanges> {
     })
 }
 
-/// The level a new user of `tier` runs at unless told: balanced where the tier allows it, else
-/// the best level it allows.
+/// The level a new user of `tier` runs at unless told (the shared rule).
 fn default_level(tier: Tier) -> PowerLevel {
-    let allowed = levels_allowed(tier);
-    if allowed.contains(&PowerLevel::Balanced) {
-        PowerLevel::Balanced
-    } else {
-        allowed.last().copied().unwrap_or(PowerLevel::Eco)
-    }
+    tier.default_power_level()
 }
 
 /// Refuses a level `tier` does not allow.
 fn check_level(tier: Tier, level: PowerLevel) -> anyhow::Result<()> {
-    let allowed = levels_allowed(tier);
-    if allowed.contains(&level) {
-        return Ok(());
-    }
-    let names: Vec<&str> = allowed.iter().map(|l| l.as_str()).collect();
-    Err(anyhow!(
-        "power level {level} is not available on the {tier} tier (it allows: {}); pass \
-         --power-level with one of them",
-        names.join(", ")
-    ))
+    tier.check_level(level)
+        .map_err(|why| anyhow!("{why}; pass --power-level with one of them"))
 }
 
 fn add(ctx: &Ctx, user: String, settings: &UserSettings) -> anyhow::Result<ExitCode> {

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tollgate_schema::money::Credits;
 use zeroize::Zeroizing;
 
-use crate::ledger::{PowerLevel, Tier};
+use crate::ledger::Tier;
 
 /// The largest config file read: a config is a page of TOML.
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
@@ -558,17 +558,6 @@ impl GatewayConfig {
 
     pub fn auth_cache_ttl(&self) -> Duration {
         Duration::from_millis(self.limits.auth_cache_ttl_ms)
-    }
-}
-
-/// Which power levels a tier may use (its users' own level, or one a request asks for).
-pub fn levels_allowed(tier: Tier) -> &'static [PowerLevel] {
-    match tier {
-        Tier::Free | Tier::Trial => &[PowerLevel::Eco],
-        Tier::Starter => &[PowerLevel::Eco, PowerLevel::Balanced],
-        Tier::Professional | Tier::Enterprise => {
-            &[PowerLevel::Eco, PowerLevel::Balanced, PowerLevel::Precision]
-        }
     }
 }
 

@@ -17,7 +17,6 @@ use crate::ledger::PowerLevel;
 
 use super::Gateway;
 use super::auth::{self, Caller};
-use super::config::levels_allowed;
 use super::error::ApiError;
 use super::proxy::refusal;
 use super::request::Wire;
@@ -59,7 +58,7 @@ pub async fn one(
 fn available(gw: &Gateway, caller: &Caller) -> Vec<Value> {
     let catalog = gw.catalog();
     let routing = catalog.routing();
-    let tier_levels = levels_allowed(caller.tier);
+    let tier_levels = caller.tier.levels_allowed();
     let mut levels: Vec<PowerLevel> = tier_levels.to_vec();
     if !levels.contains(&caller.power_level) {
         levels.push(caller.power_level);

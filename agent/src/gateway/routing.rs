@@ -29,7 +29,6 @@ use crate::ledger::catalog::PowerLevelConfig;
 use crate::ledger::{PowerLevel, Tier};
 use crate::prices::{ModelMode, ModelPrice, PriceTable, builtin, normalize_provider};
 
-use super::config::levels_allowed;
 use super::error::ApiError;
 use super::request::Endpoint;
 use super::served::{Deployment, Served};
@@ -89,7 +88,7 @@ pub fn resolve_level(
     let Some(level) = asked else {
         return Ok(user_level);
     };
-    let allowed = levels_allowed(tier);
+    let allowed = tier.levels_allowed();
     if !allowed.contains(&level) {
         return Err(ApiError::Forbidden(format!(
             "power level {level} is not available on the {tier} tier (it allows: {})",

@@ -1,71 +1,12 @@
 //! The ledger's vocabulary: the enums stored as text, the operations it accepts and the receipts
 //! it returns. Plain data only; no SQL here.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tollgate_schema::money::Credits;
 
-/// Declares an enum stored as text in SQLite, with `as_str`, `FromStr` (whose error lists the
-/// accepted values) and serde in the same snake_case spelling.
-macro_rules! text_enum {
-    ($(#[$meta:meta])* $name:ident, $what:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            pub const fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = String;
-            fn from_str(text: &str) -> Result<Self, String> {
-                match text {
-                    $($text => Ok($name::$variant),)+
-                    other => Err(format!(
-                        "unknown {} {other:?} (expected one of: {})",
-                        $what,
-                        [$($text),+].join(", ")
-                    )),
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-text_enum!(
-    /// A user's subscription tier.
-    Tier, "tier" {
-        Free => "free",
-        Trial => "trial",
-        Starter => "starter",
-        Professional => "professional",
-        Enterprise => "enterprise",
-    }
-);
-
-text_enum!(
-    /// How a request is routed and priced.
-    PowerLevel, "power level" {
-        Eco => "eco",
-        Balanced => "balanced",
-        Precision => "precision",
-    }
-);
+use tollgate_schema::text_enum;
+pub use tollgate_schema::vocabulary::{EntryType, PowerLevel, Tier};
 
 text_enum!(
     /// What kind of credit an `add` brings; each is a lot of its own.
@@ -75,19 +16,6 @@ text_enum!(
         Refund => "refund",
         AdminAdjustment => "admin_adjustment",
         Allowance => "allowance",
-    }
-);
-
-text_enum!(
-    /// The journal's transaction types.
-    EntryType, "transaction type" {
-        Purchase => "purchase",
-        Usage => "usage",
-        Refund => "refund",
-        AdminAdjustment => "admin_adjustment",
-        Bonus => "bonus",
-        Allowance => "allowance",
-        Expiry => "expiry",
     }
 );
 

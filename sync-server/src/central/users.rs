@@ -105,7 +105,7 @@ impl UserSet {
             power_level: self
                 .power_level
                 .clone()
-                .unwrap_or_else(|| validate::default_power_level(&tier).to_owned()),
+                .unwrap_or_else(|| default_power_level(&tier)),
             tier,
             monthly_allowance: self.monthly_allowance.unwrap_or(Credits::ZERO),
             monthly_spend_cap: self.monthly_spend_cap.and_then(SpendCap::credits),
@@ -125,6 +125,16 @@ impl UserSet {
             },
         }
     }
+}
+
+/// The level a new user of `tier` runs at unless told (the shared rule; `tier` is validated).
+fn default_power_level(tier: &str) -> String {
+    tier.parse::<tollgate_schema::vocabulary::Tier>()
+        .map_or(tollgate_schema::vocabulary::PowerLevel::Eco, |t| {
+            t.default_power_level()
+        })
+        .as_str()
+        .to_owned()
 }
 
 /// Creates or changes a user and sends the settings to their home agent, idempotently by
@@ -192,6 +202,7 @@ pub async fn set_user(
         .await?
         .is_some();
     let settings = if created {
+        validate::tier_and_level(&fresh.tier, &fresh.power_level)?;
         fresh
     } else {
         let row = tx
@@ -218,6 +229,7 @@ pub async fn set_user(
             monthly_spend_cap: cap.map(super::credits_from_db).transpose()?,
         };
         let settings = req.applied_to(current);
+        validate::tier_and_level(&settings.tier, &settings.power_level)?;
         tx.execute(
             "UPDATE user_credits SET home_agent_id = $2, subscription_tier = $3, power_level = $4, \
              monthly_allowance = $5, monthly_spend_cap = $6 WHERE user_id = $1",
@@ -345,6 +357,18 @@ pub struct UserDetail {
     pub updated_at: String,
     pub entries: i64,
     pub pending_credit_operations: Vec<PendingCredit>,
+    /// Which agents hold the user's credit, and how much. A home user: the home agent holds the
+    /// whole balance (as of its last acknowledged push).
+    pub held_by: Vec<Holding>,
+    /// API keys made centrally and not revoked.
+    pub live_api_keys: i64,
+}
+
+/// Credit of a user an agent holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    pub agent: String,
+    pub credits: Credits,
 }
 
 /// Most pending operations listed for one user.
@@ -364,7 +388,9 @@ pub async fn show_user(
                     a.status, u.monthly_allowance, u.monthly_spend_cap, \
                     u.credits_used_this_month, u.billing_cycle_start, u.billing_cycle_end, \
                     u.created_at, u.updated_at, \
-                    (SELECT count(*) FROM credit_transactions ct WHERE ct.user_id = u.user_id) \
+                    (SELECT count(*) FROM credit_transactions ct WHERE ct.user_id = u.user_id), \
+                    (SELECT count(*) FROM api_keys k \
+                     WHERE k.user_id = u.user_id AND k.revoked_at IS NULL) \
              FROM user_credits u LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
              WHERE u.user_id = $1",
             &[&user_id],
@@ -415,5 +441,13 @@ pub async fn show_user(
         updated_at: super::rfc3339(r.get(14)),
         entries: r.get(15),
         pending_credit_operations: pending,
+        held_by: match r.get::<_, Option<String>>(1) {
+            Some(agent) => vec![Holding {
+                agent,
+                credits: super::credits_from_db(r.get(2))?,
+            }],
+            None => Vec::new(),
+        },
+        live_api_keys: r.get(16),
     }))
 }

@@ -5,7 +5,7 @@
 //! are parsed from exact decimal text only (never a float).
 
 use tollgate_schema::money::Credits;
-use tollgate_schema::wire::{POWER_LEVELS, TIERS};
+use tollgate_schema::vocabulary::{PowerLevel, Tier};
 
 use super::CentralError;
 
@@ -96,14 +96,26 @@ pub fn name(field: &'static str, value: &str) -> Result<(), CentralError> {
     text(field, Some(value), NAME_LEN_MAX * 4)
 }
 
-/// One of [`TIERS`].
-pub fn tier(field: &'static str, value: &str) -> Result<(), CentralError> {
-    one_of(field, value, TIERS)
+/// A [`Tier`], by its spelling.
+pub fn tier(field: &'static str, value: &str) -> Result<Tier, CentralError> {
+    value
+        .parse()
+        .map_err(|why: String| CentralError::invalid(field, why))
 }
 
-/// One of [`POWER_LEVELS`].
-pub fn power_level(field: &'static str, value: &str) -> Result<(), CentralError> {
-    one_of(field, value, POWER_LEVELS)
+/// A [`PowerLevel`], by its spelling.
+pub fn power_level(field: &'static str, value: &str) -> Result<PowerLevel, CentralError> {
+    value
+        .parse()
+        .map_err(|why: String| CentralError::invalid(field, why))
+}
+
+/// A tier and a level it allows (the agents' rule: they refuse any other).
+pub fn tier_and_level(tier_text: &str, level_text: &str) -> Result<(), CentralError> {
+    let tier = tier("tier", tier_text)?;
+    let level = power_level("power_level", level_text)?;
+    tier.check_level(level)
+        .map_err(|why| CentralError::invalid("power_level", why))
 }
 
 pub fn one_of(field: &'static str, value: &str, allowed: &[&str]) -> Result<(), CentralError> {
@@ -140,20 +152,6 @@ pub fn spend_cap(field: &'static str, text: &str) -> Result<super::users::SpendC
         return Ok(super::users::SpendCap::Unlimited);
     }
     credits(field, text).map(super::users::SpendCap::Credits)
-}
-
-/// The level a new user of `tier` runs at unless told: balanced where the tier allows it (starter
-/// and above), else eco — the agent's own rule (`tollgate users add`).
-pub fn default_power_level(tier: &str) -> &'static str {
-    match tier {
-        "free" | "trial" => "eco",
-        _ => "balanced",
-    }
-}
-
-/// The rank of a tier in [`TIERS`] (free < trial < starter < professional < enterprise).
-pub fn tier_rank(tier: &str) -> Option<usize> {
-    TIERS.iter().position(|t| *t == tier)
 }
 
 #[cfg(test)]
@@ -195,7 +193,19 @@ mod tests {
             "{err}"
         );
         assert!(credits("amount", "1e3").is_err());
-        assert_eq!(tier_rank("free"), Some(0));
-        assert!(tier_rank("enterprise") > tier_rank("starter"));
+        let refused = tier_and_level("trial", "precision")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.starts_with("power_level: ") && refused.contains("eco"),
+            "{refused}"
+        );
+        assert!(tier_and_level("starter", "balanced").is_ok());
+        assert!(
+            tier("tier", "gold")
+                .unwrap_err()
+                .to_string()
+                .contains("enterprise")
+        );
     }
 }

@@ -234,6 +234,55 @@ pub async fn users(pool: &Pool, cmd: UsersCommand, json: bool) -> anyhow::Result
             Ok(ExitCode::SUCCESS)
         }
         UsersCommand::ApiKey(cmd) => api_key(pool, cmd, json).await,
+        UsersCommand::Show { user_id } => {
+            let conn = pool.get().await.context("connecting to the database")?;
+            let user = users::show_user(&conn, &user_id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user {user_id:?} is known centrally"))?;
+            if json {
+                print_json(&user)?;
+            } else {
+                let held = user
+                    .held_by
+                    .iter()
+                    .map(|h| format!("{} on {}", h.credits, h.agent))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let cap = user
+                    .monthly_spend_cap
+                    .map_or_else(|| "none".to_owned(), |c| c.to_string());
+                let rows = [
+                    ("user", user.summary.user_id.clone()),
+                    ("balance", user.summary.balance.to_string()),
+                    (
+                        "held by",
+                        if held.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            held
+                        },
+                    ),
+                    ("tier", user.summary.tier.clone()),
+                    ("power level", user.summary.power_level.clone()),
+                    ("monthly allowance", user.monthly_allowance.to_string()),
+                    ("monthly spend cap", cap),
+                    ("spent this month", user.credits_used_this_month.to_string()),
+                    (
+                        "purchased",
+                        user.summary.lifetime_credits_purchased.to_string(),
+                    ),
+                    ("live API keys", user.live_api_keys.to_string()),
+                    (
+                        "pending central credit",
+                        user.pending_credit_operations.len().to_string(),
+                    ),
+                ];
+                for (name, value) in rows {
+                    println!("{name:<24}{value}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         UsersCommand::Set(args) => {
             let req = UserSet {
                 user_id: args.user_id,

@@ -9,6 +9,8 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::ApiError;
+pub use tollgate_schema::vocabulary::AgentStatus;
+
 use crate::sync::protocol;
 use crate::tokens;
 
@@ -33,18 +35,12 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     Ok(secret)
 }
 
-/// Agent status as stored in `agents.status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AgentStatus {
-    Active,
-    Quarantined,
-}
-
 /// An authenticated agent (active or quarantined; revoked and pending agents are refused here).
 #[derive(Debug, Clone)]
 pub struct AgentAuth {
     pub agent_id: Uuid,
     pub name: String,
+    /// Active or quarantined (pending and revoked agents are refused here).
     pub status: AgentStatus,
     /// The sync protocol this request speaks (its `tollgate-protocol` header; absent: 1).
     pub protocol: u32,
@@ -77,11 +73,9 @@ impl FromRequestParts<AppState> for AgentAuth {
             agent_id,
             protocol,
             name: row.get("name"),
-            status: if status == "quarantined" {
-                AgentStatus::Quarantined
-            } else {
-                AgentStatus::Active
-            },
+            status: status
+                .parse()
+                .map_err(|e: String| ApiError::internal("reading an agent's status", e))?,
         })
     }
 }

@@ -150,7 +150,7 @@ pub async fn create(
         Some(_) => {}
     }
     if let Some(min) = &min_tier
-        && validate::tier_rank(&tier) < validate::tier_rank(min)
+        && validate::tier("tier", &tier)?.rank() < validate::tier("min_tier", min)?.rank()
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

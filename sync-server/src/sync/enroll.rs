@@ -202,8 +202,7 @@ fn check_users(users: &[UserSettings]) -> Result<(), ApiError> {
             ApiError::bad_request(format!("{}: {e}", field("settings")))
         };
         validate::user_id("user_id", &user.user_id).map_err(named)?;
-        validate::tier("tier", &user.tier).map_err(named)?;
-        validate::power_level("power_level", &user.power_level).map_err(named)?;
+        validate::tier_and_level(&user.tier, &user.power_level).map_err(named)?;
         validate::non_negative("monthly_allowance", user.monthly_allowance).map_err(named)?;
         if let Some(cap) = user.monthly_spend_cap {
             validate::non_negative("monthly_spend_cap", cap).map_err(named)?;

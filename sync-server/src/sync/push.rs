@@ -25,9 +25,10 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tollgate_schema::vocabulary::{EntryType, PaymentMethod, PowerLevel};
 use tollgate_schema::wire::{
-    EntryProblem, GENESIS_HASH, POWER_LEVELS, PUSH_BODY_BYTES_MAX, PUSH_ENTRIES_MAX, PushRequest,
-    PushResponse, WireEntry, decode_hash, error_code,
+    EntryProblem, GENESIS_HASH, PUSH_BODY_BYTES_MAX, PUSH_ENTRIES_MAX, PushRequest, PushResponse,
+    WireEntry, decode_hash, error_code,
 };
 use uuid::Uuid;
 
@@ -39,18 +40,11 @@ use crate::http::error::ApiError;
 use crate::http::json::{parse_json, read_body};
 use crate::metrics::OutcomeLabels;
 
-/// Transaction types the central journal accepts (the `credit_transactions` CHECK).
-pub const TRANSACTION_TYPES: &[&str] = &[
-    "purchase",
-    "usage",
-    "refund",
-    "admin_adjustment",
-    "bonus",
-    "allowance",
-    "expiry",
-];
+/// Transaction types the central journal accepts (the `credit_transactions` CHECK): the shared
+/// vocabulary's.
+pub const TRANSACTION_TYPES: &[&str] = EntryType::NAMES;
 /// Payment methods the central journal accepts (the `credit_transactions` CHECK).
-pub const PAYMENT_METHODS: &[&str] = &["stripe", "paypal", "manual", "bonus", "trial"];
+pub const PAYMENT_METHODS: &[&str] = PaymentMethod::NAMES;
 /// Longest user id, in characters (the `user_credits` CHECK).
 pub const USER_ID_CHARS_MAX: usize = 128;
 
@@ -322,14 +316,14 @@ fn check_fields(entry: &WireEntry) -> Result<(Uuid, Option<Uuid>), ApiError> {
         ));
     }
     if let Some(level) = &entry.power_level
-        && !POWER_LEVELS.contains(&level.as_str())
+        && !PowerLevel::NAMES.contains(&level.as_str())
     {
         return Err(field(
             "power_level",
             format!(
                 "{:?} is not one of {}",
                 truncate(level),
-                POWER_LEVELS.join(", ")
+                PowerLevel::NAMES.join(", ")
             ),
         ));
     }

@@ -103,7 +103,7 @@ async fn users_list_pages_and_shows_balances_and_last_entries() {
         let (status, _) = api
             .put(
                 &format!("/admin/v1/users/{user}"),
-                json!({"home_agent": "a1", "tier": "trial", "power_level": "balanced"}),
+                json!({"home_agent": "a1", "tier": "starter", "power_level": "balanced"}),
             )
             .await;
         assert_eq!(status, 200);
@@ -138,7 +138,8 @@ async fn a_home_never_moves() {
     let mut a1 = FakeAgent::new(&db, "a1").await;
     add_agent(&db, "a2").await;
     let (_server, api) = server_and_admin(&db).await;
-    let on = |agent: &str| json!({"home_agent": agent, "tier": "trial", "power_level": "balanced"});
+    let on =
+        |agent: &str| json!({"home_agent": agent, "tier": "starter", "power_level": "balanced"});
     assert_eq!(api.put("/admin/v1/users/alice", on("a1")).await.0, 200);
     a1.apply_inbox(&db).await;
     // Even with nothing known centrally (a1 may hold credit the server has not seen), the home
@@ -262,7 +263,7 @@ async fn a_credit_operation_is_applied_once_per_operation_id() {
     assert_eq!(
         api.put(
             "/admin/v1/users/alice",
-            json!({"home_agent": "a1", "tier": "trial", "power_level": "balanced"})
+            json!({"home_agent": "a1", "tier": "starter", "power_level": "balanced"})
         )
         .await
         .0,
@@ -351,7 +352,7 @@ async fn refused_credit_requests_write_nothing() {
     assert_eq!(
         api.put(
             "/admin/v1/users/alice",
-            json!({"home_agent": "a1", "tier": "trial", "power_level": "balanced"})
+            json!({"home_agent": "a1", "tier": "starter", "power_level": "balanced"})
         )
         .await
         .0,

@@ -73,7 +73,7 @@ fn writes() -> Vec<Write> {
         (
             Method::PUT,
             "/admin/v1/users/alice",
-            json!({"home_agent": "a1", "tier": "trial", "power_level": "balanced"}),
+            json!({"home_agent": "a1", "tier": "starter", "power_level": "balanced"}),
             vec![
                 (
                     "tier as a number",

@@ -210,7 +210,25 @@ async fn set_user_is_idempotent_and_validated() {
                 tier: Some("gold".to_owned()),
                 ..req.clone()
             },
-            "tier: \"gold\" is not one of",
+            "tier: unknown tier \"gold\" (expected one of",
+        ),
+        // A level the tier does not allow: every agent would refuse the event.
+        (
+            UserSet {
+                user_id: "bob".to_owned(),
+                tier: Some("trial".to_owned()),
+                power_level: Some("precision".to_owned()),
+                ..req.clone()
+            },
+            "power_level: power level precision is not available on the trial tier",
+        ),
+        (
+            UserSet {
+                tier: Some("free".to_owned()),
+                power_level: Some("balanced".to_owned()),
+                ..req.clone()
+            },
+            "power level balanced is not available on the free tier (it allows: eco)",
         ),
         (
             UserSet {
