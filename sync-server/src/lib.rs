@@ -7,15 +7,15 @@
 //!
 //! Modules by domain:
 //! - [`db`]: the pool, migrations (under an advisory lock), fresh-database helpers;
-//! - [`http`]: the router, errors, authentication, health/readiness/metrics;
+//! - [`http`]: the router, errors (the only place domain errors become statuses),
+//!   authentication, the admin API (`http::admin`, tokens with read/full roles),
+//!   health/readiness/metrics;
 //! - [`sync`]: enrolment, push (ingest), pull (inbox, long poll, snapshot);
 //! - [`central`]: central operations (credit, users, catalog) → inbox events, idempotent;
-//! - [`admin`]: the admin API (tokens with read/full roles);
 //! - [`reconcile`]: recompute and compare the books;
 //! - [`stripe`]: Checkout Sessions and the signed webhook;
 //! - [`tokens`]: secrets (credentials, enrolment and admin tokens): generation and hashing.
 
-pub mod admin;
 pub mod central;
 pub mod cli;
 pub mod commands;

@@ -24,11 +24,7 @@ pub mod operation;
 pub mod users;
 pub mod validate;
 
-use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use tollgate_schema::wire::error_code;
-
-use crate::http::error::ApiError;
 
 /// Why a central operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,26 +61,6 @@ impl CentralError {
         CentralError::Invalid {
             field,
             message: message.into(),
-        }
-    }
-}
-
-impl From<CentralError> for ApiError {
-    fn from(e: CentralError) -> ApiError {
-        match e {
-            CentralError::Invalid { .. } => ApiError::bad_request(e.to_string()),
-            CentralError::NotFound(message) => ApiError::not_found(message),
-            CentralError::Refused(message) => {
-                ApiError::new(StatusCode::CONFLICT, error_code::CONFLICT, message)
-            }
-            CentralError::IdempotencyConflict { .. } => ApiError::new(
-                StatusCode::CONFLICT,
-                error_code::IDEMPOTENCY_CONFLICT,
-                e.to_string(),
-            ),
-            CentralError::Db(e) => ApiError::from(e),
-            CentralError::Pool(e) => ApiError::from(e),
-            CentralError::Internal(e) => ApiError::internal("applying a central operation", e),
         }
     }
 }

@@ -1,11 +1,18 @@
 //! Every refusal the server gives: an HTTP status and the wire's [`ErrorBody`] (a code from
 //! `wire::error_code` and a sentence naming what was wrong). Internal errors are logged with their
 //! cause and answered with a generic message (no SQL or secrets leave the server).
+//!
+//! Domain code returns domain errors (`IngestError`, `CentralError`, …); the statuses and wire
+//! codes they become are decided here.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tollgate_schema::wire::{ErrorBody, ErrorDetail, error_code};
+
+use crate::central::CentralError;
+use crate::sync::agents::AgentError;
+use crate::sync::ingest::IngestError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -122,6 +129,60 @@ impl From<tokio_postgres::Error> for ApiError {
             return ApiError::unavailable("the database is unavailable; retry later");
         }
         ApiError::internal("talking to the database", e)
+    }
+}
+
+impl From<CentralError> for ApiError {
+    fn from(e: CentralError) -> ApiError {
+        match e {
+            CentralError::Invalid { .. } => ApiError::bad_request(e.to_string()),
+            CentralError::NotFound(message) => ApiError::not_found(message),
+            CentralError::Refused(message) => {
+                ApiError::new(StatusCode::CONFLICT, error_code::CONFLICT, message)
+            }
+            CentralError::IdempotencyConflict { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                error_code::IDEMPOTENCY_CONFLICT,
+                e.to_string(),
+            ),
+            CentralError::Db(e) => ApiError::from(e),
+            CentralError::Pool(e) => ApiError::from(e),
+            CentralError::Internal(e) => ApiError::internal("applying a central operation", e),
+        }
+    }
+}
+
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> ApiError {
+        match e {
+            AgentError::Invalid(m) | AgentError::State(m) => ApiError::bad_request(m),
+            e @ AgentError::NotFound(_) => ApiError::not_found(e.to_string()),
+            AgentError::Database(e) => e.into(),
+            AgentError::Pool(e) => e.into(),
+            AgentError::Other(e) => ApiError::internal("managing an agent", format!("{e:#}")),
+        }
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> ApiError {
+        let acked = e.acked_seq();
+        let refusal =
+            |code, e: IngestError| ApiError::new(StatusCode::CONFLICT, code, e.to_string());
+        let answer = match e {
+            IngestError::UnknownIncarnation { .. } => refusal(error_code::UNKNOWN_INCARNATION, e),
+            IngestError::Quarantined { .. } => refusal(error_code::QUARANTINED, e),
+            IngestError::Gap { .. } => refusal(error_code::GAP, e),
+            IngestError::Conflict { .. } => refusal(error_code::CONFLICT, e),
+            IngestError::Revoked => ApiError::unauthorized(e.to_string()),
+            IngestError::Db(e) => e.into(),
+            IngestError::Pool(e) => e.into(),
+            IngestError::Internal { context, detail } => ApiError::internal(context, detail),
+        };
+        match acked {
+            Some(acked) => answer.with_acked_seq(acked),
+            None => answer,
+        }
     }
 }
 

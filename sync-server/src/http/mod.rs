@@ -4,6 +4,7 @@
 //! Guarantees: every answer is counted by route template and status; every refusal is a wire
 //! `ErrorBody`; unknown paths are a 404 in the same shape.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod gates;
@@ -23,7 +24,7 @@ use deadpool_postgres::Pool;
 use crate::config::ServerConfig;
 use crate::metrics::{Metrics, RouteLabels};
 use crate::sync::notify::InboxNotifier;
-use crate::{admin, stripe, sync};
+use crate::{stripe, sync};
 use error::ApiError;
 
 /// What every handler shares. Cheap to clone.

@@ -26,9 +26,9 @@ use tollgate_schema::money::Credits;
 use tollgate_schema::wire::error_code;
 use uuid::Uuid;
 
-use crate::admin::extract::FullAdmin;
 use crate::central::{credits_from_db, validate};
 use crate::http::AppState;
+use crate::http::admin::extract::FullAdmin;
 use crate::http::error::ApiError;
 use crate::http::json::ApiJson;
 

@@ -18,8 +18,6 @@ use time::{OffsetDateTime, UtcOffset};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::http::error::ApiError;
-
 /// Why an agent operation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -37,18 +35,6 @@ pub enum AgentError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("{0:#}")]
     Other(anyhow::Error),
-}
-
-impl From<AgentError> for ApiError {
-    fn from(e: AgentError) -> ApiError {
-        match e {
-            AgentError::Invalid(m) | AgentError::State(m) => ApiError::bad_request(m),
-            e @ AgentError::NotFound(_) => ApiError::not_found(e.to_string()),
-            AgentError::Database(e) => e.into(),
-            AgentError::Pool(e) => e.into(),
-            AgentError::Other(e) => ApiError::internal("managing an agent", format!("{e:#}")),
-        }
-    }
 }
 
 /// Longest agent name (the `agents.name` CHECK).

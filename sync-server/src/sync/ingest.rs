@@ -20,22 +20,22 @@
 //!   bump the user's counters. The stream's head, hash and the agent's incarnation move in the
 //!   same transaction. Nothing is visible until it commits; a crash before commit leaves the
 //!   stream exactly as it was.
-//! - Every refusal carries the stream's acknowledged head so the agent resends from there.
+//! - Every refusal is an [`IngestError`] carrying the stream's acknowledged head, so the agent
+//!   resends from there; only `http/` maps it to a status and a wire code.
 
 use std::collections::BTreeMap;
 
-use axum::http::StatusCode;
 use deadpool_postgres::{Pool, Transaction};
 use rust_decimal::Decimal;
 use tokio_postgres::error::SqlState;
 use tollgate_schema::money::SCALE;
-use tollgate_schema::wire::{WireEntry, error_code};
+use tollgate_schema::vocabulary::AgentStatus;
+use tollgate_schema::wire::WireEntry;
 use uuid::Uuid;
 
-use super::push::{Batch, quarantined};
+use super::push::Batch;
 use super::rules;
 use crate::http::auth::AgentAuth;
-use crate::http::error::ApiError;
 
 /// What an accepted push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,12 +121,77 @@ const QUARANTINE: &str = "UPDATE agents SET status = 'quarantined', quarantine_r
 /// one differs too (the chain), so the first ones say it all.
 const EVIDENCE_ROWS_MAX: usize = 100;
 
+/// Why a batch was not applied. Domain words only: `http/error.rs` turns each into a status
+/// and a wire error code, with the stream's acknowledged head so the agent resends from there.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IngestError {
+    /// The push names an incarnation the agent never registered (by enrolling with it).
+    #[error(
+        "incarnation {incarnation} is not registered for agent {agent:?}: an agent's database \
+         registers its incarnation by enrolling (a restored or new database enrols again with a \
+         token from `tollgate-server agents enroll {agent}`)"
+    )]
+    UnknownIncarnation { agent: String, incarnation: Uuid },
+    /// The agent was quarantined before this push.
+    #[error(
+        "agent {agent:?} is quarantined: an admin must look at its conflicting entries and run \
+         `tollgate-server agents release {agent}` before it may push again"
+    )]
+    Quarantined { agent: String, acked: i64 },
+    /// The agent's credential was revoked while the push waited.
+    #[error("unknown or revoked agent credential")]
+    Revoked,
+    /// The batch starts past the acknowledged head + 1.
+    #[error(
+        "the batch starts at seq {first} but the stream's acknowledged head is {acked}; resend \
+         from seq {}",
+        acked + 1
+    )]
+    Gap { first: i64, acked: i64 },
+    /// The batch diverged from the stored stream or broke a rule: the agent is now quarantined.
+    #[error("conflict: {reason}; agent {agent:?} is now quarantined until an admin releases it")]
+    Conflict {
+        agent: String,
+        reason: String,
+        acked: i64,
+    },
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("{context}: {detail}")]
+    Internal {
+        context: &'static str,
+        detail: String,
+    },
+}
+
+impl IngestError {
+    /// The stream's acknowledged head the refusal carries, if any.
+    pub(crate) fn acked_seq(&self) -> Option<i64> {
+        match self {
+            IngestError::Quarantined { acked, .. }
+            | IngestError::Gap { acked, .. }
+            | IngestError::Conflict { acked, .. } => Some(*acked),
+            IngestError::UnknownIncarnation { .. } => Some(0),
+            _ => None,
+        }
+    }
+
+    fn internal(context: &'static str, detail: impl std::fmt::Display) -> IngestError {
+        IngestError::Internal {
+            context,
+            detail: detail.to_string(),
+        }
+    }
+}
+
 /// The stream's acknowledged head without locking it (0 for a stream never pushed).
 pub(crate) async fn acked_seq(
     pool: &Pool,
     agent_id: Uuid,
     incarnation: Uuid,
-) -> Result<i64, ApiError> {
+) -> Result<i64, IngestError> {
     let conn = pool.get().await?;
     let row = conn
         .query_opt(
@@ -134,163 +199,293 @@ pub(crate) async fn acked_seq(
             &[&agent_id, &incarnation],
         )
         .await?;
-    Ok(row.map_or(0, |r| r.get(0)))
+    Ok(row.map_or(0, |r| r.get("acked_seq")))
 }
 
-/// Applies `batch` for `agent` (see the module's guarantees).
+/// Applies `batch` for `agent` (see the module's guarantees), step by step: lock the stream,
+/// check the agent is active, compare what is replayed, check the new entries chain on the
+/// stored head and keep the rules, store them, move the balances, advance the stream.
 pub(crate) async fn ingest(
     pool: &Pool,
     agent: &AgentAuth,
     batch: &Batch,
-) -> Result<Outcome, ApiError> {
-    let agent_id = agent.agent_id;
-    let incarnation = batch.incarnation;
+) -> Result<Outcome, IngestError> {
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
-    let lock = tx.prepare_cached(LOCK_STREAM).await?;
-    let row = match tx.query_opt(&lock, &[&agent_id, &incarnation]).await? {
-        Some(row) => row,
-        None => {
-            // An agent enrolled by a server from before streams were made at enrolment: its
-            // enrolled incarnation is registered all the same.
-            let enrolled: Option<Uuid> = tx
-                .query_one(ENROLLED_INCARNATION, &[&agent_id])
-                .await?
-                .get(0);
-            if enrolled != Some(incarnation) {
-                return Err(unregistered(agent, incarnation));
-            }
-            tx.execute(REGISTER_STREAM, &[&agent_id, &incarnation])
-                .await?;
-            tx.query_one(&lock, &[&agent_id, &incarnation]).await?
-        }
-    };
-    let acked: i64 = row.get(0);
-    let head_hash: Vec<u8> = row.get(1);
-    let status_stmt = tx.prepare_cached(AGENT_STATUS).await?;
-    let status: String = tx.query_one(&status_stmt, &[&agent_id]).await?.get(0);
-    match status.as_str() {
-        "active" => {}
-        "quarantined" => return Err(quarantined(&agent.name, acked)),
-        _ => {
-            return Err(ApiError::unauthorized(
-                "unknown or revoked agent credential",
-            ));
-        }
-    }
-
+    let head = lock_stream(&tx, agent, batch.incarnation).await?;
+    check_active(&tx, agent, head.acked).await?;
     let Some(first) = batch.entries.first() else {
         let heartbeat = tx.prepare_cached(HEARTBEAT).await?;
-        tx.execute(&heartbeat, &[&agent_id, &incarnation, &batch.head_seq])
-            .await?;
+        tx.execute(
+            &heartbeat,
+            &[&agent.agent_id, &batch.incarnation, &batch.head_seq],
+        )
+        .await?;
         tx.commit().await?;
-        return Ok(Outcome::Heartbeat { acked_seq: acked });
+        return Ok(Outcome::Heartbeat {
+            acked_seq: head.acked,
+        });
     };
 
     // Entries already acknowledged: compare, never apply twice.
-    let old = usize::try_from((acked - first.seq + 1).max(0))
+    let old = usize::try_from((head.acked - first.seq + 1).max(0))
         .unwrap_or(usize::MAX)
         .min(batch.entries.len());
-    if old == 0 && first.seq > acked + 1 {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            error_code::GAP,
-            format!(
-                "the batch starts at seq {} but the stream's acknowledged head is {acked}; resend \
-                 from seq {}",
-                first.seq,
-                acked + 1
-            ),
-        )
-        .with_acked_seq(acked));
+    if old == 0 && first.seq > head.acked + 1 {
+        return Err(IngestError::Gap {
+            first: first.seq,
+            acked: head.acked,
+        });
     }
     if old > 0 {
-        let last_old = first.seq + old as i64 - 1;
-        let stmt = tx.prepare_cached(STORED_HASHES).await?;
-        let rows = tx
-            .query(&stmt, &[&agent_id, &incarnation, &first.seq, &last_old])
-            .await?;
-        if rows.len() != old {
-            return Err(ApiError::internal(
-                "comparing a replayed batch",
-                format!(
-                    "stream {agent_id}/{incarnation} acknowledges seq {acked} but holds {} of \
-                     seqs {}..={last_old}",
-                    rows.len(),
-                    first.seq
-                ),
-            ));
-        }
-        let mut evidence = Vec::new();
-        let mut differing = 0usize;
-        for (i, row) in rows.iter().enumerate() {
-            let held: Vec<u8> = row.get(1);
-            if held.as_slice() != batch.hashes[i].as_slice() {
-                differing += 1;
-                if evidence.len() == EVIDENCE_ROWS_MAX {
-                    continue;
-                }
-                evidence.push(Evidence {
-                    seq: batch.entries[i].seq,
-                    held_hash: held,
-                    offered_hash: batch.entries[i].hash.clone(),
-                    offered: &batch.entries[i],
-                });
-            }
-        }
-        if !evidence.is_empty() {
-            let reason = format!(
-                "replayed seq {} of incarnation {incarnation} with content different from the \
-                 stored entry ({differing} differing entries in the batch)",
-                evidence[0].seq,
+        if let Some((reason, evidence)) = replay_divergence(&tx, agent, batch, &head, old).await? {
+            return Err(
+                quarantine(tx, agent, batch.incarnation, head.acked, reason, &evidence).await,
             );
-            return Err(quarantine(tx, agent, incarnation, acked, reason, &evidence).await);
         }
         if old == batch.entries.len() {
             // A pure replay: nothing to write.
             tx.rollback().await?;
-            return Ok(Outcome::Replay { acked_seq: acked });
+            return Ok(Outcome::Replay {
+                acked_seq: head.acked,
+            });
         }
     }
 
-    let new = &batch.entries[old..];
-    let new_hashes = &batch.hashes[old..];
-    let new_prev = &batch.prev_hashes[old..];
-    // The batch's own chain was checked; its first new entry must chain on what we hold.
-    if new_prev[0].as_slice() != head_hash.as_slice() {
-        let reason = format!(
-            "seq {} of incarnation {incarnation} does not chain on the stored head (seq {acked}): \
-             the agent's history differs from the server's",
-            new[0].seq
-        );
-        let evidence = [Evidence {
-            seq: acked,
-            held_hash: head_hash,
-            offered_hash: new[0].prev_hash.clone(),
-            offered: &new[0],
-        }];
-        return Err(quarantine(tx, agent, incarnation, acked, reason, &evidence).await);
+    let new = New::of(batch, old);
+    if let Some((reason, evidence)) = chain_break(&new, &head, batch.incarnation) {
+        return Err(quarantine(
+            tx,
+            agent,
+            batch.incarnation,
+            head.acked,
+            reason,
+            &[evidence],
+        )
+        .await);
     }
-
-    // What this agent may write: central operation keys it was sent, users it holds, each
-    // user's balance chain continued, amounts the books can hold.
-    if let Some(reason) = rules::central_key_mismatch(&tx, agent_id, new).await? {
+    if let Some(reason) = broken_rule(&tx, agent.agent_id, new.entries).await? {
         drop(tx);
-        return Err(quarantine_alone(pool, agent, acked, reason).await);
+        return Err(quarantine_alone(pool, agent, head.acked, reason).await);
     }
-    if let Some(reason) = rules::user_rule_broken(&tx, agent_id, new).await? {
+    if let Some(reason) = store(&tx, agent.agent_id, batch.incarnation, &new).await? {
         drop(tx);
-        return Err(quarantine_alone(pool, agent, acked, reason).await);
+        return Err(quarantine_alone(pool, agent, head.acked, reason).await);
+    }
+    if let Some(reason) = move_balances(&tx, &new, batch.incarnation).await? {
+        drop(tx);
+        return Err(quarantine_alone(pool, agent, head.acked, reason).await);
+    }
+    let acked_seq = advance(&tx, agent.agent_id, batch, &new).await?;
+    tx.commit().await?;
+    Ok(Outcome::Accepted {
+        acked_seq,
+        ingested: new.entries.len(),
+    })
+}
+
+/// The locked stream's contiguous head.
+struct Head {
+    acked: i64,
+    hash: Vec<u8>,
+}
+
+/// Locks the stream's row (`FOR UPDATE`: pushes of one stream take turns). An agent enrolled by
+/// a server from before streams were made at enrolment has its enrolled incarnation registered
+/// here; any other incarnation is refused.
+async fn lock_stream(
+    tx: &Transaction<'_>,
+    agent: &AgentAuth,
+    incarnation: Uuid,
+) -> Result<Head, IngestError> {
+    let lock = tx.prepare_cached(LOCK_STREAM).await?;
+    let row = match tx
+        .query_opt(&lock, &[&agent.agent_id, &incarnation])
+        .await?
+    {
+        Some(row) => row,
+        None => {
+            let enrolled: Option<Uuid> = tx
+                .query_one(ENROLLED_INCARNATION, &[&agent.agent_id])
+                .await?
+                .get("incarnation");
+            if enrolled != Some(incarnation) {
+                return Err(IngestError::UnknownIncarnation {
+                    agent: agent.name.clone(),
+                    incarnation,
+                });
+            }
+            tx.execute(REGISTER_STREAM, &[&agent.agent_id, &incarnation])
+                .await?;
+            tx.query_one(&lock, &[&agent.agent_id, &incarnation])
+                .await?
+        }
+    };
+    Ok(Head {
+        acked: row.get("acked_seq"),
+        hash: row.get("head_hash"),
+    })
+}
+
+/// Refuses a quarantined or revoked agent (read under the stream lock: a quarantine committed by
+/// the push that held it before is seen).
+async fn check_active(
+    tx: &Transaction<'_>,
+    agent: &AgentAuth,
+    acked: i64,
+) -> Result<(), IngestError> {
+    let stmt = tx.prepare_cached(AGENT_STATUS).await?;
+    let status: String = tx.query_one(&stmt, &[&agent.agent_id]).await?.get("status");
+    match status.parse::<AgentStatus>() {
+        Ok(AgentStatus::Active) => Ok(()),
+        Ok(AgentStatus::Quarantined) => Err(IngestError::Quarantined {
+            agent: agent.name.clone(),
+            acked,
+        }),
+        _ => Err(IngestError::Revoked),
+    }
+}
+
+/// Compares the batch's first `old` entries (at or below the head) with the stored ones: the
+/// reason and evidence if any differs.
+async fn replay_divergence<'b>(
+    tx: &Transaction<'_>,
+    agent: &AgentAuth,
+    batch: &'b Batch,
+    head: &Head,
+    old: usize,
+) -> Result<Option<(String, Vec<Evidence<'b>>)>, IngestError> {
+    let first = batch.entries[0].seq;
+    let last_old = first + old as i64 - 1;
+    let stmt = tx.prepare_cached(STORED_HASHES).await?;
+    let rows = tx
+        .query(
+            &stmt,
+            &[&agent.agent_id, &batch.incarnation, &first, &last_old],
+        )
+        .await?;
+    if rows.len() != old {
+        return Err(IngestError::internal(
+            "comparing a replayed batch",
+            format!(
+                "stream {}/{} acknowledges seq {} but holds {} of seqs {first}..={last_old}",
+                agent.agent_id,
+                batch.incarnation,
+                head.acked,
+                rows.len(),
+            ),
+        ));
+    }
+    let mut evidence = Vec::new();
+    let mut differing = 0usize;
+    for (i, row) in rows.iter().enumerate() {
+        let held: Vec<u8> = row.get("hash");
+        if held.as_slice() != batch.hashes[i].as_slice() {
+            differing += 1;
+            if evidence.len() == EVIDENCE_ROWS_MAX {
+                continue;
+            }
+            evidence.push(Evidence {
+                seq: batch.entries[i].seq,
+                held_hash: held,
+                offered_hash: batch.entries[i].hash.clone(),
+                offered: &batch.entries[i],
+            });
+        }
+    }
+    Ok(evidence.first().map(|e| e.seq).map(|seq| {
+        (
+            format!(
+                "replayed seq {seq} of incarnation {} with content different from the stored \
+                 entry ({differing} differing entries in the batch)",
+                batch.incarnation
+            ),
+            evidence,
+        )
+    }))
+}
+
+/// The batch's entries past the head, with their decoded fields.
+struct New<'b> {
+    entries: &'b [WireEntry],
+    entry_ids: &'b [Uuid],
+    corrects_entry_ids: &'b [Option<Uuid>],
+    prev_hashes: &'b [[u8; 32]],
+    hashes: &'b [[u8; 32]],
+}
+
+impl<'b> New<'b> {
+    fn of(batch: &'b Batch, old: usize) -> New<'b> {
+        New {
+            entries: &batch.entries[old..],
+            entry_ids: &batch.entry_ids[old..],
+            corrects_entry_ids: &batch.corrects_entry_ids[old..],
+            prev_hashes: &batch.prev_hashes[old..],
+            hashes: &batch.hashes[old..],
+        }
     }
 
-    let effects = Effects::of(new)?;
+    fn seqs(&self) -> (i64, i64) {
+        (
+            self.entries[0].seq,
+            self.entries[self.entries.len() - 1].seq,
+        )
+    }
+}
 
+/// The batch's own chain was checked; its first new entry must chain on what we hold.
+fn chain_break<'b>(
+    new: &New<'b>,
+    head: &Head,
+    incarnation: Uuid,
+) -> Option<(String, Evidence<'b>)> {
+    if new.prev_hashes[0].as_slice() == head.hash.as_slice() {
+        return None;
+    }
+    let reason = format!(
+        "seq {} of incarnation {incarnation} does not chain on the stored head (seq {}): the \
+         agent's history differs from the server's",
+        new.entries[0].seq, head.acked
+    );
+    Some((
+        reason,
+        Evidence {
+            seq: head.acked,
+            held_hash: head.hash.clone(),
+            offered_hash: new.entries[0].prev_hash.clone(),
+            offered: &new.entries[0],
+        },
+    ))
+}
+
+/// What this agent may write: central operation keys it was sent, users it holds, each user's
+/// balance chain continued, amounts the books can hold ([`rules`]).
+async fn broken_rule(
+    tx: &Transaction<'_>,
+    agent_id: Uuid,
+    new: &[WireEntry],
+) -> Result<Option<String>, IngestError> {
+    if let Some(reason) = rules::central_key_mismatch(tx, agent_id, new).await? {
+        return Ok(Some(reason));
+    }
+    Ok(rules::user_rule_broken(tx, agent_id, new).await?)
+}
+
+/// Stores the new entries with one multi-row insert, exactly as hashed. A unique key they hit
+/// (a central operation's key applied by a push that raced this one's check, or an entry id
+/// stored elsewhere) is a reason to quarantine.
+async fn store(
+    tx: &Transaction<'_>,
+    agent_id: Uuid,
+    incarnation: Uuid,
+    new: &New<'_>,
+) -> Result<Option<String>, IngestError> {
     let columns = Columns::of(
-        new,
-        &batch.entry_ids[old..],
-        &batch.corrects_entry_ids[old..],
-        new_prev,
-        new_hashes,
+        new.entries,
+        new.entry_ids,
+        new.corrects_entry_ids,
+        new.prev_hashes,
+        new.hashes,
     );
     let insert = tx.prepare_cached(INSERT_ENTRIES).await?;
     let inserted = tx
@@ -331,26 +526,30 @@ pub(crate) async fn ingest(
             ],
         )
         .await;
-    if let Err(e) = inserted {
-        if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-            // A locked, contiguous stream can hit two unique keys: a central operation's key
-            // already applied (by a push that raced this one's check), or an entry id already
-            // stored at another place (another stream or seq).
+    match inserted {
+        Ok(_) => Ok(None),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             let what = match e.as_db_error().and_then(|d| d.constraint()) {
                 Some(CENTRAL_KEY_INDEX) => "a central operation key that already has its entry",
                 _ => "an entry_id already stored elsewhere",
             };
-            drop(tx);
-            let reason = format!(
-                "a batch of incarnation {incarnation} (seqs {}..={}) carries {what}",
-                new[0].seq,
-                new[new.len() - 1].seq
-            );
-            return Err(quarantine_alone(pool, agent, acked, reason).await);
+            let (from, to) = new.seqs();
+            Ok(Some(format!(
+                "a batch of incarnation {incarnation} (seqs {from}..={to}) carries {what}"
+            )))
         }
-        return Err(e.into());
+        Err(e) => Err(e.into()),
     }
+}
 
+/// Moves each user's balance once by its net delta (`add_credits` / `debit_credits`, which
+/// refuse to overdraw: a reason to quarantine) and bumps the purchase and usage counters.
+async fn move_balances(
+    tx: &Transaction<'_>,
+    new: &New<'_>,
+    incarnation: Uuid,
+) -> Result<Option<String>, IngestError> {
+    let effects = Effects::of(new.entries)?;
     if !effects.balance_users.is_empty() {
         let apply = tx.prepare_cached(APPLY_BALANCES).await?;
         if let Err(e) = tx
@@ -358,16 +557,12 @@ pub(crate) async fn ingest(
             .await
         {
             if e.code() == Some(&SqlState::CHECK_VIOLATION) {
-                // debit_credits refused to overdraw: the central books cannot take this batch.
-                drop(tx);
-                let reason = format!(
-                    "seqs {}..={} of incarnation {incarnation} would take a user's central \
+                let (from, to) = new.seqs();
+                return Ok(Some(format!(
+                    "seqs {from}..={to} of incarnation {incarnation} would take a user's central \
                      balance below zero ({})",
-                    new[0].seq,
-                    new[new.len() - 1].seq,
                     e.as_db_error().map_or("", |d| d.message())
-                );
-                return Err(quarantine_alone(pool, agent, acked, reason).await);
+                )));
             }
             return Err(e.into());
         }
@@ -380,26 +575,31 @@ pub(crate) async fn ingest(
         )
         .await?;
     }
+    Ok(None)
+}
 
-    let last = &new[new.len() - 1];
-    let last_hash = new_hashes[new_hashes.len() - 1].to_vec();
+/// Moves the stream's head and hash to the last new entry; returns the new head.
+async fn advance(
+    tx: &Transaction<'_>,
+    agent_id: Uuid,
+    batch: &Batch,
+    new: &New<'_>,
+) -> Result<i64, IngestError> {
+    let (_, last_seq) = new.seqs();
+    let last_hash = new.hashes[new.hashes.len() - 1].to_vec();
     let advance = tx.prepare_cached(ADVANCE_STREAM).await?;
     tx.execute(
         &advance,
         &[
             &agent_id,
-            &incarnation,
-            &last.seq,
+            &batch.incarnation,
+            &last_seq,
             &last_hash,
             &batch.head_seq,
         ],
     )
     .await?;
-    tx.commit().await?;
-    Ok(Outcome::Accepted {
-        acked_seq: last.seq,
-        ingested: new.len(),
-    })
+    Ok(last_seq)
 }
 
 /// One conflicting entry, as kept in `quarantined_entries`.
@@ -419,12 +619,12 @@ async fn quarantine(
     acked: i64,
     reason: String,
     evidence: &[Evidence<'_>],
-) -> ApiError {
-    let result: Result<(), ApiError> = async {
+) -> IngestError {
+    let result: Result<(), IngestError> = async {
         let insert = tx.prepare_cached(INSERT_EVIDENCE).await?;
         for e in evidence {
             let offered = serde_json::to_value(e.offered)
-                .map_err(|err| ApiError::internal("keeping quarantine evidence", err))?;
+                .map_err(|err| IngestError::internal("keeping quarantine evidence", err))?;
             tx.execute(
                 &insert,
                 &[
@@ -447,8 +647,13 @@ async fn quarantine(
 }
 
 /// Quarantines the agent in a transaction of its own (after the batch's was rolled back).
-async fn quarantine_alone(pool: &Pool, agent: &AgentAuth, acked: i64, reason: String) -> ApiError {
-    let result: Result<(), ApiError> = async {
+async fn quarantine_alone(
+    pool: &Pool,
+    agent: &AgentAuth,
+    acked: i64,
+    reason: String,
+) -> IngestError {
+    let result: Result<(), IngestError> = async {
         let conn = pool.get().await?;
         conn.execute(QUARANTINE, &[&agent.agent_id, &reason])
             .await?;
@@ -459,24 +664,20 @@ async fn quarantine_alone(pool: &Pool, agent: &AgentAuth, acked: i64, reason: St
 }
 
 fn conflict_after_quarantine(
-    result: Result<(), ApiError>,
+    result: Result<(), IngestError>,
     agent: &AgentAuth,
     acked: i64,
     reason: String,
-) -> ApiError {
+) -> IngestError {
     if let Err(e) = result {
         return e;
     }
     tracing::warn!(agent = %agent.name, agent_id = %agent.agent_id, %reason, "agent quarantined");
-    ApiError::new(
-        StatusCode::CONFLICT,
-        error_code::CONFLICT,
-        format!(
-            "conflict: {reason}; agent {:?} is now quarantined until an admin releases it",
-            agent.name
-        ),
-    )
-    .with_acked_seq(acked)
+    IngestError::Conflict {
+        agent: agent.name.clone(),
+        reason,
+        acked,
+    }
 }
 
 /// Per-user effects of a batch's new entries, users sorted by id.
@@ -491,7 +692,7 @@ struct Effects<'a> {
 }
 
 impl<'a> Effects<'a> {
-    fn of(entries: &'a [WireEntry]) -> Result<Effects<'a>, ApiError> {
+    fn of(entries: &'a [WireEntry]) -> Result<Effects<'a>, IngestError> {
         #[derive(Default)]
         struct Sums {
             delta: i128,
@@ -514,7 +715,7 @@ impl<'a> Effects<'a> {
         let nanos = |n: i128| {
             Decimal::try_from_i128_with_scale(n, SCALE)
                 .map(|d| d.normalize())
-                .map_err(|e| ApiError::internal("summing a batch's amounts", e))
+                .map_err(|e| IngestError::internal("summing a batch's amounts", e))
         };
         let mut effects = Effects {
             balance_users: Vec::new(),
@@ -627,20 +828,4 @@ impl<'a> Columns<'a> {
             created_at: entries.iter().map(|e| e.created_at.as_str()).collect(),
         }
     }
-}
-
-/// The refusal of a push for an incarnation the agent never registered: an incarnation is
-/// registered by enrolling with it, never chosen by a push.
-fn unregistered(agent: &AgentAuth, incarnation: Uuid) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        error_code::UNKNOWN_INCARNATION,
-        format!(
-            "incarnation {incarnation} is not registered for agent {:?}: an agent's database \
-             registers its incarnation by enrolling (a restored or new database enrols again with \
-             a token from `tollgate-server agents enroll {}`)",
-            agent.name, agent.name
-        ),
-    )
-    .with_acked_seq(0)
 }

@@ -4,7 +4,7 @@
 
 pub mod agents;
 pub mod enroll;
-mod ingest;
+pub(crate) mod ingest;
 pub mod notify;
 pub mod protocol;
 pub mod pull;

@@ -32,7 +32,7 @@ use tollgate_schema::wire::{
 };
 use uuid::Uuid;
 
-use super::ingest::{self, Outcome};
+use super::ingest::{self, IngestError, Outcome};
 use super::protocol;
 use crate::http::AppState;
 use crate::http::auth::{AgentAuth, AgentStatus};
@@ -87,7 +87,11 @@ async fn push(
             .map_err(|e| ApiError::internal("checking a push batch", e))??;
     if agent.status == AgentStatus::Quarantined {
         let acked = ingest::acked_seq(&state.pool, agent.agent_id, batch.incarnation).await?;
-        return Err(quarantined(&agent.name, acked));
+        return Err(IngestError::Quarantined {
+            agent: agent.name.clone(),
+            acked,
+        }
+        .into());
     }
     let started = std::time::Instant::now();
     let result = ingest::ingest(&state.pool, agent, &batch).await;
@@ -107,19 +111,6 @@ async fn push(
         },
         outcome,
     ))
-}
-
-/// The refusal for a quarantined agent.
-pub(crate) fn quarantined(name: &str, acked_seq: i64) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        error_code::QUARANTINED,
-        format!(
-            "agent {name:?} is quarantined: an admin must look at its conflicting entries and run \
-             `tollgate-server agents release {name}` before it may push again"
-        ),
-    )
-    .with_acked_seq(acked_seq)
 }
 
 /// The `pushes` outcome label of a refusal (a fixed set).

@@ -26,7 +26,6 @@ use tollgate_schema::wire::WireEntry;
 use uuid::Uuid;
 
 use crate::central::operation::{ADMIN_KEY_PREFIX, STRIPE_KEY_PREFIX};
-use crate::http::error::ApiError;
 
 const CENTRAL_OPERATIONS: &str = "SELECT operation_key, agent_id, user_id, amount \
      FROM central_operations WHERE kind = 'credit' AND operation_key = ANY($1)";
@@ -54,7 +53,7 @@ pub(crate) async fn central_key_mismatch(
     tx: &Transaction<'_>,
     agent_id: Uuid,
     new: &[WireEntry],
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<String>, tokio_postgres::Error> {
     let keys: Vec<&str> = new
         .iter()
         .filter_map(|e| e.idempotency_key.as_deref())
@@ -129,7 +128,7 @@ pub(crate) async fn user_rule_broken(
     tx: &Transaction<'_>,
     agent_id: Uuid,
     new: &[WireEntry],
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<String>, tokio_postgres::Error> {
     let mut ids: Vec<&str> = new.iter().map(|e| e.user_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
