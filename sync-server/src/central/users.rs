@@ -172,8 +172,8 @@ pub async fn set_user(
                 format!("no agent is named {:?}", req.home_agent),
             )
         })?;
-    let home_id: Uuid = agent.get(0);
-    let status: String = agent.get(1);
+    let home_id: Uuid = agent.get("agent_id");
+    let status: String = agent.get("status");
     if status == "revoked" {
         return Err(CentralError::invalid(
             "home_agent",
@@ -207,25 +207,25 @@ pub async fn set_user(
     } else {
         let row = tx
             .query_one(
-                "SELECT u.home_agent_id, a.name, u.subscription_tier, u.power_level, \
-                 u.monthly_allowance, u.monthly_spend_cap FROM user_credits u \
+                "SELECT u.home_agent_id, a.name AS home_agent, u.subscription_tier, \
+                 u.power_level, u.monthly_allowance, u.monthly_spend_cap FROM user_credits u \
                  LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
                  WHERE u.user_id = $1 FOR UPDATE OF u",
                 &[&req.user_id],
             )
             .await?;
-        let old_home: Option<Uuid> = row.get(0);
-        let old_name: Option<String> = row.get(1);
+        let old_home: Option<Uuid> = row.get("home_agent_id");
+        let old_name: Option<String> = row.get("home_agent");
         if let Some(old_home) = old_home.filter(|old| *old != home_id) {
             let old_name = old_name.unwrap_or_else(|| old_home.to_string());
             return Err(refuse_move(&req.user_id, &old_name, &req.home_agent));
         }
-        let cap: Option<Decimal> = row.get(5);
+        let cap: Option<Decimal> = row.get("monthly_spend_cap");
         let current = UserSettings {
             user_id: req.user_id.clone(),
-            tier: row.get(2),
-            power_level: row.get(3),
-            monthly_allowance: super::credits_from_db(row.get(4))?,
+            tier: row.get("subscription_tier"),
+            power_level: row.get("power_level"),
+            monthly_allowance: super::credits_from_db(row.get("monthly_allowance"))?,
             monthly_spend_cap: cap.map(super::credits_from_db).transpose()?,
         };
         let settings = req.applied_to(current);
@@ -308,10 +308,10 @@ pub async fn list_users(
     let limit = limit.clamp(1, USERS_PAGE_MAX);
     let rows = client
         .query(
-            "SELECT u.user_id, a.name, u.balance, u.subscription_tier, u.power_level, \
-                    u.lifetime_credits_purchased, \
+            "SELECT u.user_id, a.name AS home_agent, u.balance, u.subscription_tier, \
+                    u.power_level, u.lifetime_credits_purchased, \
                     (SELECT ct.created_at FROM credit_transactions ct \
-                     WHERE ct.user_id = u.user_id ORDER BY ct.id DESC LIMIT 1) \
+                     WHERE ct.user_id = u.user_id ORDER BY ct.id DESC LIMIT 1) AS last_entry_at \
              FROM user_credits u LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
              WHERE $1::text IS NULL OR u.user_id > $1 \
              ORDER BY u.user_id LIMIT $2",
@@ -321,13 +321,15 @@ pub async fn list_users(
     rows.iter()
         .map(|r| {
             Ok(UserSummary {
-                user_id: r.get(0),
-                home_agent: r.get(1),
-                balance: super::credits_from_db(r.get(2))?,
-                tier: r.get(3),
-                power_level: r.get(4),
-                lifetime_credits_purchased: super::credits_from_db(r.get(5))?,
-                last_entry_at: r.get(6),
+                user_id: r.get("user_id"),
+                home_agent: r.get("home_agent"),
+                balance: super::credits_from_db(r.get("balance"))?,
+                tier: r.get("subscription_tier"),
+                power_level: r.get("power_level"),
+                lifetime_credits_purchased: super::credits_from_db(
+                    r.get("lifetime_credits_purchased"),
+                )?,
+                last_entry_at: r.get("last_entry_at"),
             })
         })
         .collect()
@@ -381,16 +383,17 @@ pub async fn show_user(
 ) -> Result<Option<UserDetail>, CentralError> {
     let Some(r) = client
         .query_opt(
-            "SELECT u.user_id, a.name, u.balance, u.subscription_tier, u.power_level, \
-                    u.lifetime_credits_purchased, \
+            "SELECT u.user_id, a.name AS home_agent, u.balance, u.subscription_tier, \
+                    u.power_level, u.lifetime_credits_purchased, \
                     (SELECT ct.created_at FROM credit_transactions ct \
-                     WHERE ct.user_id = u.user_id ORDER BY ct.id DESC LIMIT 1), \
-                    a.status, u.monthly_allowance, u.monthly_spend_cap, \
+                     WHERE ct.user_id = u.user_id ORDER BY ct.id DESC LIMIT 1) AS last_entry_at, \
+                    a.status AS home_agent_status, u.monthly_allowance, u.monthly_spend_cap, \
                     u.credits_used_this_month, u.billing_cycle_start, u.billing_cycle_end, \
                     u.created_at, u.updated_at, \
-                    (SELECT count(*) FROM credit_transactions ct WHERE ct.user_id = u.user_id), \
+                    (SELECT count(*) FROM credit_transactions ct WHERE ct.user_id = u.user_id) \
+                        AS entries, \
                     (SELECT count(*) FROM api_keys k \
-                     WHERE k.user_id = u.user_id AND k.revoked_at IS NULL) \
+                     WHERE k.user_id = u.user_id AND k.revoked_at IS NULL) AS live_api_keys \
              FROM user_credits u LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
              WHERE u.user_id = $1",
             &[&user_id],
@@ -399,10 +402,11 @@ pub async fn show_user(
     else {
         return Ok(None);
     };
-    let cap: Option<Decimal> = r.get(9);
+    let cap: Option<Decimal> = r.get("monthly_spend_cap");
     let pending = client
         .query(
-            "SELECT o.operation_key, o.amount, a.name, o.inbox_seq FROM central_operations o \
+            "SELECT o.operation_key, o.amount, a.name AS agent, o.inbox_seq \
+             FROM central_operations o \
              LEFT JOIN agents a ON a.agent_id = o.agent_id \
              WHERE o.kind = 'credit' AND o.user_id = $1 \
                AND NOT EXISTS (SELECT 1 FROM credit_transactions ct \
@@ -414,40 +418,42 @@ pub async fn show_user(
         .iter()
         .map(|p| {
             Ok(PendingCredit {
-                operation_key: p.get(0),
-                amount: super::credits_from_db(p.get(1))?,
-                agent: p.get(2),
-                inbox_seq: p.get(3),
+                operation_key: p.get("operation_key"),
+                amount: super::credits_from_db(p.get("amount"))?,
+                agent: p.get("agent"),
+                inbox_seq: p.get("inbox_seq"),
             })
         })
         .collect::<Result<Vec<_>, CentralError>>()?;
     Ok(Some(UserDetail {
         summary: UserSummary {
-            user_id: r.get(0),
-            home_agent: r.get(1),
-            balance: super::credits_from_db(r.get(2))?,
-            tier: r.get(3),
-            power_level: r.get(4),
-            lifetime_credits_purchased: super::credits_from_db(r.get(5))?,
-            last_entry_at: r.get(6),
+            user_id: r.get("user_id"),
+            home_agent: r.get("home_agent"),
+            balance: super::credits_from_db(r.get("balance"))?,
+            tier: r.get("subscription_tier"),
+            power_level: r.get("power_level"),
+            lifetime_credits_purchased: super::credits_from_db(
+                r.get("lifetime_credits_purchased"),
+            )?,
+            last_entry_at: r.get("last_entry_at"),
         },
-        home_agent_status: r.get(7),
-        monthly_allowance: super::credits_from_db(r.get(8))?,
+        home_agent_status: r.get("home_agent_status"),
+        monthly_allowance: super::credits_from_db(r.get("monthly_allowance"))?,
         monthly_spend_cap: cap.map(super::credits_from_db).transpose()?,
-        credits_used_this_month: super::credits_from_db(r.get(10))?,
-        billing_cycle_start: super::rfc3339(r.get(11)),
-        billing_cycle_end: super::rfc3339(r.get(12)),
-        created_at: super::rfc3339(r.get(13)),
-        updated_at: super::rfc3339(r.get(14)),
-        entries: r.get(15),
+        credits_used_this_month: super::credits_from_db(r.get("credits_used_this_month"))?,
+        billing_cycle_start: super::rfc3339(r.get("billing_cycle_start")),
+        billing_cycle_end: super::rfc3339(r.get("billing_cycle_end")),
+        created_at: super::rfc3339(r.get("created_at")),
+        updated_at: super::rfc3339(r.get("updated_at")),
+        entries: r.get("entries"),
         pending_credit_operations: pending,
-        held_by: match r.get::<_, Option<String>>(1) {
+        held_by: match r.get::<_, Option<String>>("home_agent") {
             Some(agent) => vec![Holding {
                 agent,
-                credits: super::credits_from_db(r.get(2))?,
+                credits: super::credits_from_db(r.get("balance"))?,
             }],
             None => Vec::new(),
         },
-        live_api_keys: r.get(16),
+        live_api_keys: r.get("live_api_keys"),
     }))
 }

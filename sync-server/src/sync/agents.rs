@@ -82,7 +82,8 @@ pub struct AgentSummary {
 }
 
 const SUMMARY_SQL: &str = "SELECT a.agent_id, a.name, a.status, a.incarnation, \
-     COALESCE(s.acked_seq, 0), COALESCE(s.reported_head_seq, 0), s.last_push_at, a.inbox_head, \
+     COALESCE(s.acked_seq, 0) AS acked_seq, COALESCE(s.reported_head_seq, 0) AS reported_head_seq, \
+     s.last_push_at, a.inbox_head, \
      a.inbox_acked, a.inbox_pruned_through, a.last_seen_at, a.quarantine_reason, a.created_at, \
      a.enrolled_at, a.revoked_at \
      FROM agents a LEFT JOIN agent_streams s \
@@ -93,27 +94,27 @@ fn time_text(at: Option<OffsetDateTime>) -> Option<String> {
 }
 
 fn summary(row: &Row) -> AgentSummary {
-    let agent_id: Uuid = row.get(0);
-    let incarnation: Option<Uuid> = row.get(3);
-    let acked_seq: i64 = row.get(4);
-    let reported_head_seq: i64 = row.get(5);
+    let agent_id: Uuid = row.get("agent_id");
+    let incarnation: Option<Uuid> = row.get("incarnation");
+    let acked_seq: i64 = row.get("acked_seq");
+    let reported_head_seq: i64 = row.get("reported_head_seq");
     AgentSummary {
         agent_id: agent_id.to_string(),
-        name: row.get(1),
-        status: row.get(2),
+        name: row.get("name"),
+        status: row.get("status"),
         incarnation: incarnation.map(|i| i.to_string()),
         acked_seq,
         reported_head_seq,
         lag: reported_head_seq - acked_seq,
-        last_push_at: time_text(row.get(6)),
-        inbox_head: row.get(7),
-        inbox_acked: row.get(8),
-        inbox_pruned_through: row.get(9),
-        last_seen_at: time_text(row.get(10)),
-        quarantine_reason: row.get(11),
-        created_at: time_text(Some(row.get(12))).unwrap_or_default(),
-        enrolled_at: time_text(row.get(13)),
-        revoked_at: time_text(row.get(14)),
+        last_push_at: time_text(row.get("last_push_at")),
+        inbox_head: row.get("inbox_head"),
+        inbox_acked: row.get("inbox_acked"),
+        inbox_pruned_through: row.get("inbox_pruned_through"),
+        last_seen_at: time_text(row.get("last_seen_at")),
+        quarantine_reason: row.get("quarantine_reason"),
+        created_at: time_text(Some(row.get("created_at"))).unwrap_or_default(),
+        enrolled_at: time_text(row.get("enrolled_at")),
+        revoked_at: time_text(row.get("revoked_at")),
     }
 }
 
@@ -165,13 +166,13 @@ pub async fn release(pool: &Pool, name: &str) -> Result<AgentSummary, AgentError
             .query_opt(
                 "WITH r AS (UPDATE agents SET status = 'active', quarantine_reason = NULL \
                  WHERE name = $1 AND status = 'quarantined' RETURNING 1) \
-                 SELECT status, (SELECT count(*) FROM r) FROM agents WHERE name = $1",
+                 SELECT status, (SELECT count(*) FROM r) AS released FROM agents WHERE name = $1",
                 &[&name],
             )
             .await?
             .ok_or_else(|| AgentError::NotFound(name.to_owned()))?;
-        let status: String = row.get(0);
-        let released: i64 = row.get(1);
+        let status: String = row.get("status");
+        let released: i64 = row.get("released");
         if released == 0 && status != "active" {
             return Err(AgentError::State(format!(
                 "agent {name:?} is {status}, not quarantined; only a quarantined agent can be \
@@ -208,9 +209,9 @@ pub async fn prune_inbox(pool: &Pool, name: &str, keep: u32) -> Result<Pruned, A
         )
         .await?
         .ok_or_else(|| AgentError::NotFound(name.to_owned()))?;
-    let agent_id: Uuid = row.get(0);
-    let acked: i64 = row.get(1);
-    let pruned: i64 = row.get(2);
+    let agent_id: Uuid = row.get("agent_id");
+    let acked: i64 = row.get("inbox_acked");
+    let pruned: i64 = row.get("inbox_pruned_through");
     let through = (acked - i64::from(keep)).max(pruned);
     let deleted = tx
         .execute(

@@ -197,7 +197,11 @@ async fn acknowledge(pool: &Pool, agent_id: Uuid, after: i64) -> Result<(), ApiE
             &[&agent_id],
         )
         .await?;
-    let (head, acked, pruned): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let (head, acked, pruned): (i64, i64, i64) = (
+        row.get("inbox_head"),
+        row.get("inbox_acked"),
+        row.get("inbox_pruned_through"),
+    );
     if after < pruned {
         return Err(cursor_gone(format!(
             "the inbox no longer holds the events after {after} (events through {pruned} were \
@@ -242,15 +246,15 @@ async fn read_page(
         .await?;
     let limit = INBOX_PAGE_MAX as i64;
     let rows = conn.query(&stmt, &[&agent_id, &after, &limit]).await?;
-    let head: i64 = rows.first().map_or(0, |r| r.get(0));
+    let head: i64 = rows.first().map_or(0, |r| r.get("inbox_head"));
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
-        let Some(seq) = row.get::<_, Option<i64>>(1) else {
+        let Some(seq) = row.get::<_, Option<i64>>("seq") else {
             continue;
         };
-        let event_id: Uuid = row.get(2);
-        let created_at: OffsetDateTime = row.get(3);
-        let body: serde_json::Value = row.get(4);
+        let event_id: Uuid = row.get("event_id");
+        let created_at: OffsetDateTime = row.get("created_at");
+        let body: serde_json::Value = row.get("body");
         let body: EventBody = serde_json::from_value(body).map_err(|e| {
             ApiError::internal(
                 "reading an inbox event",
@@ -309,7 +313,7 @@ pub async fn snapshot(
             &[&agent.agent_id],
         )
         .await?
-        .get(0);
+        .get("inbox_acked");
     let users = tx
         .query(
             "SELECT user_id, subscription_tier, power_level, monthly_allowance, \
@@ -320,11 +324,14 @@ pub async fn snapshot(
         .iter()
         .map(|r| {
             Ok(UserSettings {
-                user_id: r.get(0),
-                tier: r.get(1),
-                power_level: r.get(2),
-                monthly_allowance: credits(r.get(3))?,
-                monthly_spend_cap: r.get::<_, Option<Decimal>>(4).map(credits).transpose()?,
+                user_id: r.get("user_id"),
+                tier: r.get("subscription_tier"),
+                power_level: r.get("power_level"),
+                monthly_allowance: credits(r.get("monthly_allowance"))?,
+                monthly_spend_cap: r
+                    .get::<_, Option<Decimal>>("monthly_spend_cap")
+                    .map(credits)
+                    .transpose()?,
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
@@ -361,16 +368,16 @@ pub(crate) async fn catalog<C: GenericClient>(
         .iter()
         .map(|r| {
             Ok(PackageSpec {
-                name: r.get(0),
-                credits: credits(r.get(1))?,
-                price_usd_cents: cents(r.get(2))?,
-                discount_percent: i64::from(r.get::<_, i32>(3)),
-                min_tier: r.get(4),
-                is_active: r.get(5),
-                is_featured: r.get(6),
-                sort_order: i64::from(r.get::<_, i32>(7)),
-                description: r.get(8),
-                badge_text: r.get(9),
+                name: r.get("name"),
+                credits: credits(r.get("credits"))?,
+                price_usd_cents: cents(r.get("price_usd"))?,
+                discount_percent: i64::from(r.get::<_, i32>("discount_percent")),
+                min_tier: r.get("min_tier"),
+                is_active: r.get("is_active"),
+                is_featured: r.get("is_featured"),
+                sort_order: i64::from(r.get::<_, i32>("sort_order")),
+                description: r.get("description"),
+                badge_text: r.get("badge_text"),
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
@@ -384,19 +391,19 @@ pub(crate) async fn catalog<C: GenericClient>(
         .await?
         .iter()
         .map(|r| {
-            let providers: serde_json::Value = r.get(3);
-            let multiplier: Decimal = r.get(5);
+            let providers: serde_json::Value = r.get("preferred_providers");
+            let multiplier: Decimal = r.get("cost_multiplier");
             Ok(PowerLevelSpec {
-                power_level: r.get(0),
-                name: r.get(1),
-                description: r.get(2),
+                power_level: r.get("power_level"),
+                name: r.get("name"),
+                description: r.get("description"),
                 preferred_providers: serde_json::from_value(providers)
                     .map_err(|e| ApiError::internal("reading preferred_providers", e))?,
-                fallback_strategy: r.get(4),
+                fallback_strategy: r.get("fallback_strategy"),
                 cost_multiplier: multiplier.normalize().to_string(),
-                max_latency_ms: i64::from(r.get::<_, i32>(6)),
-                min_quality_score: i64::from(r.get::<_, i32>(7)),
-                is_active: r.get(8),
+                max_latency_ms: i64::from(r.get::<_, i32>("max_latency_ms")),
+                min_quality_score: i64::from(r.get::<_, i32>("min_quality_score")),
+                is_active: r.get("is_active"),
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
