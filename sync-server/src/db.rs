@@ -95,18 +95,21 @@ pub async fn check_schema(pool: &Pool) -> anyhow::Result<i32> {
     let conn = pool.get().await.context("connecting to the database")?;
     let exists: bool = conn
         .query_one(
-            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL AS present",
             &[],
         )
         .await?
-        .get(0);
+        .get("present");
     if !exists {
         return Ok(0);
     }
     let version: Option<i32> = conn
-        .query_one("SELECT max(version) FROM refinery_schema_history", &[])
+        .query_one(
+            "SELECT max(version) AS version FROM refinery_schema_history",
+            &[],
+        )
         .await?
-        .get(0);
+        .get("version");
     let version = version.unwrap_or(0);
     if version > LATEST_VERSION {
         return Err(anyhow!(

@@ -213,7 +213,10 @@ async fn serving_agents(
             &[&user_id, &since],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get("agent_id"), r.get("name")))
+        .collect())
 }
 
 /// Writes the key's event to every agent serving its user; the names of those agents.

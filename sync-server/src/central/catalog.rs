@@ -311,10 +311,10 @@ async fn broadcast(
         .await?;
     let mut sent = Vec::with_capacity(agents.len());
     for agent in agents {
-        let agent_id: Uuid = agent.get(0);
+        let agent_id: Uuid = agent.get("agent_id");
         let written = inbox::append(tx, agent_id, body, Some(operation_key)).await?;
         sent.push(Delivery {
-            agent: agent.get(1),
+            agent: agent.get("name"),
             agent_id,
             inbox_seq: written.seq,
         });
@@ -344,30 +344,30 @@ pub async fn packages(client: &tokio_postgres::Client) -> Result<Vec<PackageView
         .await?;
     rows.iter()
         .map(|r| {
-            let price: Decimal = r.get(2);
+            let price: Decimal = r.get("price_usd");
             let cents = price
                 .checked_mul(Decimal::from(100))
                 .and_then(|c| c.to_i64())
                 .ok_or_else(|| {
                     CentralError::Internal(anyhow::anyhow!("a stored price is out of range"))
                 })?;
-            let discount: i32 = r.get(3);
-            let sort: i32 = r.get(7);
+            let discount: i32 = r.get("discount_percent");
+            let sort: i32 = r.get("sort_order");
             Ok(PackageView {
                 spec: PackageSpec {
-                    name: r.get(0),
-                    credits: super::credits_from_db(r.get(1))?,
+                    name: r.get("name"),
+                    credits: super::credits_from_db(r.get("credits"))?,
                     price_usd_cents: cents,
                     discount_percent: i64::from(discount),
-                    min_tier: r.get(4),
-                    is_active: r.get(5),
-                    is_featured: r.get(6),
+                    min_tier: r.get("min_tier"),
+                    is_active: r.get("is_active"),
+                    is_featured: r.get("is_featured"),
                     sort_order: i64::from(sort),
-                    description: r.get(8),
-                    badge_text: r.get(9),
+                    description: r.get("description"),
+                    badge_text: r.get("badge_text"),
                 },
                 price_usd: format!("{:.2}", price),
-                updated_at: super::rfc3339(r.get(10)),
+                updated_at: super::rfc3339(r.get("updated_at")),
             })
         })
         .collect()
@@ -399,23 +399,23 @@ pub async fn power_levels(
         .await?;
     rows.iter()
         .map(|r| {
-            let providers: serde_json::Value = r.get(3);
+            let providers: serde_json::Value = r.get("preferred_providers");
             let providers: Vec<String> = serde_json::from_value(providers).map_err(|e| {
                 CentralError::Internal(anyhow::anyhow!("stored providers unreadable: {e}"))
             })?;
-            let multiplier: Decimal = r.get(5);
-            let latency: i32 = r.get(6);
-            let quality: i32 = r.get(7);
+            let multiplier: Decimal = r.get("cost_multiplier");
+            let latency: i32 = r.get("max_latency_ms");
+            let quality: i32 = r.get("min_quality_score");
             Ok(PowerLevelSpec {
-                power_level: r.get(0),
-                name: r.get(1),
-                description: r.get(2),
+                power_level: r.get("power_level"),
+                name: r.get("name"),
+                description: r.get("description"),
                 preferred_providers: providers,
-                fallback_strategy: r.get(4),
+                fallback_strategy: r.get("fallback_strategy"),
                 cost_multiplier: multiplier.normalize().to_string(),
                 max_latency_ms: i64::from(latency),
                 min_quality_score: i64::from(quality),
-                is_active: r.get(8),
+                is_active: r.get("is_active"),
             })
         })
         .collect()

@@ -210,7 +210,8 @@ pub async fn grant_purchase(
             "SELECT EXISTS (SELECT 1 FROM credit_packages p, user_credits u \
              WHERE p.name = $1 AND p.is_active AND p.credits = $2 AND u.user_id = $3 \
                AND (p.min_tier IS NULL OR array_position($4::text[], u.subscription_tier) \
-                                          >= array_position($4::text[], p.min_tier)))",
+                                          >= array_position($4::text[], p.min_tier))) \
+             AS accepts",
             &[
                 &package.name,
                 &package.credits.to_decimal(),
@@ -219,7 +220,7 @@ pub async fn grant_purchase(
             ],
         )
         .await?
-        .get(0);
+        .get("accepts");
     let note = if agent_accepts_package {
         format!("Stripe checkout {session_id}")
     } else {
@@ -328,15 +329,15 @@ async fn credit_in_tx(
                 req.user_id
             ))
         })?;
-    let home: Option<Uuid> = row.get(0);
+    let home: Option<Uuid> = row.get("home_agent_id");
     let Some(agent_id) = home else {
         return Err(CentralError::Refused(format!(
             "user {:?} has no home agent to hold the credit; set one first (users set --home)",
             req.user_id
         )));
     };
-    let agent: String = row.get(1);
-    let status: String = row.get(2);
+    let agent: String = row.get("name");
+    let status: String = row.get("status");
     if status == "revoked" && !req.allow_revoked_home {
         return Err(CentralError::Refused(format!(
             "user {:?} is homed on agent {agent:?}, which is revoked and can never apply the \

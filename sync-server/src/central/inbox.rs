@@ -44,7 +44,7 @@ pub async fn append(
         )
         .await?
         .ok_or_else(|| anyhow::anyhow!("no agent {agent_id}"))?;
-    let seq: i64 = row.get(0);
+    let seq: i64 = row.get("inbox_head");
     let event_id = Uuid::now_v7();
     let json = serde_json::to_value(body)?;
     tx.execute(

@@ -111,14 +111,14 @@ pub async fn begin<T: DeserializeOwned>(
                 claim.key
             ))
         })?;
-    let kind: String = row.get(0);
-    let stored: Vec<u8> = row.get(1);
+    let kind: String = row.get("kind");
+    let stored: Vec<u8> = row.get("fingerprint");
     if kind != claim.kind || stored.as_slice() != claim.fingerprint.as_slice() {
         return Err(CentralError::IdempotencyConflict {
             key: claim.key.to_owned(),
         });
     }
-    let result: serde_json::Value = row.get(2);
+    let result: serde_json::Value = row.get("result");
     let result = serde_json::from_value(result).map_err(|e| {
         CentralError::Internal(anyhow::anyhow!(
             "the stored result of operation {:?} is unreadable: {e}",

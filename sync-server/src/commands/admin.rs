@@ -130,11 +130,15 @@ pub async fn admin_tokens(
             let list: Vec<TokenInfo> = rows
                 .iter()
                 .map(|r| TokenInfo {
-                    name: r.get(0),
-                    role: r.get(1),
-                    created_at: rfc3339(r.get(2)),
-                    last_used_at: r.get::<_, Option<time::OffsetDateTime>>(3).map(rfc3339),
-                    revoked_at: r.get::<_, Option<time::OffsetDateTime>>(4).map(rfc3339),
+                    name: r.get("name"),
+                    role: r.get("role"),
+                    created_at: rfc3339(r.get("created_at")),
+                    last_used_at: r
+                        .get::<_, Option<time::OffsetDateTime>>("last_used_at")
+                        .map(rfc3339),
+                    revoked_at: r
+                        .get::<_, Option<time::OffsetDateTime>>("revoked_at")
+                        .map(rfc3339),
                 })
                 .collect();
             if json {

@@ -123,9 +123,9 @@ impl FromRequestParts<AppState> for AdminAuth {
             )
             .await?
             .ok_or_else(|| ApiError::unauthorized("unknown or revoked admin token"))?;
-        let role: String = row.get(1);
+        let role: String = row.get("role");
         Ok(AdminAuth {
-            name: row.get(0),
+            name: row.get("name"),
             role: if role == "full" {
                 AdminRole::Full
             } else {

@@ -103,10 +103,10 @@ pub async fn create(
         .ok_or_else(|| {
             ApiError::bad_request(format!("package: no package is named {:?}", req.package))
         })?;
-    let credits: Decimal = package.get(0);
-    let price: Decimal = package.get(1);
-    let active: bool = package.get(2);
-    let min_tier: Option<String> = package.get(3);
+    let credits: Decimal = package.get("credits");
+    let price: Decimal = package.get("price_usd");
+    let active: bool = package.get("is_active");
+    let min_tier: Option<String> = package.get("min_tier");
     if !active {
         return Err(ApiError::bad_request(format!(
             "package: {:?} is not active (not for sale)",
@@ -115,7 +115,7 @@ pub async fn create(
     }
     let user = conn
         .query_opt(
-            "SELECT u.subscription_tier, a.status FROM user_credits u \
+            "SELECT u.subscription_tier, a.status AS home_status FROM user_credits u \
              LEFT JOIN agents a ON a.agent_id = u.home_agent_id WHERE u.user_id = $1",
             &[&req.user_id],
         )
@@ -123,8 +123,8 @@ pub async fn create(
         .ok_or_else(|| {
             ApiError::not_found(format!("no user {:?} is known centrally", req.user_id))
         })?;
-    let tier: String = user.get(0);
-    let home_status: Option<String> = user.get(1);
+    let tier: String = user.get("subscription_tier");
+    let home_status: Option<String> = user.get("home_status");
     match home_status.as_deref() {
         None => {
             return Err(ApiError::new(

@@ -161,7 +161,7 @@ pub async fn charge_refunded(
             &[&charge.id],
         )
         .await?
-        .map_or(0, |r| r.get(0));
+        .map_or(0, |r| r.get("refunded_cents"));
     if charge.cents <= handled {
         return Ok(outcome::ALREADY_TAKEN_BACK);
     }

@@ -292,14 +292,14 @@ async fn grant_session(
     else {
         return Ok(outcome::UNKNOWN_SESSION);
     };
-    let status: String = row.get(3);
+    let status: String = row.get("status");
     if status != "open" {
         return Ok(outcome::ALREADY_GRANTED);
     }
-    let user_id: String = row.get(0);
+    let user_id: String = row.get("user_id");
     let package = PurchasedPackage {
-        name: row.get(1),
-        credits: credits_from_db(row.get(2))?,
+        name: row.get("package_name"),
+        credits: credits_from_db(row.get("credits"))?,
     };
     grant_purchase(tx, &user_id, &package, session_id).await?;
     tx.execute(

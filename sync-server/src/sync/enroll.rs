@@ -78,8 +78,8 @@ pub async fn create_enrollment(
             &[&name],
         )
         .await?;
-    let agent_id: Uuid = row.get(0);
-    let status: String = row.get(1);
+    let agent_id: Uuid = row.get("agent_id");
+    let status: String = row.get("status");
     if status == "revoked" {
         return Err(AgentError::State(format!(
             "agent {name:?} is revoked for good; enrol a new database (`tollgate init` in a new \
@@ -136,17 +136,18 @@ pub async fn handle(
     let tx = conn.transaction().await?;
     let row = tx
         .query_opt(
-            "SELECT t.agent_id, t.used_at IS NULL AND t.expires_at > now(), a.status, a.name \
+            "SELECT t.agent_id, t.used_at IS NULL AND t.expires_at > now() AS usable, a.status, \
+             a.name \
              FROM enrollment_tokens t JOIN agents a ON a.agent_id = t.agent_id \
              WHERE t.token_hash = $1 FOR UPDATE OF t, a",
             &[&token_hash],
         )
         .await?
         .ok_or_else(refused)?;
-    let agent_id: Uuid = row.get(0);
-    let usable: bool = row.get(1);
-    let status: String = row.get(2);
-    let name: String = row.get(3);
+    let agent_id: Uuid = row.get("agent_id");
+    let usable: bool = row.get("usable");
+    let status: String = row.get("status");
+    let name: String = row.get("name");
     if !usable || status == "revoked" {
         return Err(refused());
     }
@@ -249,7 +250,7 @@ async fn adopt_users(
     .await?;
     let elsewhere = tx
         .query(
-            "SELECT u.user_id, a.name FROM user_credits u \
+            "SELECT u.user_id, a.name AS holder FROM user_credits u \
              LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
              WHERE u.user_id = ANY($1) AND u.home_agent_id IS DISTINCT FROM $2 \
              ORDER BY u.user_id LIMIT 5",
@@ -257,8 +258,8 @@ async fn adopt_users(
         )
         .await?;
     if let Some(first) = elsewhere.first() {
-        let user: String = first.get(0);
-        let holder: Option<String> = first.get(1);
+        let user: String = first.get("user_id");
+        let holder: Option<String> = first.get("holder");
         let holder = holder.map_or_else(|| "no agent".to_owned(), |n| format!("agent {n:?}"));
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,

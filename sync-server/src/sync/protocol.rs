@@ -90,7 +90,7 @@ pub async fn record(pool: &Pool, agent_id: Uuid, version: u32) -> Result<usize, 
             &[&agent_id],
         )
         .await?
-        .get(0);
+        .get("protocol_version");
     let version_i32 = i32::try_from(version).map_err(|_| unsupported(version))?;
     if stored == version_i32 {
         return Ok(0);

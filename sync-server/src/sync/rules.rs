@@ -33,7 +33,7 @@ const STORED_KEYS: &str = "SELECT idempotency_key FROM credit_transactions \
      WHERE idempotency_key = ANY($1)";
 /// The batch's users as the central books hold them, locked in user order (the order every push
 /// and central change locks users in).
-const USERS: &str = "SELECT u.user_id, u.home_agent_id, a.name, u.balance, \
+const USERS: &str = "SELECT u.user_id, u.home_agent_id, a.name AS home_agent, u.balance, \
      u.lifetime_credits_purchased, u.credits_used_this_month \
      FROM user_credits u LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
      WHERE u.user_id = ANY($1) ORDER BY u.user_id FOR UPDATE OF u";
@@ -65,7 +65,12 @@ pub(crate) async fn central_key_mismatch(
         .query(CENTRAL_OPERATIONS, &[&keys])
         .await?
         .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .map(|r| {
+            (
+                r.get("operation_key"),
+                (r.get("agent_id"), r.get("user_id"), r.get("amount")),
+            )
+        })
         .collect();
     if operations.is_empty() && !keys.iter().any(|k| is_central_key(k)) {
         return Ok(None);
@@ -74,7 +79,7 @@ pub(crate) async fn central_key_mismatch(
         .query(STORED_KEYS, &[&keys])
         .await?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| r.get("idempotency_key"))
         .collect();
     let mut seen: Vec<&str> = Vec::new();
     for entry in new {
@@ -138,13 +143,13 @@ pub(crate) async fn user_rule_broken(
         .iter()
         .map(|r| {
             (
-                r.get(0),
+                r.get("user_id"),
                 CentralUser {
-                    home: r.get(1),
-                    home_name: r.get(2),
-                    balance: r.get(3),
-                    purchased: r.get(4),
-                    used: r.get(5),
+                    home: r.get("home_agent_id"),
+                    home_name: r.get("home_agent"),
+                    balance: r.get("balance"),
+                    purchased: r.get("lifetime_credits_purchased"),
+                    used: r.get("credits_used_this_month"),
                 },
             )
         })
