@@ -38,12 +38,12 @@ pub(super) async fn agents(
         .await?;
     let mut names = HashMap::with_capacity(rows.len());
     for r in &rows {
-        let id: Uuid = r.get(0);
-        let name: String = r.get(1);
-        let status: String = r.get(2);
+        let id: Uuid = r.get("agent_id");
+        let name: String = r.get("name");
+        let status: String = r.get("status");
         if status == "quarantined" {
             checked.quarantined_agents += 1;
-            let reason: Option<String> = r.get(3);
+            let reason: Option<String> = r.get("quarantine_reason");
             out.push(
                 kind::AGENT_QUARANTINED,
                 None,
@@ -70,12 +70,13 @@ pub(super) async fn users(
 ) -> Result<(), CentralError> {
     let counts = tx
         .query_one(
-            "SELECT (SELECT count(*) FROM user_credits), (SELECT count(*) FROM credit_transactions)",
+            "SELECT (SELECT count(*) FROM user_credits) AS users, \
+                    (SELECT count(*) FROM credit_transactions) AS entries",
             &[],
         )
         .await?;
-    checked.users = counts.get(0);
-    checked.entries = counts.get(1);
+    checked.users = counts.get("users");
+    checked.entries = counts.get("entries");
     let rows = tx
         .query(
             "WITH sums AS ( \
@@ -90,8 +91,8 @@ pub(super) async fn users(
                  ORDER BY ct.user_id, s.created_at DESC, ct.incarnation DESC, ct.seq DESC \
              ) \
              SELECT u.user_id, u.balance, u.lifetime_credits_purchased, \
-                    coalesce(s.total, 0), coalesce(s.purchased, 0), \
-                    l.balance_after, l.agent_id, l.seq \
+                    coalesce(s.total, 0) AS total, coalesce(s.purchased, 0) AS purchased, \
+                    l.balance_after AS latest, l.agent_id AS latest_agent, l.seq AS latest_seq \
              FROM user_credits u \
              LEFT JOIN sums s ON s.user_id = u.user_id \
              LEFT JOIN latest l ON l.user_id = u.user_id \
@@ -103,14 +104,14 @@ pub(super) async fn users(
         )
         .await?;
     for r in rows {
-        let user: String = r.get(0);
-        let cache: Decimal = r.get(1);
-        let lifetime: Decimal = r.get(2);
-        let total: Decimal = r.get(3);
-        let purchased: Decimal = r.get(4);
-        let latest: Option<Decimal> = r.get(5);
-        let latest_agent: Option<Uuid> = r.get(6);
-        let latest_seq: Option<i64> = r.get(7);
+        let user: String = r.get("user_id");
+        let cache: Decimal = r.get("balance");
+        let lifetime: Decimal = r.get("lifetime_credits_purchased");
+        let total: Decimal = r.get("total");
+        let purchased: Decimal = r.get("purchased");
+        let latest: Option<Decimal> = r.get("latest");
+        let latest_agent: Option<Uuid> = r.get("latest_agent");
+        let latest_seq: Option<i64> = r.get("latest_seq");
         if cache != total {
             out.push(
                 kind::BALANCE_CACHE,
@@ -173,8 +174,8 @@ pub(super) async fn homes(
                  ORDER BY ct.user_id, ct.agent_id, s.created_at DESC, ct.incarnation DESC, \
                           ct.seq DESC \
              ) \
-             SELECT p.user_id, u.home_agent_id, array_agg(p.agent_id ORDER BY p.agent_id), \
-                    array_agg(p.balance_after ORDER BY p.agent_id) \
+             SELECT p.user_id, u.home_agent_id, array_agg(p.agent_id ORDER BY p.agent_id) AS agents, \
+                    array_agg(p.balance_after ORDER BY p.agent_id) AS balances \
              FROM per_agent p JOIN user_credits u ON u.user_id = p.user_id \
              GROUP BY p.user_id, u.home_agent_id \
              HAVING bool_or(p.agent_id IS DISTINCT FROM u.home_agent_id AND p.balance_after <> 0) \
@@ -183,10 +184,10 @@ pub(super) async fn homes(
         )
         .await?;
     for r in rows {
-        let user: String = r.get(0);
-        let home: Option<Uuid> = r.get(1);
-        let agents: Vec<Uuid> = r.get(2);
-        let balances: Vec<Decimal> = r.get(3);
+        let user: String = r.get("user_id");
+        let home: Option<Uuid> = r.get("home_agent_id");
+        let agents: Vec<Uuid> = r.get("agents");
+        let balances: Vec<Decimal> = r.get("balances");
         let listed: Vec<String> = agents.iter().map(|a| names.of(*a)).collect();
         let off_home: Vec<(String, Decimal)> = agents
             .iter()
@@ -246,13 +247,13 @@ pub(super) async fn balance_chains(
         )
         .await?;
     for r in rows {
-        let user: String = r.get(0);
-        let agent = names.of(r.get(1));
-        let incarnation: Uuid = r.get(2);
-        let seq: i64 = r.get(3);
-        let before: Decimal = r.get(4);
-        let prev_after: Decimal = r.get(5);
-        let prev_seq: i64 = r.get(6);
+        let user: String = r.get("user_id");
+        let agent = names.of(r.get("agent_id"));
+        let incarnation: Uuid = r.get("incarnation");
+        let seq: i64 = r.get("seq");
+        let before: Decimal = r.get("balance_before");
+        let prev_after: Decimal = r.get("prev_after");
+        let prev_seq: i64 = r.get("prev_seq");
         out.push(
             kind::BALANCE_CHAIN,
             Some(&user),
@@ -281,11 +282,11 @@ pub(super) async fn streams(
     let rows = tx
         .query(
             "SELECT s.agent_id, s.incarnation, s.acked_seq, s.head_hash, \
-                    count(ct.seq) FILTER (WHERE ct.seq <= s.acked_seq), \
-                    count(ct.seq) FILTER (WHERE ct.seq > s.acked_seq), \
-                    coalesce(max(ct.seq), 0), \
+                    count(ct.seq) FILTER (WHERE ct.seq <= s.acked_seq) AS held, \
+                    count(ct.seq) FILTER (WHERE ct.seq > s.acked_seq) AS beyond, \
+                    coalesce(max(ct.seq), 0) AS max_seq, \
                     (SELECT h.hash FROM credit_transactions h WHERE h.agent_id = s.agent_id \
-                       AND h.incarnation = s.incarnation AND h.seq = s.acked_seq) \
+                       AND h.incarnation = s.incarnation AND h.seq = s.acked_seq) AS acked_hash \
              FROM agent_streams s \
              LEFT JOIN credit_transactions ct \
                     ON ct.agent_id = s.agent_id AND ct.incarnation = s.incarnation \
@@ -296,15 +297,15 @@ pub(super) async fn streams(
         .await?;
     checked.streams = i64::try_from(rows.len()).unwrap_or(i64::MAX);
     for r in rows {
-        let agent_id: Uuid = r.get(0);
+        let agent_id: Uuid = r.get("agent_id");
         let agent = names.of(agent_id);
-        let incarnation: Uuid = r.get(1);
-        let acked: i64 = r.get(2);
-        let head_hash: Vec<u8> = r.get(3);
-        let held: i64 = r.get(4);
-        let beyond: i64 = r.get(5);
-        let max_seq: i64 = r.get(6);
-        let acked_hash: Option<Vec<u8>> = r.get(7);
+        let incarnation: Uuid = r.get("incarnation");
+        let acked: i64 = r.get("acked_seq");
+        let head_hash: Vec<u8> = r.get("head_hash");
+        let held: i64 = r.get("held");
+        let beyond: i64 = r.get("beyond");
+        let max_seq: i64 = r.get("max_seq");
+        let acked_hash: Option<Vec<u8>> = r.get("acked_hash");
         if held < acked {
             let gaps = tx
                 .query(
@@ -321,7 +322,7 @@ pub(super) async fn streams(
             let ranges: Vec<String> = gaps
                 .iter()
                 .map(|g| {
-                    let (start, stop): (i64, i64) = (g.get(0), g.get(1));
+                    let (start, stop): (i64, i64) = (g.get("start"), g.get("stop"));
                     if start == stop {
                         format!("{start}")
                     } else {
@@ -385,14 +386,15 @@ pub(super) async fn usage(
 ) -> Result<(), CentralError> {
     checked.usage_debits = tx
         .query_one(
-            "SELECT count(*) FROM credit_transactions WHERE transaction_type = 'usage'",
+            "SELECT count(*) AS n FROM credit_transactions WHERE transaction_type = 'usage'",
             &[],
         )
         .await?
-        .get(0);
+        .get("n");
     let rows = tx
         .query(
-            "SELECT agent_id, request_id, count(*), min(user_id), array_agg(seq ORDER BY seq) \
+            "SELECT agent_id, request_id, count(*) AS n, min(user_id) AS user_id, \
+                    array_agg(seq ORDER BY seq) AS seqs \
              FROM credit_transactions \
              WHERE transaction_type = 'usage' AND request_id IS NOT NULL \
              GROUP BY agent_id, request_id HAVING count(*) > 1 \
@@ -401,11 +403,11 @@ pub(super) async fn usage(
         )
         .await?;
     for r in rows {
-        let agent = names.of(r.get(0));
-        let request: String = r.get(1);
-        let n: i64 = r.get(2);
-        let user: String = r.get(3);
-        let seqs: Vec<i64> = r.get(4);
+        let agent = names.of(r.get("agent_id"));
+        let request: String = r.get("request_id");
+        let n: i64 = r.get("n");
+        let user: String = r.get("user_id");
+        let seqs: Vec<i64> = r.get("seqs");
         out.push(
             kind::DUPLICATE_USAGE,
             Some(&user),
@@ -428,20 +430,20 @@ pub(super) async fn credit_operations(
 ) -> Result<(), CentralError> {
     checked.credit_operations = tx
         .query_one(
-            "SELECT count(*) FROM central_operations WHERE kind = 'credit'",
+            "SELECT count(*) AS n FROM central_operations WHERE kind = 'credit'",
             &[],
         )
         .await?
-        .get(0);
+        .get("n");
     let rows = tx
         .query(
             "SELECT o.operation_key, o.user_id, o.amount, o.agent_id, o.inbox_seq, a.inbox_acked, \
-                    o.result->>'kind', count(ct.id), \
-                    coalesce(array_agg(ct.agent_id ORDER BY ct.id) FILTER (WHERE ct.id IS NOT NULL), '{}'), \
-                    coalesce(array_agg(ct.seq ORDER BY ct.id) FILTER (WHERE ct.id IS NOT NULL), '{}'), \
-                    coalesce(array_agg(ct.user_id ORDER BY ct.id) FILTER (WHERE ct.id IS NOT NULL), '{}'), \
-                    coalesce(array_agg(ct.amount ORDER BY ct.id) FILTER (WHERE ct.id IS NOT NULL), '{}'), \
-                    coalesce(array_agg(ct.transaction_type ORDER BY ct.id) FILTER (WHERE ct.id IS NOT NULL), '{}') \
+                    o.result->>'kind' AS expected_type, count(ct.id) AS n, \
+                    coalesce(array_agg(ct.agent_id ORDER BY ct.id) FILTER (WHERE ct.id IS NOT NULL), '{}') AS agents, \
+                    coalesce(array_agg(ct.seq ORDER BY ct.id) FILTER (WHERE ct.id IS NOT NULL), '{}') AS seqs, \
+                    coalesce(array_agg(ct.user_id ORDER BY ct.id) FILTER (WHERE ct.id IS NOT NULL), '{}') AS users, \
+                    coalesce(array_agg(ct.amount ORDER BY ct.id) FILTER (WHERE ct.id IS NOT NULL), '{}') AS amounts, \
+                    coalesce(array_agg(ct.transaction_type ORDER BY ct.id) FILTER (WHERE ct.id IS NOT NULL), '{}') AS types \
              FROM central_operations o \
              LEFT JOIN agents a ON a.agent_id = o.agent_id \
              LEFT JOIN credit_transactions ct ON ct.idempotency_key = o.operation_key \
@@ -456,19 +458,19 @@ pub(super) async fn credit_operations(
         )
         .await?;
     for r in rows {
-        let key: String = r.get(0);
-        let user: String = r.get(1);
-        let amount: Decimal = r.get(2);
-        let sent_to: Option<Uuid> = r.get(3);
-        let inbox_seq: Option<i64> = r.get(4);
-        let acked: Option<i64> = r.get(5);
-        let expected_type: Option<String> = r.get(6);
-        let n: i64 = r.get(7);
-        let agents: Vec<Uuid> = r.get(8);
-        let seqs: Vec<i64> = r.get(9);
-        let users: Vec<String> = r.get(10);
-        let amounts: Vec<Decimal> = r.get(11);
-        let types: Vec<String> = r.get(12);
+        let key: String = r.get("operation_key");
+        let user: String = r.get("user_id");
+        let amount: Decimal = r.get("amount");
+        let sent_to: Option<Uuid> = r.get("agent_id");
+        let inbox_seq: Option<i64> = r.get("inbox_seq");
+        let acked: Option<i64> = r.get("inbox_acked");
+        let expected_type: Option<String> = r.get("expected_type");
+        let n: i64 = r.get("n");
+        let agents: Vec<Uuid> = r.get("agents");
+        let seqs: Vec<i64> = r.get("seqs");
+        let users: Vec<String> = r.get("users");
+        let amounts: Vec<Decimal> = r.get("amounts");
+        let types: Vec<String> = r.get("types");
         let agent = names.of_opt(sent_to);
         if n == 0 {
             let seq = inbox_seq.unwrap_or(0);
@@ -550,11 +552,11 @@ pub(super) async fn orphan_central_keys(
         )
         .await?;
     for r in rows {
-        let agent = names.of(r.get(0));
-        let seq: i64 = r.get(1);
-        let user: String = r.get(2);
-        let key: String = r.get(3);
-        let amount: Decimal = r.get(4);
+        let agent = names.of(r.get("agent_id"));
+        let seq: i64 = r.get("seq");
+        let user: String = r.get("user_id");
+        let key: String = r.get("idempotency_key");
+        let amount: Decimal = r.get("amount");
         out.push(
             kind::ENTRY_WITHOUT_OPERATION,
             Some(&user),
