@@ -13,6 +13,8 @@ use tollgate_schema::wire::{ErrorBody, ErrorDetail, error_code};
 use crate::central::CentralError;
 use crate::sync::agents::AgentError;
 use crate::sync::ingest::IngestError;
+use crate::sync::protocol::Unsupported;
+use crate::sync::push::BatchError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -160,6 +162,29 @@ impl From<AgentError> for ApiError {
             AgentError::Database(e) => e.into(),
             AgentError::Pool(e) => e.into(),
             AgentError::Other(e) => ApiError::internal("managing an agent", format!("{e:#}")),
+        }
+    }
+}
+
+impl From<Unsupported> for ApiError {
+    fn from(e: Unsupported) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            error_code::UNSUPPORTED_PROTOCOL,
+            e.0,
+        )
+    }
+}
+
+impl From<BatchError> for ApiError {
+    fn from(e: BatchError) -> ApiError {
+        match e {
+            BatchError::Invalid(message) => ApiError::bad_request(message),
+            BatchError::BadHash(message) => {
+                ApiError::new(StatusCode::BAD_REQUEST, error_code::BAD_HASH, message)
+            }
+            BatchError::TooLarge(message) => ApiError::too_large(message),
+            BatchError::Protocol(e) => e.into(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod gates;
 pub mod health;
 pub mod json;
+pub mod sync_push;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,7 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         // Sync (agents).
         .route("/v1/agents/enroll", post(sync::enroll::handle))
-        .route("/v1/sync/push", post(sync::push::handle))
+        .route("/v1/sync/push", post(sync_push::handle))
         .route("/v1/sync/inbox", get(sync::pull::inbox))
         .route("/v1/sync/snapshot", get(sync::pull::snapshot))
         // Admin API.

@@ -117,10 +117,10 @@ pub async fn handle(
     .await?;
     let req: EnrollRequest = parse_json(&bytes)?;
     if !protocol::speaks(req.protocol_version) {
-        return Err(protocol::unsupported(req.protocol_version));
+        return Err(protocol::unsupported(req.protocol_version).into());
     }
     let version = i32::try_from(req.protocol_version)
-        .map_err(|_| protocol::unsupported(req.protocol_version))?;
+        .map_err(|_| ApiError::from(protocol::unsupported(req.protocol_version)))?;
     if req.token.is_empty() || req.token.len() > TOKEN_LEN_MAX {
         return Err(refused());
     }

@@ -13,33 +13,34 @@
 //!   version that added events, the events the agent missed are sent in the same transaction,
 //!   under the same lock (today: every API key of the users it serves).
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use deadpool_postgres::Pool;
-use tollgate_schema::wire::{PROTOCOL_HEADER, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, error_code};
+use tollgate_schema::wire::{PROTOCOL_HEADER, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 use uuid::Uuid;
 
-use crate::central::api_keys;
-use crate::http::error::ApiError;
+use crate::central::{CentralError, api_keys};
 
 /// Whether this server speaks `version`.
 pub fn speaks(version: u32) -> bool {
     (PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&version)
 }
 
+/// A protocol version this server does not speak, or a body disagreeing with its header
+/// (`http/error.rs`: 400 `unsupported_protocol`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unsupported(pub String);
+
 /// The refusal of a version this server does not speak.
-pub fn unsupported(version: u32) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        error_code::UNSUPPORTED_PROTOCOL,
-        format!(
-            "protocol_version {version} is not supported; this server speaks \
-             {PROTOCOL_VERSION_MIN} to {PROTOCOL_VERSION} (upgrade the server before its agents)"
-        ),
-    )
+pub fn unsupported(version: u32) -> Unsupported {
+    Unsupported(format!(
+        "protocol_version {version} is not supported; this server speaks \
+         {PROTOCOL_VERSION_MIN} to {PROTOCOL_VERSION} (upgrade the server before its agents)"
+    ))
 }
 
 /// The version named by a request's [`PROTOCOL_HEADER`] (absent: 1).
-pub fn from_headers(headers: &HeaderMap) -> Result<u32, ApiError> {
+pub fn from_headers(headers: &HeaderMap) -> Result<u32, Unsupported> {
     let Some(value) = headers.get(PROTOCOL_HEADER) else {
         return Ok(1);
     };
@@ -48,11 +49,9 @@ pub fn from_headers(headers: &HeaderMap) -> Result<u32, ApiError> {
         .ok()
         .and_then(|text| text.trim().parse::<u32>().ok())
         .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                error_code::UNSUPPORTED_PROTOCOL,
-                format!("the {PROTOCOL_HEADER} header is not a protocol version number"),
-            )
+            Unsupported(format!(
+                "the {PROTOCOL_HEADER} header is not a protocol version number"
+            ))
         })?;
     if speaks(version) {
         Ok(version)
@@ -62,26 +61,22 @@ pub fn from_headers(headers: &HeaderMap) -> Result<u32, ApiError> {
 }
 
 /// Checks that a body's `protocol_version` is the one the request's header named.
-pub fn check_body(body_version: u32, negotiated: u32) -> Result<(), ApiError> {
+pub fn check_body(body_version: u32, negotiated: u32) -> Result<(), Unsupported> {
     if !speaks(body_version) {
         return Err(unsupported(body_version));
     }
     if body_version != negotiated {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            error_code::UNSUPPORTED_PROTOCOL,
-            format!(
-                "the body names protocol_version {body_version} but the request's \
-                 {PROTOCOL_HEADER} header names {negotiated}"
-            ),
-        ));
+        return Err(Unsupported(format!(
+            "the body names protocol_version {body_version} but the request's \
+             {PROTOCOL_HEADER} header names {negotiated}"
+        )));
     }
     Ok(())
 }
 
 /// Records that `agent_id` now speaks `version` (see the module's guarantees). Returns how many
 /// catch-up events were written.
-pub async fn record(pool: &Pool, agent_id: Uuid, version: u32) -> Result<usize, ApiError> {
+pub async fn record(pool: &Pool, agent_id: Uuid, version: u32) -> Result<usize, CentralError> {
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
     let stored: i32 = tx
@@ -91,7 +86,8 @@ pub async fn record(pool: &Pool, agent_id: Uuid, version: u32) -> Result<usize, 
         )
         .await?
         .get("protocol_version");
-    let version_i32 = i32::try_from(version).map_err(|_| unsupported(version))?;
+    let version_i32 = i32::try_from(version)
+        .map_err(|_| CentralError::invalid("protocol_version", unsupported(version).0))?;
     if stored == version_i32 {
         return Ok(0);
     }

@@ -1,44 +1,29 @@
-//! Push: ingest a batch of an agent's journal entries, exactly once (SYNC.md "Push").
+//! Push: the checks of a batch of an agent's journal entries that need no database (SYNC.md
+//! "Push"); the HTTP handler is `http/sync_push.rs`, the transaction [`super::ingest`].
 //!
 //! Guarantees:
-//! - Everything that can be checked without the database is checked before a connection is
-//!   taken: the body's size ([`PUSH_BODY_BYTES_MAX`], 413), its JSON shape (400 naming the
-//!   field), the protocol version (400 `unsupported_protocol`), the batch's size
-//!   ([`PUSH_ENTRIES_MAX`], 413), consecutive seqs, every entry's own hash and balance
-//!   arithmetic (`WireEntry::check`, 400 `bad_hash` / `bad_request` naming the seq), the chain
-//!   inside the batch, and every field the central schema constrains (UUIDs in their canonical
-//!   text, so the stored row re-hashes to the same bytes; the allowed transaction types, power
-//!   levels and payment methods; user id length; no NUL characters). A refused batch writes
-//!   nothing.
+//! - [`Batch::check`] refuses, with a [`BatchError`] naming the seq and field: a body whose
+//!   protocol version is not the request's, a batch larger than [`PUSH_ENTRIES_MAX`], seqs that
+//!   are not consecutive, an entry whose own hash or balance arithmetic does not hold
+//!   (`WireEntry::check`), a chain broken inside the batch, and every field the central schema
+//!   constrains (UUIDs in their canonical text, so the stored row re-hashes to the same bytes;
+//!   the allowed transaction types, power levels and payment methods; user id length; no NUL
+//!   characters). A refused batch writes nothing.
 //! - What passes is applied by [`super::ingest`] in one PostgreSQL transaction under the stream's
 //!   row lock: replays are compared and skipped, a gap is refused, a differing replay quarantines
-//!   the agent, the rest is stored once. The answer is the contiguous acknowledged head.
-//! - Every push is counted by outcome (`pushes`), and the time of its transaction measured
-//!   (`push_seconds`).
+//!   the agent, the rest is stored once.
 
 use std::collections::HashSet;
 
-use axum::Json;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::StatusCode;
-use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tollgate_schema::vocabulary::{EntryType, PaymentMethod, PowerLevel};
 use tollgate_schema::wire::{
-    EntryProblem, GENESIS_HASH, PUSH_BODY_BYTES_MAX, PUSH_ENTRIES_MAX, PushRequest, PushResponse,
-    WireEntry, decode_hash, error_code,
+    EntryProblem, GENESIS_HASH, PUSH_ENTRIES_MAX, PushRequest, WireEntry, decode_hash,
 };
 use uuid::Uuid;
 
-use super::ingest::{self, IngestError, Outcome};
 use super::protocol;
-use crate::http::AppState;
-use crate::http::auth::{AgentAuth, AgentStatus};
-use crate::http::error::ApiError;
-use crate::http::json::{parse_json, read_body};
-use crate::metrics::OutcomeLabels;
 
 /// Transaction types the central journal accepts (the `credit_transactions` CHECK): the shared
 /// vocabulary's.
@@ -48,106 +33,22 @@ pub const PAYMENT_METHODS: &[&str] = PaymentMethod::NAMES;
 /// Longest user id, in characters (the `user_credits` CHECK).
 pub const USER_ID_CHARS_MAX: usize = 128;
 
-/// `POST /v1/sync/push`.
-pub async fn handle(
-    State(state): State<AppState>,
-    agent: AgentAuth,
-    body: Body,
-) -> Result<Json<PushResponse>, ApiError> {
-    let result = push(&state, &agent, body).await;
-    let outcome = match &result {
-        Ok((_, outcome)) => outcome.label(),
-        Err(e) => refusal_label(e),
-    };
-    state
-        .metrics
-        .pushes
-        .get_or_create(&OutcomeLabels { outcome })
-        .inc();
-    result.map(|(response, _)| Json(response))
-}
-
-async fn push(
-    state: &AppState,
-    agent: &AgentAuth,
-    body: Body,
-) -> Result<(PushResponse, Outcome), ApiError> {
-    let bytes = read_body(
-        body,
-        PUSH_BODY_BYTES_MAX,
-        state.config.limits.body_read_timeout,
-    )
-    .await?;
-    // Parsing and hashing up to a thousand entries is CPU work (about a millisecond): off the
-    // async workers, so other requests (long polls, health checks) are not held behind it.
-    let negotiated = agent.protocol;
-    let batch =
-        tokio::task::spawn_blocking(move || Batch::check(parse_request(&bytes)?, negotiated))
-            .await
-            .map_err(|e| ApiError::internal("checking a push batch", e))??;
-    if agent.status == AgentStatus::Quarantined {
-        let acked = ingest::acked_seq(&state.pool, agent.agent_id, batch.incarnation).await?;
-        return Err(IngestError::Quarantined {
-            agent: agent.name.clone(),
-            acked,
-        }
-        .into());
-    }
-    let started = std::time::Instant::now();
-    let result = ingest::ingest(&state.pool, agent, &batch).await;
-    state
-        .metrics
-        .push_seconds
-        .observe(started.elapsed().as_secs_f64());
-    let outcome = result?;
-    if let Outcome::Accepted { ingested, .. } = outcome {
-        state.metrics.entries_ingested.inc_by(ingested as u64);
-    }
-    Ok((
-        PushResponse {
-            protocol_version: agent.protocol,
-            incarnation: batch.incarnation_text,
-            acked_seq: outcome.acked_seq(),
-        },
-        outcome,
-    ))
-}
-
-/// The `pushes` outcome label of a refusal (a fixed set).
-fn refusal_label(e: &ApiError) -> &'static str {
-    match e.code {
-        error_code::GAP => "gap",
-        error_code::CONFLICT => "conflict",
-        error_code::BAD_HASH => "bad_hash",
-        error_code::QUARANTINED => "quarantined",
-        error_code::BAD_REQUEST | error_code::UNSUPPORTED_PROTOCOL => "bad_request",
-        error_code::TOO_LARGE => "too_large",
-        _ => "error",
-    }
-}
-
-/// Parses the body; when it does not parse but names another protocol version, says so (a peer
-/// speaking another version may well send another shape).
-fn parse_request(bytes: &[u8]) -> Result<PushRequest, ApiError> {
-    match parse_json::<PushRequest>(bytes) {
-        Ok(request) => Ok(request),
-        Err(e) => {
-            #[derive(Deserialize)]
-            struct VersionOnly {
-                protocol_version: u32,
-            }
-            match serde_json::from_slice::<VersionOnly>(bytes) {
-                Ok(v) if !protocol::speaks(v.protocol_version) => {
-                    Err(protocol::unsupported(v.protocol_version))
-                }
-                _ => Err(e),
-            }
-        }
-    }
-}
-
-fn bad_hash(message: String) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, error_code::BAD_HASH, message)
+/// Why a push batch is refused before the database is touched. Domain words only:
+/// `http/error.rs` gives each its status and wire code.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BatchError {
+    /// A field is malformed or out of range (400 `bad_request`).
+    #[error("{0}")]
+    Invalid(String),
+    /// An entry's hash or chain does not hold (400 `bad_hash`).
+    #[error("{0}")]
+    BadHash(String),
+    /// More entries than one push may carry (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The body's protocol version is not the request's.
+    #[error(transparent)]
+    Protocol(#[from] protocol::Unsupported),
 }
 
 /// A push that passed every check that needs no database.
@@ -167,22 +68,22 @@ pub(crate) struct Batch {
 impl Batch {
     /// Checks `request`, sent by an agent that negotiated protocol `negotiated` (see the
     /// module's guarantees).
-    pub(crate) fn check(request: PushRequest, negotiated: u32) -> Result<Batch, ApiError> {
+    pub(crate) fn check(request: PushRequest, negotiated: u32) -> Result<Batch, BatchError> {
         protocol::check_body(request.protocol_version, negotiated)?;
         let incarnation = canonical_uuid(&request.incarnation).ok_or_else(|| {
-            ApiError::bad_request(format!(
+            BatchError::Invalid(format!(
                 "incarnation {:?} is not a UUID in lower-case hyphenated form",
                 truncate(&request.incarnation)
             ))
         })?;
         let n = request.entries.len();
         if n > PUSH_ENTRIES_MAX {
-            return Err(ApiError::too_large(format!(
+            return Err(BatchError::TooLarge(format!(
                 "the batch has {n} entries; at most {PUSH_ENTRIES_MAX} are accepted in one push"
             )));
         }
         if request.head_seq < 0 {
-            return Err(ApiError::bad_request(format!(
+            return Err(BatchError::Invalid(format!(
                 "head_seq {} must not be negative",
                 request.head_seq
             )));
@@ -190,7 +91,7 @@ impl Batch {
         if let Some(last) = request.entries.last()
             && request.head_seq < last.seq
         {
-            return Err(ApiError::bad_request(format!(
+            return Err(BatchError::Invalid(format!(
                 "head_seq {} is below the batch's last seq {}",
                 request.head_seq, last.seq
             )));
@@ -205,7 +106,7 @@ impl Batch {
             if i > 0 {
                 let previous = &request.entries[i - 1];
                 if previous.seq.checked_add(1) != Some(seq) {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(BatchError::Invalid(format!(
                         "entries are not consecutive: seq {seq} follows seq {}",
                         previous.seq
                     )));
@@ -213,33 +114,35 @@ impl Batch {
             }
             entry.check().map_err(|problem| match problem {
                 EntryProblem::Field(..) => {
-                    ApiError::bad_request(format!("entry seq {seq}: {problem}"))
+                    BatchError::Invalid(format!("entry seq {seq}: {problem}"))
                 }
                 EntryProblem::MalformedHash(_) | EntryProblem::HashMismatch => {
-                    bad_hash(format!("entry seq {seq}: {problem}"))
+                    BatchError::BadHash(format!("entry seq {seq}: {problem}"))
                 }
             })?;
             // `check` proved both decode.
-            let prev = decode_hash(&entry.prev_hash)
-                .ok_or_else(|| bad_hash(format!("entry seq {seq}: prev_hash is malformed")))?;
-            let hash = decode_hash(&entry.hash)
-                .ok_or_else(|| bad_hash(format!("entry seq {seq}: hash is malformed")))?;
+            let prev = decode_hash(&entry.prev_hash).ok_or_else(|| {
+                BatchError::BadHash(format!("entry seq {seq}: prev_hash is malformed"))
+            })?;
+            let hash = decode_hash(&entry.hash).ok_or_else(|| {
+                BatchError::BadHash(format!("entry seq {seq}: hash is malformed"))
+            })?;
             if seq == 1 && prev != GENESIS_HASH {
-                return Err(bad_hash(
+                return Err(BatchError::BadHash(
                     "entry seq 1: prev_hash must be the genesis hash (64 zeros)".to_owned(),
                 ));
             }
             if let Some(previous) = hashes.last()
                 && *previous != prev
             {
-                return Err(bad_hash(format!(
+                return Err(BatchError::BadHash(format!(
                     "entry seq {seq}: prev_hash does not match the hash of seq {}",
                     seq - 1
                 )));
             }
             let (entry_id, corrects) = check_fields(entry)?;
             if !seen_ids.insert(entry_id) {
-                return Err(ApiError::bad_request(format!(
+                return Err(BatchError::Invalid(format!(
                     "entry seq {seq}: entry_id {entry_id} appears twice in the batch"
                 )));
             }
@@ -263,10 +166,10 @@ impl Batch {
 
 /// Checks the fields the central schema constrains; returns the parsed entry id and
 /// corrects_entry_id.
-fn check_fields(entry: &WireEntry) -> Result<(Uuid, Option<Uuid>), ApiError> {
+fn check_fields(entry: &WireEntry) -> Result<(Uuid, Option<Uuid>), BatchError> {
     let seq = entry.seq;
     let field = |name: &str, problem: String| {
-        ApiError::bad_request(format!("entry seq {seq}: {name} {problem}"))
+        BatchError::Invalid(format!("entry seq {seq}: {name} {problem}"))
     };
     let entry_id = canonical_uuid(&entry.entry_id).ok_or_else(|| {
         field(
