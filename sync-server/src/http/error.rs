@@ -14,6 +14,7 @@ use crate::central::CentralError;
 use crate::sync::agents::AgentError;
 use crate::sync::ingest::IngestError;
 use crate::sync::protocol::Unsupported;
+use crate::sync::pull::PullError;
 use crate::sync::push::BatchError;
 
 #[derive(Debug)]
@@ -185,6 +186,25 @@ impl From<BatchError> for ApiError {
             }
             BatchError::TooLarge(message) => ApiError::too_large(message),
             BatchError::Protocol(e) => e.into(),
+        }
+    }
+}
+
+impl From<PullError> for ApiError {
+    fn from(e: PullError) -> ApiError {
+        match e {
+            PullError::Invalid(message) => ApiError::bad_request(message),
+            PullError::CursorGone(message) => {
+                ApiError::new(StatusCode::GONE, error_code::CURSOR_GONE, message)
+            }
+            PullError::Unsupported(message) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                error_code::UNSUPPORTED_PROTOCOL,
+                message,
+            ),
+            PullError::Db(e) => e.into(),
+            PullError::Pool(e) => e.into(),
+            PullError::Internal { context, detail } => ApiError::internal(context, detail),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod gates;
 pub mod health;
 pub mod json;
+pub mod sync_pull;
 pub mod sync_push;
 
 use std::future::Future;
@@ -53,8 +54,8 @@ pub fn router(state: AppState) -> Router {
         // Sync (agents).
         .route("/v1/agents/enroll", post(sync::enroll::handle))
         .route("/v1/sync/push", post(sync_push::handle))
-        .route("/v1/sync/inbox", get(sync::pull::inbox))
-        .route("/v1/sync/snapshot", get(sync::pull::snapshot))
+        .route("/v1/sync/inbox", get(sync_pull::inbox))
+        .route("/v1/sync/snapshot", get(sync_pull::snapshot))
         // Admin API.
         .route("/admin/v1/users", get(admin::users::list))
         .route(

@@ -1,4 +1,5 @@
-//! Pull: the per-agent inbox (with long poll) and the snapshot (SYNC.md "Pull").
+//! Pull: the per-agent inbox and the snapshot (SYNC.md "Pull"); their HTTP handlers, with the
+//! long poll, are `http/sync_pull.rs`. Refusals are a domain [`PullError`].
 //!
 //! Guarantees:
 //! - `GET /v1/sync/inbox?after=N&wait_ms=W` answers the events with seq > N, oldest first, at most
@@ -25,12 +26,8 @@
 
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::Pool;
-use prometheus_client::metrics::gauge::Gauge;
 use rust_decimal::Decimal;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
@@ -38,14 +35,11 @@ use tokio_postgres::IsolationLevel;
 use tollgate_schema::money::Credits;
 use tollgate_schema::wire::{
     EventBody, INBOX_PAGE_MAX, InboxEvent, InboxPage, LONG_POLL_MAX_MS, PackageSpec,
-    PowerLevelSpec, Snapshot, UserSettings, error_code,
+    PowerLevelSpec, Snapshot, UserSettings,
 };
 use uuid::Uuid;
 
 use crate::central::api_keys;
-use crate::http::AppState;
-use crate::http::auth::AgentAuth;
-use crate::http::error::ApiError;
 
 /// Longest query string read (bytes): two numbers need far less.
 const QUERY_BYTES_MAX: usize = 256;
@@ -62,10 +56,10 @@ pub struct InboxParams {
 impl InboxParams {
     /// Parses `after=N&wait_ms=W` (`after` required, `wait_ms` optional, nothing else), naming
     /// the parameter at fault.
-    pub fn parse(query: Option<&str>) -> Result<InboxParams, ApiError> {
+    pub(crate) fn parse(query: Option<&str>) -> Result<InboxParams, PullError> {
         let query = query.unwrap_or("");
         if query.len() > QUERY_BYTES_MAX {
-            return Err(ApiError::bad_request(format!(
+            return Err(PullError::Invalid(format!(
                 "the query string is longer than {QUERY_BYTES_MAX} bytes"
             )));
         }
@@ -77,26 +71,28 @@ impl InboxParams {
                 "after" => &mut after,
                 "wait_ms" => &mut wait_ms,
                 _ => {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(PullError::Invalid(format!(
                         "unknown query parameter {:?} (expected after and wait_ms)",
                         super::push::truncate(name)
                     )));
                 }
             };
             if slot.is_some() {
-                return Err(ApiError::bad_request(format!(
+                return Err(PullError::Invalid(format!(
                     "query parameter {name} is given twice"
                 )));
             }
             *slot = Some(value);
         }
         let after = after.ok_or_else(|| {
-            ApiError::bad_request("missing query parameter after (the inbox cursor, e.g. after=0)")
+            PullError::Invalid(
+                "missing query parameter after (the inbox cursor, e.g. after=0)".to_owned(),
+            )
         })?;
         let after = parse_number(after)
             .and_then(|n| i64::try_from(n).ok())
             .ok_or_else(|| {
-                ApiError::bad_request(format!(
+                PullError::Invalid(format!(
                     "query parameter after={:?} is not a non-negative integer",
                     super::push::truncate(after)
                 ))
@@ -106,7 +102,7 @@ impl InboxParams {
             Some(text) => parse_number(text)
                 .filter(|ms| *ms <= LONG_POLL_MAX_MS)
                 .ok_or_else(|| {
-                    ApiError::bad_request(format!(
+                    PullError::Invalid(format!(
                         "query parameter wait_ms={:?} is not an integer from 0 to \
                          {LONG_POLL_MAX_MS}",
                         super::push::truncate(text)
@@ -128,68 +124,41 @@ fn parse_number(text: &str) -> Option<u64> {
     text.parse().ok()
 }
 
-fn cursor_gone(message: String) -> ApiError {
-    ApiError::new(StatusCode::GONE, error_code::CURSOR_GONE, message)
+/// Why a pull is refused. Domain words only: `http/error.rs` gives each its status and code.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PullError {
+    /// The query is malformed (400 `bad_request`).
+    #[error("{0}")]
+    Invalid(String),
+    /// The cursor is older than what is kept, or past the head (410 `cursor_gone`).
+    #[error("{0}")]
+    CursorGone(String),
+    /// A pending event needs a newer protocol than the agent speaks (400
+    /// `unsupported_protocol`).
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("{context}: {detail}")]
+    Internal {
+        context: &'static str,
+        detail: String,
+    },
 }
 
-/// `GET /v1/sync/inbox?after=N&wait_ms=W`.
-pub async fn inbox(
-    State(state): State<AppState>,
-    agent: AgentAuth,
-    RawQuery(query): RawQuery,
-) -> Result<Json<InboxPage>, ApiError> {
-    let params = InboxParams::parse(query.as_deref())?;
-    let wait = params.wait.min(state.config.long_poll_max);
-    acknowledge(&state.pool, agent.agent_id, params.after).await?;
-    let mut page = read_page(&state.pool, agent.agent_id, params.after, agent.protocol).await?;
-    if page.events.is_empty() && !wait.is_zero() {
-        let max = state.config.limits.long_polls_per_agent;
-        let Some(_slot) = state.long_polls.enter(agent.agent_id, max) else {
-            return Err(ApiError::too_many(format!(
-                "agent {:?} already has {max} long polls open on this server; one at a time is \
-                 enough",
-                agent.name
-            ))
-            .retry_after(1));
-        };
-        let deadline = tokio::time::Instant::now() + wait;
-        // Subscribe first, then re-read: an event committed in between is either in the read or
-        // wakes the waiter.
-        let mut waiter = state.inbox.subscribe();
-        let _waiting = Waiting::start(&state.metrics.long_polls_waiting);
-        loop {
-            page = read_page(&state.pool, agent.agent_id, params.after, agent.protocol).await?;
-            if !page.events.is_empty() || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            waiter.wait_for(agent.agent_id, deadline).await;
+impl PullError {
+    fn internal(context: &'static str, detail: impl std::fmt::Display) -> PullError {
+        PullError::Internal {
+            context,
+            detail: detail.to_string(),
         }
-    }
-    state
-        .metrics
-        .inbox_events_sent
-        .inc_by(page.events.len() as u64);
-    Ok(Json(page))
-}
-
-/// Counts a waiting long poll while alive (also when the client goes away mid-wait).
-struct Waiting(Gauge);
-
-impl Waiting {
-    fn start(gauge: &Gauge) -> Waiting {
-        gauge.inc();
-        Waiting(gauge.clone())
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 
 /// Checks the cursor against what the server holds and records it as applied.
-async fn acknowledge(pool: &Pool, agent_id: Uuid, after: i64) -> Result<(), ApiError> {
+pub(crate) async fn acknowledge(pool: &Pool, agent_id: Uuid, after: i64) -> Result<(), PullError> {
     let conn = pool.get().await?;
     let row = conn
         .query_one(
@@ -203,13 +172,13 @@ async fn acknowledge(pool: &Pool, agent_id: Uuid, after: i64) -> Result<(), ApiE
         row.get("inbox_pruned_through"),
     );
     if after < pruned {
-        return Err(cursor_gone(format!(
+        return Err(PullError::CursorGone(format!(
             "the inbox no longer holds the events after {after} (events through {pruned} were \
              pruned); fetch /v1/sync/snapshot and continue from its cursor"
         )));
     }
     if after > head {
-        return Err(cursor_gone(format!(
+        return Err(PullError::CursorGone(format!(
             "cursor {after} is past the inbox head {head}: the server does not know those events; \
              fetch /v1/sync/snapshot and continue from its cursor"
         )));
@@ -227,12 +196,12 @@ async fn acknowledge(pool: &Pool, agent_id: Uuid, after: i64) -> Result<(), ApiE
 }
 
 /// The events after `after` (at most a page) and the head, from one statement.
-async fn read_page(
+pub(crate) async fn read_page(
     pool: &Pool,
     agent_id: Uuid,
     after: i64,
     protocol: u32,
-) -> Result<InboxPage, ApiError> {
+) -> Result<InboxPage, PullError> {
     let conn = pool.get().await?;
     let stmt = conn
         .prepare_cached(
@@ -256,7 +225,7 @@ async fn read_page(
         let created_at: OffsetDateTime = row.get("created_at");
         let body: serde_json::Value = row.get("body");
         let body: EventBody = serde_json::from_value(body).map_err(|e| {
-            ApiError::internal(
+            PullError::internal(
                 "reading an inbox event",
                 format!("event {seq} of agent {agent_id} is not a valid event body: {e}"),
             )
@@ -264,16 +233,12 @@ async fn read_page(
         if body.since_version() > protocol {
             // Written while the agent spoke a newer protocol (it was downgraded since): it could
             // not read this event, and skipping it would lose it.
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                error_code::UNSUPPORTED_PROTOCOL,
-                format!(
-                    "inbox event {seq} ({}) needs protocol {}, and this agent speaks {protocol}: \
+            return Err(PullError::Unsupported(format!(
+                "inbox event {seq} ({}) needs protocol {}, and this agent speaks {protocol}: \
                      run the newer tollgate on this host again",
-                    crate::central::inbox::kind(&body),
-                    body.since_version()
-                ),
-            ));
+                crate::central::inbox::kind(&body),
+                body.since_version()
+            )));
         }
         events.push(InboxEvent {
             seq,
@@ -289,18 +254,20 @@ async fn read_page(
     })
 }
 
-fn rfc3339_utc(at: OffsetDateTime) -> Result<String, ApiError> {
+fn rfc3339_utc(at: OffsetDateTime) -> Result<String, PullError> {
     at.to_offset(UtcOffset::UTC)
         .format(&Rfc3339)
-        .map_err(|e| ApiError::internal("formatting a time", e))
+        .map_err(|e| PullError::internal("formatting a time", e))
 }
 
-/// `GET /v1/sync/snapshot`.
-pub async fn snapshot(
-    State(state): State<AppState>,
-    agent: AgentAuth,
-) -> Result<Json<Snapshot>, ApiError> {
-    let mut conn = state.pool.get().await?;
+/// Everything the server holds for `agent_id`, in protocol `protocol` (see the module's
+/// guarantees).
+pub(crate) async fn snapshot(
+    pool: &Pool,
+    agent_id: Uuid,
+    protocol: u32,
+) -> Result<Snapshot, PullError> {
+    let mut conn = pool.get().await?;
     let tx = conn
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -310,7 +277,7 @@ pub async fn snapshot(
     let cursor: i64 = tx
         .query_one(
             "SELECT inbox_acked FROM agents WHERE agent_id = $1",
-            &[&agent.agent_id],
+            &[&agent_id],
         )
         .await?
         .get("inbox_acked");
@@ -318,7 +285,7 @@ pub async fn snapshot(
         .query(
             "SELECT user_id, subscription_tier, power_level, monthly_allowance, \
              monthly_spend_cap FROM user_credits WHERE home_agent_id = $1 ORDER BY user_id",
-            &[&agent.agent_id],
+            &[&agent_id],
         )
         .await?
         .iter()
@@ -334,30 +301,32 @@ pub async fn snapshot(
                     .transpose()?,
             })
         })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+        .collect::<Result<Vec<_>, PullError>>()?;
     let (packages, power_levels) = catalog(&tx).await?;
     // API keys reach agents from protocol 2 on.
-    let api_keys = if agent.protocol >= 2 {
-        api_keys::served_by(&tx, agent.agent_id).await?
+    let api_keys = if protocol >= 2 {
+        api_keys::served_by(&tx, agent_id)
+            .await
+            .map_err(|e| PullError::internal("reading the API keys", e))?
     } else {
         Vec::new()
     };
     tx.commit().await?;
-    Ok(Json(Snapshot {
-        protocol_version: agent.protocol,
+    Ok(Snapshot {
+        protocol_version: protocol,
         cursor,
         users,
         packages,
         power_levels,
         api_keys,
-    }))
+    })
 }
 
 /// The whole catalog as the wire carries it: every package and power level. Sent in snapshots
 /// and, at enrolment, to a new agent's inbox.
 pub(crate) async fn catalog<C: GenericClient>(
     client: &C,
-) -> Result<(Vec<PackageSpec>, Vec<PowerLevelSpec>), ApiError> {
+) -> Result<(Vec<PackageSpec>, Vec<PowerLevelSpec>), PullError> {
     let packages = client
         .query(
             "SELECT name, credits, price_usd, discount_percent, min_tier, is_active, is_featured, \
@@ -380,7 +349,7 @@ pub(crate) async fn catalog<C: GenericClient>(
                 badge_text: r.get("badge_text"),
             })
         })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+        .collect::<Result<Vec<_>, PullError>>()?;
     let power_levels = client
         .query(
             "SELECT power_level, name, description, preferred_providers, fallback_strategy, \
@@ -398,7 +367,7 @@ pub(crate) async fn catalog<C: GenericClient>(
                 name: r.get("name"),
                 description: r.get("description"),
                 preferred_providers: serde_json::from_value(providers)
-                    .map_err(|e| ApiError::internal("reading preferred_providers", e))?,
+                    .map_err(|e| PullError::internal("reading preferred_providers", e))?,
                 fallback_strategy: r.get("fallback_strategy"),
                 cost_multiplier: multiplier.normalize().to_string(),
                 max_latency_ms: i64::from(r.get::<_, i32>("max_latency_ms")),
@@ -406,28 +375,28 @@ pub(crate) async fn catalog<C: GenericClient>(
                 is_active: r.get("is_active"),
             })
         })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+        .collect::<Result<Vec<_>, PullError>>()?;
     Ok((packages, power_levels))
 }
 
 /// A stored NUMERIC(38,9) as credits.
-fn credits(value: Decimal) -> Result<Credits, ApiError> {
-    Credits::from_decimal(value).map_err(|e| ApiError::internal("reading an amount", e))
+fn credits(value: Decimal) -> Result<Credits, PullError> {
+    Credits::from_decimal(value).map_err(|e| PullError::internal("reading an amount", e))
 }
 
 /// A NUMERIC(12,2) dollar price as whole cents, exactly.
-pub(crate) fn cents(price: Decimal) -> Result<i64, ApiError> {
+pub(crate) fn cents(price: Decimal) -> Result<i64, PullError> {
     let scaled = price
         .checked_mul(Decimal::ONE_HUNDRED)
         .map(|d| d.normalize())
         .filter(|c| c.fract().is_zero())
         .ok_or_else(|| {
-            ApiError::internal(
+            PullError::internal(
                 "reading a price",
                 format!("{price} is not a whole number of cents"),
             )
         })?;
-    i64::try_from(scaled).map_err(|e| ApiError::internal("reading a price", e))
+    i64::try_from(scaled).map_err(|e| PullError::internal("reading a price", e))
 }
 
 #[cfg(test)]
@@ -455,7 +424,7 @@ mod tests {
             ("after=1&cursor=2", "cursor"),
         ] {
             let e = InboxParams::parse(Some(query)).unwrap_err();
-            assert!(e.message.contains(culprit), "{query}: {}", e.message);
+            assert!(e.to_string().contains(culprit), "{query}: {e}");
         }
     }
 
