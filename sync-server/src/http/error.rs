@@ -12,6 +12,7 @@ use tollgate_schema::wire::{ErrorBody, ErrorDetail, error_code};
 
 use crate::central::CentralError;
 use crate::sync::agents::AgentError;
+use crate::sync::enroll::EnrollError;
 use crate::sync::ingest::IngestError;
 use crate::sync::protocol::Unsupported;
 use crate::sync::pull::PullError;
@@ -186,6 +187,23 @@ impl From<BatchError> for ApiError {
             }
             BatchError::TooLarge(message) => ApiError::too_large(message),
             BatchError::Protocol(e) => e.into(),
+        }
+    }
+}
+
+impl From<EnrollError> for ApiError {
+    fn from(e: EnrollError) -> ApiError {
+        match e {
+            EnrollError::Refused => ApiError::unauthorized(e.to_string()),
+            EnrollError::Invalid(message) => ApiError::bad_request(message),
+            EnrollError::TooLarge(message) => ApiError::too_large(message),
+            EnrollError::Clash(message) => {
+                ApiError::new(StatusCode::CONFLICT, error_code::CONFLICT, message)
+            }
+            EnrollError::Protocol(e) => e.into(),
+            EnrollError::Db(e) => e.into(),
+            EnrollError::Pool(e) => e.into(),
+            EnrollError::Internal { context, detail } => ApiError::internal(context, detail),
         }
     }
 }

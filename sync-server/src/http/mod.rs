@@ -10,6 +10,7 @@ pub mod error;
 pub mod gates;
 pub mod health;
 pub mod json;
+pub mod sync_enroll;
 pub mod sync_pull;
 pub mod sync_push;
 
@@ -25,8 +26,8 @@ use deadpool_postgres::Pool;
 
 use crate::config::ServerConfig;
 use crate::metrics::{Metrics, RouteLabels};
+use crate::stripe;
 use crate::sync::notify::InboxNotifier;
-use crate::{stripe, sync};
 use error::ApiError;
 
 /// What every handler shares. Cheap to clone.
@@ -52,7 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         // Sync (agents).
-        .route("/v1/agents/enroll", post(sync::enroll::handle))
+        .route("/v1/agents/enroll", post(sync_enroll::handle))
         .route("/v1/sync/push", post(sync_push::handle))
         .route("/v1/sync/inbox", get(sync_pull::inbox))
         .route("/v1/sync/snapshot", get(sync_pull::snapshot))

@@ -1,6 +1,7 @@
 //! Enrolment: an admin registers an agent and gets a one-time token ([`create_enrollment`], used
 //! by `tollgate-server agents enroll` and `POST /admin/v1/agents`); the agent trades the token for
-//! its credential (`POST /v1/agents/enroll`, [`handle`]).
+//! its credential (`POST /v1/agents/enroll`, [`enroll`]; its HTTP handler is
+//! `http/sync_enroll.rs`). Refusals are an [`EnrollError`].
 //!
 //! Guarantees:
 //! - Only SHA-256 hashes of tokens and credentials are stored; the plaintexts are returned once.
@@ -19,14 +20,10 @@
 
 use std::time::Duration;
 
-use axum::Json;
-use axum::body::Body;
-use axum::extract::State;
 use deadpool_postgres::{Pool, Transaction};
 use rust_decimal::Decimal;
 use tollgate_schema::wire::{
-    ENROLL_BODY_BYTES_MAX, ENROLL_USERS_MAX, EnrollRequest, EnrollResponse, TOKEN_LEN_MAX,
-    UserSettings,
+    ENROLL_USERS_MAX, EnrollRequest, EnrollResponse, TOKEN_LEN_MAX, UserSettings,
 };
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -35,9 +32,6 @@ use super::agents::{AgentError, check_name};
 use super::protocol;
 use super::push::{canonical_uuid, truncate};
 use crate::central::validate;
-use crate::http::AppState;
-use crate::http::error::ApiError;
-use crate::http::json::{parse_json, read_body, require_json};
 use crate::tokens;
 
 /// Shortest life of an enrolment token.
@@ -96,43 +90,55 @@ pub async fn create_enrollment(
     Ok((agent_id, token))
 }
 
-/// The one answer to any token that cannot be used: it does not say why.
-fn refused() -> ApiError {
-    ApiError::unauthorized("unknown, used or expired enrolment token")
+/// Why an enrolment is refused. Domain words only: `http/error.rs` gives each its status.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EnrollError {
+    /// The token is unknown, used, expired, or its agent revoked: the answer says no more
+    /// (401).
+    #[error("unknown, used or expired enrolment token")]
+    Refused,
+    /// A field is malformed (400 `bad_request`).
+    #[error("{0}")]
+    Invalid(String),
+    /// More users than one enrolment may bring (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// A user the agent brings is held by another agent (409 `conflict`).
+    #[error("{0}")]
+    Clash(String),
+    #[error(transparent)]
+    Protocol(#[from] protocol::Unsupported),
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("{context}: {detail}")]
+    Internal {
+        context: &'static str,
+        detail: String,
+    },
 }
 
-/// `POST /v1/agents/enroll`: trades a one-time token for the agent's credential, adopting the
-/// users the agent brings.
-pub async fn handle(
-    State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
-    body: Body,
-) -> Result<Json<EnrollResponse>, ApiError> {
-    require_json(&headers)?;
-    let bytes = read_body(
-        body,
-        ENROLL_BODY_BYTES_MAX,
-        state.config.limits.body_read_timeout,
-    )
-    .await?;
-    let req: EnrollRequest = parse_json(&bytes)?;
+/// Trades a one-time token for the agent's credential, adopting the users the agent brings
+/// (`POST /v1/agents/enroll`; see the module's guarantees).
+pub(crate) async fn enroll(pool: &Pool, req: EnrollRequest) -> Result<EnrollResponse, EnrollError> {
     if !protocol::speaks(req.protocol_version) {
         return Err(protocol::unsupported(req.protocol_version).into());
     }
     let version = i32::try_from(req.protocol_version)
-        .map_err(|_| ApiError::from(protocol::unsupported(req.protocol_version)))?;
+        .map_err(|_| protocol::unsupported(req.protocol_version))?;
     if req.token.is_empty() || req.token.len() > TOKEN_LEN_MAX {
-        return Err(refused());
+        return Err(EnrollError::Refused);
     }
     let incarnation = canonical_uuid(&req.incarnation).ok_or_else(|| {
-        ApiError::bad_request(format!(
+        EnrollError::Invalid(format!(
             "incarnation {:?} is not a UUID in lower-case hyphenated form",
             truncate(&req.incarnation)
         ))
     })?;
     check_users(&req.users)?;
     let token_hash = tokens::hash(&req.token);
-    let mut conn = state.pool.get().await?;
+    let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
     let row = tx
         .query_opt(
@@ -143,16 +149,19 @@ pub async fn handle(
             &[&token_hash],
         )
         .await?
-        .ok_or_else(refused)?;
+        .ok_or(EnrollError::Refused)?;
     let agent_id: Uuid = row.get("agent_id");
     let usable: bool = row.get("usable");
     let status: String = row.get("status");
     let name: String = row.get("name");
     if !usable || status == "revoked" {
-        return Err(refused());
+        return Err(EnrollError::Refused);
     }
-    let credential = tokens::generate(tokens::AGENT_CREDENTIAL_PREFIX)
-        .map_err(|e| ApiError::internal("generating a credential", e))?;
+    let credential =
+        tokens::generate(tokens::AGENT_CREDENTIAL_PREFIX).map_err(|e| EnrollError::Internal {
+            context: "generating a credential",
+            detail: e.to_string(),
+        })?;
     adopt_users(&tx, agent_id, &req.users).await?;
     // The incarnation is registered: its stream exists, so its pushes are accepted.
     tx.execute(
@@ -180,18 +189,18 @@ pub async fn handle(
     .await?;
     tx.commit().await?;
     tracing::info!(agent = %name, %agent_id, %incarnation, users = req.users.len(), "agent enrolled");
-    Ok(Json(EnrollResponse {
+    Ok(EnrollResponse {
         protocol_version: req.protocol_version,
         agent_id: agent_id.to_string(),
         agent_name: name,
         credential: credential.to_string(),
-    }))
+    })
 }
 
 /// Checks the users an agent brings: at most [`ENROLL_USERS_MAX`], each id once, valid settings.
-fn check_users(users: &[UserSettings]) -> Result<(), ApiError> {
+fn check_users(users: &[UserSettings]) -> Result<(), EnrollError> {
     if users.len() > ENROLL_USERS_MAX {
-        return Err(ApiError::too_large(format!(
+        return Err(EnrollError::TooLarge(format!(
             "an enrolment brings at most {ENROLL_USERS_MAX} users; this one brings {}",
             users.len()
         )));
@@ -200,7 +209,7 @@ fn check_users(users: &[UserSettings]) -> Result<(), ApiError> {
     for (i, user) in users.iter().enumerate() {
         let field = |name: &str| format!("users[{i}].{name}");
         let named = |e: crate::central::CentralError| {
-            ApiError::bad_request(format!("{}: {e}", field("settings")))
+            EnrollError::Invalid(format!("{}: {e}", field("settings")))
         };
         validate::user_id("user_id", &user.user_id).map_err(named)?;
         validate::tier_and_level(&user.tier, &user.power_level).map_err(named)?;
@@ -209,7 +218,7 @@ fn check_users(users: &[UserSettings]) -> Result<(), ApiError> {
             validate::non_negative("monthly_spend_cap", cap).map_err(named)?;
         }
         if !seen.insert(user.user_id.as_str()) {
-            return Err(ApiError::bad_request(format!(
+            return Err(EnrollError::Invalid(format!(
                 "{}: user {:?} is listed twice",
                 field("user_id"),
                 user.user_id
@@ -224,7 +233,7 @@ async fn adopt_users(
     tx: &Transaction<'_>,
     agent_id: Uuid,
     users: &[UserSettings],
-) -> Result<(), ApiError> {
+) -> Result<(), EnrollError> {
     if users.is_empty() {
         return Ok(());
     }
@@ -261,15 +270,11 @@ async fn adopt_users(
         let user: String = first.get("user_id");
         let holder: Option<String> = first.get("holder");
         let holder = holder.map_or_else(|| "no agent".to_owned(), |n| format!("agent {n:?}"));
-        return Err(ApiError::new(
-            axum::http::StatusCode::CONFLICT,
-            tollgate_schema::wire::error_code::CONFLICT,
-            format!(
-                "this agent has user {user:?}, whose balance {holder} holds centrally; one user \
-                 id cannot be held by two agents: rename or remove the user here, then enrol \
-                 again (the token is not spent)"
-            ),
-        ));
+        return Err(EnrollError::Clash(format!(
+            "this agent has user {user:?}, whose balance {holder} holds centrally; one user id \
+             cannot be held by two agents: rename or remove the user here, then enrol again (the \
+             token is not spent)"
+        )));
     }
     Ok(())
 }
