@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use tollgate_schema::wire::{ErrorBody, ErrorDetail, error_code};
 
 use crate::central::CentralError;
+use crate::stripe::StripeError;
 use crate::sync::agents::AgentError;
 use crate::sync::enroll::EnrollError;
 use crate::sync::ingest::IngestError;
@@ -187,6 +188,26 @@ impl From<BatchError> for ApiError {
             }
             BatchError::TooLarge(message) => ApiError::too_large(message),
             BatchError::Protocol(e) => e.into(),
+        }
+    }
+}
+
+impl From<StripeError> for ApiError {
+    fn from(e: StripeError) -> ApiError {
+        match e {
+            StripeError::NotConfigured => ApiError::unavailable(e.to_string()),
+            StripeError::Invalid(message) => ApiError::bad_request(message),
+            StripeError::NotFound(message) => ApiError::not_found(message),
+            StripeError::Refused(message) => {
+                ApiError::new(StatusCode::CONFLICT, error_code::CONFLICT, message)
+            }
+            StripeError::Upstream(message) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, error_code::UNAVAILABLE, message)
+            }
+            StripeError::Central(e) => e.into(),
+            StripeError::Db(e) => e.into(),
+            StripeError::Pool(e) => e.into(),
+            StripeError::Internal { context, detail } => ApiError::internal(context, detail),
         }
     }
 }

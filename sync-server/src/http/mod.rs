@@ -10,6 +10,7 @@ pub mod error;
 pub mod gates;
 pub mod health;
 pub mod json;
+pub mod stripe_webhook;
 pub mod sync_enroll;
 pub mod sync_pull;
 pub mod sync_push;
@@ -26,7 +27,6 @@ use deadpool_postgres::Pool;
 
 use crate::config::ServerConfig;
 use crate::metrics::{Metrics, RouteLabels};
-use crate::stripe;
 use crate::sync::notify::InboxNotifier;
 use error::ApiError;
 
@@ -90,9 +90,9 @@ pub fn router(state: AppState) -> Router {
             post(admin::agents::release),
         )
         .route("/admin/v1/reconcile", get(admin::reconcile::report))
-        .route("/admin/v1/checkout", post(stripe::checkout::create))
+        .route("/admin/v1/checkout", post(admin::checkout::create))
         // Stripe.
-        .route("/stripe/webhook", post(stripe::webhook::handle))
+        .route("/stripe/webhook", post(stripe_webhook::handle))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -1,5 +1,5 @@
-//! `POST /admin/v1/checkout` (full admin role): a Stripe Checkout Session for one user and one
-//! package.
+//! A Stripe Checkout Session for one user and one package (`POST /admin/v1/checkout`, full
+//! admin role; the handler is `http/admin/checkout.rs`). Refusals are a [`StripeError`].
 //!
 //! Guarantees:
 //! - Checked before Stripe is called: the token's role, the body (strict), Stripe configured
@@ -16,21 +16,16 @@
 //! - The secret key is sent only as the bearer credential to the configured API base, and never
 //!   logged; Stripe's refusals are answered as 502 with Stripe's own message.
 
-use axum::Json;
-use axum::extract::State;
-use axum::http::StatusCode;
+use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use serde::{Deserialize, Serialize};
 use tollgate_schema::money::Credits;
-use tollgate_schema::wire::error_code;
 use uuid::Uuid;
 
+use super::StripeError;
 use crate::central::{credits_from_db, validate};
-use crate::http::AppState;
-use crate::http::admin::extract::FullAdmin;
-use crate::http::error::ApiError;
-use crate::http::json::ApiJson;
+use crate::config::StripeConfig;
 
 /// Longest Checkout Session id accepted from Stripe (its key `stripe:<id>` must fit 255).
 pub const SESSION_ID_LEN_MAX: usize = 200;
@@ -74,26 +69,27 @@ struct StripeErrorDetail {
     message: Option<String>,
 }
 
-fn bad_gateway(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_GATEWAY, error_code::UNAVAILABLE, message)
+fn bad_gateway(message: impl Into<String>) -> StripeError {
+    StripeError::Upstream(message.into())
 }
 
+/// Creates a Checkout Session for `req` (see the module's guarantees); `admin` names who asked,
+/// for the log.
 pub async fn create(
-    State(state): State<AppState>,
-    FullAdmin(admin): FullAdmin,
-    ApiJson(req): ApiJson<CheckoutRequest>,
-) -> Result<Json<CheckoutResponse>, ApiError> {
+    pool: &Pool,
+    http: &reqwest::Client,
+    stripe: Option<&StripeConfig>,
+    admin: &str,
+    req: CheckoutRequest,
+) -> Result<CheckoutResponse, StripeError> {
     validate::user_id("user_id", &req.user_id)?;
     if req.package.is_empty() {
-        return Err(ApiError::bad_request("package: must name a package"));
+        return Err(StripeError::Invalid(
+            "package: must name a package".to_owned(),
+        ));
     }
-    let stripe = state.config.stripe.as_ref().ok_or_else(|| {
-        ApiError::unavailable(
-            "Stripe is not configured on this server: set STRIPE_SECRET_KEY and \
-             STRIPE_WEBHOOK_SECRET",
-        )
-    })?;
-    let conn = state.pool.get().await?;
+    let stripe = stripe.ok_or(StripeError::NotConfigured)?;
+    let conn = pool.get().await?;
     let package = conn
         .query_opt(
             "SELECT credits, price_usd, is_active, min_tier FROM credit_packages WHERE name = $1",
@@ -101,14 +97,14 @@ pub async fn create(
         )
         .await?
         .ok_or_else(|| {
-            ApiError::bad_request(format!("package: no package is named {:?}", req.package))
+            StripeError::Invalid(format!("package: no package is named {:?}", req.package))
         })?;
     let credits: Decimal = package.get("credits");
     let price: Decimal = package.get("price_usd");
     let active: bool = package.get("is_active");
     let min_tier: Option<String> = package.get("min_tier");
     if !active {
-        return Err(ApiError::bad_request(format!(
+        return Err(StripeError::Invalid(format!(
             "package: {:?} is not active (not for sale)",
             req.package
         )));
@@ -121,52 +117,43 @@ pub async fn create(
         )
         .await?
         .ok_or_else(|| {
-            ApiError::not_found(format!("no user {:?} is known centrally", req.user_id))
+            StripeError::NotFound(format!("no user {:?} is known centrally", req.user_id))
         })?;
     let tier: String = user.get("subscription_tier");
     let home_status: Option<String> = user.get("home_status");
     match home_status.as_deref() {
         None => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                error_code::CONFLICT,
-                format!(
-                    "user {:?} has no home agent to receive the credits; set one first",
-                    req.user_id
-                ),
-            ));
+            return Err(StripeError::Refused(format!(
+                "user {:?} has no home agent to receive the credits; set one first",
+                req.user_id
+            )));
         }
         Some("revoked") => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                error_code::CONFLICT,
-                format!(
-                    "user {:?} is homed on a revoked agent, which could never apply the \
-                     purchase; move the user first",
-                    req.user_id
-                ),
-            ));
+            return Err(StripeError::Refused(format!(
+                "user {:?} is homed on a revoked agent, which could never apply the purchase; \
+                 move the user first",
+                req.user_id
+            )));
         }
         Some(_) => {}
     }
     if let Some(min) = &min_tier
         && validate::tier("tier", &tier)?.rank() < validate::tier("min_tier", min)?.rank()
     {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            error_code::CONFLICT,
-            format!(
-                "package {:?} needs tier {min} or above; user {:?} is {tier}",
-                req.package, req.user_id
-            ),
-        ));
+        return Err(StripeError::Refused(format!(
+            "package {:?} needs tier {min} or above; user {:?} is {tier}",
+            req.package, req.user_id
+        )));
     }
     let credits = credits_from_db(credits)?;
     let cents = price
         .checked_mul(Decimal::from(100))
         .and_then(|c| c.to_i64())
         .filter(|c| *c > 0)
-        .ok_or_else(|| ApiError::internal("pricing a package", "price out of range"))?;
+        .ok_or_else(|| StripeError::Internal {
+            context: "pricing a package",
+            detail: "price out of range".to_owned(),
+        })?;
 
     // Recorded before Stripe is called, with the credits and price as sold; the connection goes
     // back to the pool for the call.
@@ -201,8 +188,8 @@ pub async fn create(
         ("success_url", stripe.success_url.clone()),
         ("cancel_url", stripe.cancel_url.clone()),
     ];
-    let created = create_session(state.http.clone(), stripe, &form, checkout_id).await;
-    let conn = state.pool.get().await?;
+    let created = create_session(http.clone(), stripe, &form, checkout_id).await;
+    let conn = pool.get().await?;
     let session = match created {
         Ok(session) => session,
         Err(e) => {
@@ -229,27 +216,27 @@ pub async fn create(
         session_id = %session.id,
         user_id = %req.user_id,
         package = %req.package,
-        admin = %admin.name,
+        admin = %admin,
         "Checkout Session created"
     );
-    Ok(Json(CheckoutResponse {
+    Ok(CheckoutResponse {
         session_id: session.id,
         url,
         user_id: req.user_id,
         package: req.package,
         credits,
         price_usd: format!("{price:.2}"),
-    }))
+    })
 }
 
 /// Creates the Checkout Session at Stripe (no database connection held meanwhile), with
 /// `checkout_id` as the Idempotency-Key: a retry of the same call can never make a second one.
 async fn create_session(
     http: reqwest::Client,
-    stripe: &crate::config::StripeConfig,
+    stripe: &StripeConfig,
     form: &[(&str, String)],
     checkout_id: Uuid,
-) -> Result<StripeSession, ApiError> {
+) -> Result<StripeSession, StripeError> {
     let response = http
         .post(format!("{}/v1/checkout/sessions", stripe.api_base))
         .bearer_auth(stripe.secret_key.as_str())

@@ -1,4 +1,6 @@
-//! `POST /stripe/webhook`: Stripe's signed event deliveries.
+//! Stripe's signed event deliveries (`POST /stripe/webhook`; the HTTP handler, which reads the
+//! body and verifies the signature first, is `http/stripe_webhook.rs`). Refusals and failures
+//! are a [`StripeError`].
 //!
 //! Guarantees:
 //! - Nothing is stored for a delivery that is too large ([`WEBHOOK_BODY_BYTES_MAX`], 413), not
@@ -22,20 +24,12 @@
 //! - Metrics count every delivery by outcome; logs carry event ids and outcomes, never the
 //!   secret or the signature.
 
-use axum::Json;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 
-use super::refunds;
-use super::signature::{self, SignatureError};
+use super::{StripeError, refunds};
 use crate::central::credit::{PurchasedPackage, grant_purchase};
 use crate::central::credits_from_db;
-use crate::http::AppState;
-use crate::http::error::ApiError;
-use crate::http::json::read_body;
-use crate::metrics::OutcomeLabels;
 
 /// Largest webhook body read (Stripe's events are a few KiB).
 pub const WEBHOOK_BODY_BYTES_MAX: usize = 256 * 1024;
@@ -84,125 +78,30 @@ pub struct WebhookAnswer {
 
 /// The fields of an event we use (Stripe sends many more; they are ignored).
 #[derive(Debug, Deserialize)]
-struct Event {
-    id: String,
+pub(crate) struct Event {
+    pub id: String,
     #[serde(rename = "type")]
-    kind: String,
-    data: Option<EventData>,
+    pub kind: String,
+    pub data: Option<EventData>,
 }
 
 #[derive(Debug, Deserialize)]
-struct EventData {
-    object: serde_json::Value,
+pub(crate) struct EventData {
+    pub object: serde_json::Value,
 }
 
-pub async fn handle(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<WebhookAnswer>, ApiError> {
-    let result = receive(&state, &headers, body).await;
-    let label = match &result {
-        Ok(outcome) => outcome,
-        Err((outcome, _)) => outcome,
-    };
-    state
-        .metrics
-        .stripe_events
-        .get_or_create(&OutcomeLabels { outcome: label })
-        .inc();
-    match result {
-        Ok(outcome) => Ok(Json(WebhookAnswer {
-            received: true,
-            outcome: outcome.to_owned(),
-        })),
-        Err((_, error)) => Err(error),
-    }
+/// Whether an outcome wrote an inbox event (a grant, or credit taken or given back).
+pub fn wrote_an_event(outcome: &str) -> bool {
+    [outcome::GRANTED, outcome::TAKEN_BACK, outcome::DISPUTE_WON].contains(&outcome)
 }
 
-type Refusal = (&'static str, ApiError);
-
-async fn receive(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<&'static str, Refusal> {
-    let Some(stripe) = state.config.stripe.as_ref() else {
-        return Err((
-            outcome::NOT_CONFIGURED,
-            ApiError::unavailable(
-                "Stripe is not configured on this server: set STRIPE_SECRET_KEY and \
-                 STRIPE_WEBHOOK_SECRET",
-            ),
-        ));
-    };
-    let bytes = read_body(
-        body,
-        WEBHOOK_BODY_BYTES_MAX,
-        state.config.limits.body_read_timeout,
-    )
-    .await
-    .map_err(|e| (outcome::TOO_LARGE, e))?;
-    let header = headers
-        .get("stripe-signature")
-        .map(|v| v.to_str().unwrap_or_default());
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    signature::verify(header, &bytes, stripe.webhook_secret.as_bytes(), now).map_err(|e| {
-        let label = match e {
-            SignatureError::Stale(_) => outcome::STALE,
-            _ => outcome::BAD_SIGNATURE,
-        };
-        tracing::warn!(reason = %e, "Stripe webhook refused");
-        (label, ApiError::bad_request(e.to_string()))
-    })?;
-    let event: Event = serde_json::from_slice(&bytes).map_err(|e| {
-        (
-            outcome::BAD_REQUEST,
-            ApiError::bad_request(format!("the event is not a Stripe event: {e}")),
-        )
-    })?;
-    if event.id.is_empty() || event.id.len() > STRIPE_ID_LEN_MAX {
-        return Err((
-            outcome::BAD_REQUEST,
-            ApiError::bad_request(format!(
-                "the event id must be 1 to {STRIPE_ID_LEN_MAX} characters"
-            )),
-        ));
-    }
-    let session_id = event
-        .kind
-        .starts_with("checkout.session.")
-        .then(|| {
-            event
-                .data
-                .as_ref()
-                .and_then(|d| d.object.get("id"))
-                .and_then(|v| v.as_str())
-                .filter(|id| !id.is_empty() && id.len() <= STRIPE_ID_LEN_MAX)
-                .map(str::to_owned)
-        })
-        .flatten();
-    let result = apply(state, &event, session_id.as_deref()).await;
-    match &result {
-        Ok(outcome) => tracing::info!(
-            event_id = %event.id,
-            event_type = %event.kind,
-            session_id = session_id.as_deref().unwrap_or("-"),
-            outcome,
-            "Stripe event"
-        ),
-        Err(e) => tracing::error!(event_id = %event.id, error = %e.message, "Stripe event failed"),
-    }
-    result.map_err(|e| (outcome::ERROR, e))
-}
-
-/// Records the event and acts on it, in one transaction.
-async fn apply(
-    state: &AppState,
+/// Records the event and acts on it, in one transaction; returns the outcome stored with it.
+pub(crate) async fn apply(
+    pool: &Pool,
     event: &Event,
     session_id: Option<&str>,
-) -> Result<&'static str, ApiError> {
-    let mut conn = state.pool.get().await?;
+) -> Result<&'static str, StripeError> {
+    let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
     let fresh = tx
         .query_opt(
@@ -259,9 +158,6 @@ async fn apply(
     )
     .await?;
     tx.commit().await?;
-    if [outcome::GRANTED, outcome::TAKEN_BACK, outcome::DISPUTE_WON].contains(&result) {
-        state.metrics.inbox_events_written.inc();
-    }
     Ok(result)
 }
 
@@ -273,7 +169,7 @@ async fn grant_session(
     session_id: &str,
     checkout_id: Option<uuid::Uuid>,
     payment_intent: Option<&str>,
-) -> Result<&'static str, ApiError> {
+) -> Result<&'static str, StripeError> {
     if let Some(checkout_id) = checkout_id {
         tx.execute(
             "UPDATE checkout_sessions SET session_id = $2, status = 'open' \

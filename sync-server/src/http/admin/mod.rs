@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod catalog;
+pub mod checkout;
 pub mod credits;
 pub mod extract;
 pub mod reconcile;
