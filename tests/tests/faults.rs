@@ -80,6 +80,8 @@ struct Tally {
     refused: AtomicU64,
     unavailable: AtomicU64,
     other: AtomicU64,
+    /// Users refused with 402 at least once (their credit ran out).
+    ran_out: Mutex<std::collections::BTreeSet<String>>,
 }
 
 async fn chat(client: &reqwest::Client, url: &str, key: &str, n: u64) -> Result<u16, String> {
@@ -108,12 +110,15 @@ async fn traffic(
         .unwrap();
     let mut n = 0u64;
     while !stop.load(Ordering::SeqCst) {
-        for (_, key) in &users {
+        for (user, key) in &users {
             n += 1;
             let target = url.lock().unwrap().clone();
             match chat(&client, &target, key, n).await {
                 Ok(200) => tally.served.fetch_add(1, Ordering::Relaxed),
-                Ok(402) => tally.refused.fetch_add(1, Ordering::Relaxed),
+                Ok(402) => {
+                    tally.ran_out.lock().unwrap().insert(user.clone());
+                    tally.refused.fetch_add(1, Ordering::Relaxed)
+                }
                 Ok(status) => {
                     others.lock().unwrap().push(status);
                     tally.other.fetch_add(1, Ordering::Relaxed)
@@ -382,6 +387,17 @@ async fn the_books_hold_through_kills_restarts_and_partitions() {
         }
     }
     println!("faults: {}", log.join(", "));
+    // The traffic goes on until every user has run out of credit (a signal, however slow the
+    // machine): refusals at the edge of the balance are part of what is checked.
+    let users: Vec<String> = hosts
+        .iter()
+        .flat_map(|h| h.users.iter().map(|(u, _)| u.clone()))
+        .collect();
+    eventually("every user to run out of credit", CONVERGE, || async {
+        let ran_out = tally.ran_out.lock().unwrap();
+        users.iter().all(|u| ran_out.contains(u)).then_some(())
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
     for client in clients {
         client.await.unwrap();
