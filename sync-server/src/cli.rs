@@ -105,8 +105,8 @@ pub enum UsersCommand {
     List,
     /// One user: settings, balance, who holds it, spend this month, pending central credit.
     Show { user_id: String },
-    /// Create or change a user, homed on agent HOME; only the settings named change, and they
-    /// reach the home agent.
+    /// Create a user homed on agent HOME, or change one; only the settings named change, and
+    /// they reach the home agent.
     Set(UserSetArgs),
     /// API keys for a user, made here and sent (hashes only) to the agents that serve the user.
     #[command(subcommand, name = "api-key")]
@@ -131,9 +131,10 @@ pub enum ApiKeyCommand {
 #[derive(Debug, Args)]
 pub struct UserSetArgs {
     pub user_id: String,
-    /// The agent (by name) that holds this user's balance.
+    /// The agent (by name) that holds this user's balance: required for a new user; left out,
+    /// an existing user keeps theirs.
     #[arg(long)]
-    pub home: String,
+    pub home: Option<String>,
     /// Unless given, unchanged (a new user: trial).
     #[arg(long)]
     pub tier: Option<String>,

@@ -29,8 +29,9 @@ use super::{Applied, CentralError, inbox, validate};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserSet {
     pub user_id: String,
-    /// The agent, by name, that holds this user's balance.
-    pub home_agent: String,
+    /// The agent, by name, that holds this user's balance. Required for a new user; for an
+    /// existing one, `None` keeps the home it has (a home never moves).
+    pub home_agent: Option<String>,
     pub tier: Option<String>,
     pub power_level: Option<String>,
     pub monthly_allowance: Option<Credits>,
@@ -88,7 +89,7 @@ impl UserSet {
         if let Some(SpendCap::Credits(cap)) = self.monthly_spend_cap {
             validate::non_negative("monthly_spend_cap", cap)?;
         }
-        if self.home_agent.is_empty() {
+        if self.home_agent.as_deref() == Some("") {
             return Err(CentralError::invalid("home_agent", "must name an agent"));
         }
         Ok(())
@@ -160,27 +161,25 @@ pub async fn set_user(
     if let Begin::Replay(done) = operation::begin(&tx, claim).await? {
         return Ok(Applied::replayed(done));
     }
+    let home_agent = match &req.home_agent {
+        Some(name) => name.clone(),
+        None => current_home(&tx, &req.user_id).await?,
+    };
     let agent = tx
         .query_opt(
             "SELECT agent_id, status FROM agents WHERE name = $1",
-            &[&req.home_agent],
+            &[&home_agent],
         )
         .await?
         .ok_or_else(|| {
-            CentralError::invalid(
-                "home_agent",
-                format!("no agent is named {:?}", req.home_agent),
-            )
+            CentralError::invalid("home_agent", format!("no agent is named {home_agent:?}"))
         })?;
     let home_id: Uuid = agent.get("agent_id");
     let status: String = agent.get("status");
     if status == "revoked" {
         return Err(CentralError::invalid(
             "home_agent",
-            format!(
-                "agent {:?} is revoked and can never apply events",
-                req.home_agent
-            ),
+            format!("agent {home_agent:?} is revoked and can never apply events"),
         ));
     }
 
@@ -218,7 +217,7 @@ pub async fn set_user(
         let old_name: Option<String> = row.get("home_agent");
         if let Some(old_home) = old_home.filter(|old| *old != home_id) {
             let old_name = old_name.unwrap_or_else(|| old_home.to_string());
-            return Err(refuse_move(&req.user_id, &old_name, &req.home_agent));
+            return Err(refuse_move(&req.user_id, &old_name, &home_agent));
         }
         let cap: Option<Decimal> = row.get("monthly_spend_cap");
         let current = UserSettings {
@@ -255,7 +254,7 @@ pub async fn set_user(
     let result = UserSetResult {
         operation_key: operation_key.to_owned(),
         user: settings,
-        home_agent: req.home_agent.clone(),
+        home_agent,
         home_agent_id: home_id,
         inbox_seq: written.seq,
         event_id: written.event_id,
@@ -268,6 +267,32 @@ pub async fn set_user(
         replayed: false,
         events_written: 1,
     })
+}
+
+/// The name of the agent that holds `user_id` now, for a change that names no home: a new user,
+/// or one without a home, must be given one.
+async fn current_home(
+    tx: &tokio_postgres::Transaction<'_>,
+    user_id: &str,
+) -> Result<String, CentralError> {
+    let row = tx
+        .query_opt(
+            "SELECT a.name AS home_agent FROM user_credits u \
+             LEFT JOIN agents a ON a.agent_id = u.home_agent_id WHERE u.user_id = $1",
+            &[&user_id],
+        )
+        .await?;
+    row.and_then(|r| r.get::<_, Option<String>>("home_agent"))
+        .ok_or_else(|| {
+            CentralError::invalid(
+                "home_agent",
+                format!(
+                    "user {user_id:?} has no home agent yet: name the agent that will hold their \
+                     balance (--home AGENT); users served by every agent (fleet users) come \
+                     with escrow, which is not built yet"
+                ),
+            )
+        })
 }
 
 /// Refuses to move a user away from `old_home`. In home-agent mode the old home keeps the user's

@@ -243,7 +243,7 @@ pub async fn set_user(db: &TestDb, user: &str, agent: &str) {
         &db.pool,
         &tollgate_server::central::users::UserSet {
             user_id: user.to_owned(),
-            home_agent: agent.to_owned(),
+            home_agent: Some(agent.to_owned()),
             tier: Some("starter".to_owned()),
             power_level: Some("balanced".to_owned()),
             monthly_allowance: Some(Credits::ZERO),

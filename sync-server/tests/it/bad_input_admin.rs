@@ -92,8 +92,8 @@ fn writes() -> Vec<Write> {
                     json!({"home_agent": "zz", "tier": "trial", "power_level": "eco"}),
                 ),
                 (
-                    "missing home",
-                    json!({"tier": "trial", "power_level": "eco"}),
+                    "empty home",
+                    json!({"home_agent": "", "tier": "trial", "power_level": "eco"}),
                 ),
                 (
                     "allowance as a float",

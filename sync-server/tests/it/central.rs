@@ -178,7 +178,7 @@ async fn set_user_is_idempotent_and_validated() {
     revoke_agent(&db, "gone").await;
     let req = UserSet {
         user_id: "alice".to_owned(),
-        home_agent: "a1".to_owned(),
+        home_agent: Some("a1".to_owned()),
         tier: Some("starter".to_owned()),
         power_level: Some("eco".to_owned()),
         monthly_allowance: Some(c("10")),
@@ -239,14 +239,14 @@ async fn set_user_is_idempotent_and_validated() {
         ),
         (
             UserSet {
-                home_agent: "nope".to_owned(),
+                home_agent: Some("nope".to_owned()),
                 ..req.clone()
             },
             "home_agent: no agent is named",
         ),
         (
             UserSet {
-                home_agent: "gone".to_owned(),
+                home_agent: Some("gone".to_owned()),
                 ..req.clone()
             },
             "revoked",
@@ -336,20 +336,27 @@ async fn a_change_names_only_what_it_changes() {
         }
         other => panic!("{other:?}"),
     }
-    // "none" removes the cap, and only the cap.
-    show(&[
-        "users",
-        "set",
-        "dave",
-        "--home",
-        "edge-1",
-        "--monthly-spend-cap",
-        "none",
-    ])
-    .await;
+    // "none" removes the cap, and only the cap; the home need not be named again.
+    show(&["users", "set", "dave", "--monthly-spend-cap", "none"]).await;
     let dave = detail(&db).await;
     assert_eq!(dave.monthly_spend_cap, None);
     assert_eq!(dave.summary.tier, "professional");
+    assert_eq!(dave.summary.home_agent.as_deref(), Some("edge-1"));
+    // A new user must be given a home (fleet users come with escrow); nothing is written.
+    let (code, _, err) = cli(&db, &["users", "set", "frank", "--tier", "starter"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("home_agent") && err.contains("--home AGENT"),
+        "{err}"
+    );
+    let conn = db.pool.get().await.unwrap();
+    assert!(
+        tollgate_server::central::users::show_user(&conn, "frank")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    drop(conn);
     // A new user with nothing named gets the defaults: trial, and trial's level.
     show(&["users", "set", "erin", "--home", "edge-1"]).await;
     let conn = db.pool.get().await.unwrap();

@@ -77,7 +77,7 @@ pub async fn home_users(pool: &Pool, agent: &str, users: &[String]) {
             pool,
             &tollgate_server::central::users::UserSet {
                 user_id: user.clone(),
-                home_agent: agent.to_owned(),
+                home_agent: Some(agent.to_owned()),
                 tier: None,
                 power_level: None,
                 monthly_allowance: None,

@@ -88,8 +88,9 @@ pub async fn show(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserBody {
-    /// The agent (by name) that holds the user's balance.
-    pub home_agent: String,
+    /// The agent (by name) that holds the user's balance: required for a new user; left out, an
+    /// existing user keeps theirs.
+    pub home_agent: Option<String>,
     pub tier: Option<String>,
     pub power_level: Option<String>,
     /// Exact decimal credits.
