@@ -21,7 +21,7 @@
 //!   credit back, or give it back, through [`super::refunds`] (tied to the session by the
 //!   `payment_intent` stored at its grant). The outcome is stored with the event id; a failure rolls everything back (the
 //!   event id too) and answers 5xx, so Stripe redelivers.
-//! - Metrics count every delivery by outcome; logs carry event ids and outcomes, never the
+//! - The handler counts every delivery by outcome; logs carry event ids and outcomes, never the
 //!   secret or the signature.
 
 use deadpool_postgres::Pool;
