@@ -398,8 +398,8 @@ async fn api_key(pool: &Pool, cmd: ApiKeyCommand, json: bool) -> anyhow::Result<
 /// "agent a, agent b" or why none.
 fn agents_text(names: &[String]) -> String {
     if names.is_empty() {
-        "no agent yet (the user's home agent speaks an older protocol and gets it when it \
-         upgrades)"
+        "no agent yet (the user has no home agent that can take it: it is revoked, or speaks an \
+         older protocol and gets every key when it upgrades)"
             .to_owned()
     } else {
         names
