@@ -188,6 +188,17 @@ impl Server {
         ok(self.command(args), None)
     }
 
+    /// Makes `user` centrally, homed on agent `home` at `tier`, with an API key; returns the key
+    /// (printed once by `users api-key create --json`).
+    pub fn user_with_key(&self, user: &str, home: &str, tier: &str) -> String {
+        self.ok(&["users", "set", user, "--home", home, "--tier", tier]);
+        let made: Value = serde_json::from_str(&self.ok(&[
+            "users", "api-key", "create", user, "--name", "e2e", "--json",
+        ]))
+        .unwrap();
+        made["key"].as_str().unwrap().to_owned()
+    }
+
     /// `serve --listen ADDR`, waiting for its "listening on" line.
     pub fn serve(&self, listen: &str) -> (Process, SocketAddr) {
         let mut cmd = self.command(&["serve", "--listen", listen]);

@@ -240,20 +240,8 @@ async fn the_books_hold_through_kills_restarts_and_partitions() {
         let mut users = Vec::new();
         for u in 0..USERS_PER_AGENT {
             let user = format!("user-{a}-{u}");
-            server.ok(&[
-                "users",
-                "set",
-                &user,
-                "--home",
-                &name,
-                "--tier",
-                "professional",
-            ]);
-            let made: Value = serde_json::from_str(&server.ok(&[
-                "users", "api-key", "create", &user, "--name", "faults", "--json",
-            ]))
-            .unwrap();
-            users.push((user, made["key"].as_str().unwrap().to_owned()));
+            let key = server.user_with_key(&user, &name, "professional");
+            users.push((user, key));
         }
         hosts.push(Host {
             agent,
@@ -266,26 +254,7 @@ async fn the_books_hold_through_kills_restarts_and_partitions() {
     }
     // What one request costs: a probe user (not in the traffic) pays for one.
     let probe_user = "probe".to_owned();
-    server.ok(&[
-        "users",
-        "set",
-        &probe_user,
-        "--home",
-        "edge-0",
-        "--tier",
-        "professional",
-    ]);
-    let made: Value = serde_json::from_str(&server.ok(&[
-        "users",
-        "api-key",
-        "create",
-        &probe_user,
-        "--name",
-        "probe",
-        "--json",
-    ]))
-    .unwrap();
-    let probe_key = made["key"].as_str().unwrap().to_owned();
+    let probe_key = server.user_with_key(&probe_user, "edge-0", "professional");
     grant(&server, &probe_user, "1", "probe").await;
     for host in &mut hosts {
         host.agent.ok(&["sync", "now"]);

@@ -162,20 +162,8 @@ async fn agents_and_server_converge_after_an_outage() {
         let mut users = Vec::new();
         for u in 0..USERS_PER_AGENT {
             let user = format!("user-{a}-{u}");
-            server.ok(&[
-                "users",
-                "set",
-                &user,
-                "--home",
-                &name,
-                "--tier",
-                "professional",
-            ]);
-            let created: Value = serde_json::from_str(&server.ok(&[
-                "users", "api-key", "create", &user, "--name", "e2e", "--json",
-            ]))
-            .unwrap();
-            users.push((user, created["key"].as_str().unwrap().to_owned()));
+            let key = server.user_with_key(&user, &name, "professional");
+            users.push((user, key));
         }
         agent.ok(&["sync", "now"]);
         for (user, _) in &users {

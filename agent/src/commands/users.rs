@@ -14,7 +14,7 @@ use crate::sync::config::SyncConfig;
 pub fn run(ctx: &Ctx, cmd: UsersCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         UsersCommand::Add { user, settings } => {
-            governed_here(ctx, "users add")?;
+            governed_here(ctx, Governed::Settings("users add"))?;
             add(ctx, user, &settings)
         }
         UsersCommand::List => list(ctx),
@@ -27,42 +27,47 @@ pub fn run(ctx: &Ctx, cmd: UsersCommand) -> anyhow::Result<ExitCode> {
             settings,
             auto_renew,
         } => {
-            governed_here(ctx, "users set")?;
+            governed_here(ctx, Governed::Settings("users set"))?;
             set(ctx, &user, &settings, auto_renew)
         }
         UsersCommand::ApiKey(cmd) => api_key(ctx, cmd),
     }
 }
 
-/// Refuses `command` on an enrolled agent: its users and their settings are governed by the
-/// server (SYNC.md "Who governs what"), and a local change would silently diverge from it.
-fn governed_here(ctx: &Ctx, command: &str) -> anyhow::Result<()> {
-    match SyncConfig::load(&ctx.data_dir.sync_config())? {
-        None => Ok(()),
-        Some(sync) => Err(anyhow!(
-            "`tollgate {command}` is refused on an enrolled agent: this agent ({}) syncs with \
-             {}, which governs users and their settings; make the change there (`tollgate-server \
-             users set USER --home AGENT …`) and it reaches this agent through its inbox",
-            sync.agent_id,
-            sync.server
-        )),
-    }
+/// What the server governs once an agent is enrolled (SYNC.md "Who governs what"): a local
+/// change would silently diverge from it, so it is refused, saying where to make it.
+enum Governed {
+    /// Users and their settings (`users add`, `users set`).
+    Settings(&'static str),
+    /// API keys (`users api-key create`).
+    ApiKeys,
 }
 
-/// Refuses making API keys on an enrolled agent: the server governs them, so a key made here
-/// would work on this host only and be unknown to the rest of the fleet. Keys made before
-/// enrolment keep working here, and may still be revoked here.
-fn keys_governed_here(ctx: &Ctx) -> anyhow::Result<()> {
-    match SyncConfig::load(&ctx.data_dir.sync_config())? {
-        None => Ok(()),
-        Some(sync) => Err(anyhow!(
-            "`tollgate users api-key create` is refused on an enrolled agent: this agent ({}) \
-             syncs with {}, which governs API keys; make the key there (`tollgate-server users \
-             api-key create USER --name NAME`) and its hash reaches this agent within seconds",
-            sync.agent_id,
-            sync.server
-        )),
-    }
+/// Refuses a change the server governs on an enrolled agent; does nothing on a standalone one.
+fn governed_here(ctx: &Ctx, what: Governed) -> anyhow::Result<()> {
+    let Some(sync) = SyncConfig::load(&ctx.data_dir.sync_config())? else {
+        return Ok(());
+    };
+    let (command, governs, instead) = match what {
+        Governed::Settings(command) => (
+            command,
+            "users and their settings",
+            "make the change there (`tollgate-server users set USER --home AGENT …`) and it \
+             reaches this agent through its inbox",
+        ),
+        Governed::ApiKeys => (
+            "users api-key create",
+            "API keys",
+            "make the key there (`tollgate-server users api-key create USER --name NAME`) and \
+             its hash reaches this agent within seconds",
+        ),
+    };
+    Err(anyhow!(
+        "`tollgate {command}` is refused on an enrolled agent: this agent ({}) syncs with {}, \
+         which governs {governs}; {instead}",
+        sync.agent_id,
+        sync.server
+    ))
 }
 
 /// A spend cap argument: an amount, or "none" for no cap.
@@ -209,7 +214,7 @@ pub fn show(ctx: &Ctx, a: &UserAccount) -> anyhow::Result<ExitCode> {
 fn api_key(ctx: &Ctx, cmd: ApiKeyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ApiKeyCommand::Create { user, name } => {
-            keys_governed_here(ctx)?;
+            governed_here(ctx, Governed::ApiKeys)?;
             let key = ctx.ledger()?.create_api_key(&user, name.as_deref())?;
             if ctx.json {
                 #[derive(serde::Serialize)]

@@ -321,6 +321,21 @@ pub struct UserSummary {
     pub last_entry_at: Option<String>,
 }
 
+/// A user's summary from a row that names its columns as the listing does (`user_id`,
+/// `home_agent`, `balance`, `subscription_tier`, `power_level`, `lifetime_credits_purchased`,
+/// `last_entry_at`).
+fn summary(r: &tokio_postgres::Row) -> Result<UserSummary, CentralError> {
+    Ok(UserSummary {
+        user_id: r.get("user_id"),
+        home_agent: r.get("home_agent"),
+        balance: super::credits_from_db(r.get("balance"))?,
+        tier: r.get("subscription_tier"),
+        power_level: r.get("power_level"),
+        lifetime_credits_purchased: super::credits_from_db(r.get("lifetime_credits_purchased"))?,
+        last_entry_at: r.get("last_entry_at"),
+    })
+}
+
 /// Most users in one listing page.
 pub const USERS_PAGE_MAX: i64 = 1_000;
 
@@ -343,21 +358,7 @@ pub async fn list_users(
             &[&after, &limit],
         )
         .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(UserSummary {
-                user_id: r.get("user_id"),
-                home_agent: r.get("home_agent"),
-                balance: super::credits_from_db(r.get("balance"))?,
-                tier: r.get("subscription_tier"),
-                power_level: r.get("power_level"),
-                lifetime_credits_purchased: super::credits_from_db(
-                    r.get("lifetime_credits_purchased"),
-                )?,
-                last_entry_at: r.get("last_entry_at"),
-            })
-        })
-        .collect()
+    rows.iter().map(summary).collect()
 }
 
 /// A credit operation sent to an agent and not yet seen back as an entry.
@@ -451,17 +452,7 @@ pub async fn show_user(
         })
         .collect::<Result<Vec<_>, CentralError>>()?;
     Ok(Some(UserDetail {
-        summary: UserSummary {
-            user_id: r.get("user_id"),
-            home_agent: r.get("home_agent"),
-            balance: super::credits_from_db(r.get("balance"))?,
-            tier: r.get("subscription_tier"),
-            power_level: r.get("power_level"),
-            lifetime_credits_purchased: super::credits_from_db(
-                r.get("lifetime_credits_purchased"),
-            )?,
-            last_entry_at: r.get("last_entry_at"),
-        },
+        summary: summary(&r)?,
         home_agent_status: r.get("home_agent_status"),
         monthly_allowance: super::credits_from_db(r.get("monthly_allowance"))?,
         monthly_spend_cap: cap.map(super::credits_from_db).transpose()?,

@@ -969,85 +969,64 @@ async fn a_dispute_takes_the_credit_back_and_gives_it_back_only_if_won() {
         "granted"
     );
 
-    assert_eq!(
-        outcome_of(
-            &shop,
-            &dispute(
+    // In this order: each delivery and the outcome it must have.
+    let deliveries = [
+        (
+            dispute(
                 "evt_d1",
                 DISPUTE_CREATED,
                 "dp_won",
                 "pi_won",
-                "needs_response"
-            )
-        )
-        .await,
-        "taken_back"
-    );
-    assert_eq!(
-        outcome_of(
-            &shop,
-            &dispute(
+                "needs_response",
+            ),
+            "taken_back",
+        ),
+        (
+            dispute(
                 "evt_d1b",
                 DISPUTE_CREATED,
                 "dp_won",
                 "pi_won",
-                "needs_response"
-            )
-        )
-        .await,
-        "already_taken_back"
-    );
-    assert_eq!(
-        outcome_of(
-            &shop,
-            &dispute(
+                "needs_response",
+            ),
+            "already_taken_back",
+        ),
+        (
+            dispute(
                 "evt_d2",
                 DISPUTE_CREATED,
                 "dp_lost",
                 "pi_lost",
-                "needs_response"
-            )
-        )
-        .await,
-        "taken_back"
-    );
-    // A refund after the dispute took everything back takes nothing more.
-    assert_eq!(
-        outcome_of(&shop, &refunded("evt_r", "ch_2", "pi_lost", 4500)).await,
-        "already_taken_back"
-    );
-    assert_eq!(
-        outcome_of(
-            &shop,
-            &dispute("evt_c1", DISPUTE_CLOSED, "dp_won", "pi_won", "won")
-        )
-        .await,
-        "dispute_won"
-    );
-    assert_eq!(
-        outcome_of(
-            &shop,
-            &dispute("evt_c1b", DISPUTE_CLOSED, "dp_won", "pi_won", "won")
-        )
-        .await,
-        "already_closed"
-    );
-    assert_eq!(
-        outcome_of(
-            &shop,
-            &dispute("evt_c2", DISPUTE_CLOSED, "dp_lost", "pi_lost", "lost")
-        )
-        .await,
-        "dispute_lost"
-    );
-    assert_eq!(
-        outcome_of(
-            &shop,
-            &dispute("evt_c3", DISPUTE_CLOSED, "dp_never", "pi_won", "won")
-        )
-        .await,
-        "unknown_dispute"
-    );
+                "needs_response",
+            ),
+            "taken_back",
+        ),
+        // A refund after the dispute took everything back takes nothing more.
+        (
+            refunded("evt_r", "ch_2", "pi_lost", 4500),
+            "already_taken_back",
+        ),
+        (
+            dispute("evt_c1", DISPUTE_CLOSED, "dp_won", "pi_won", "won"),
+            "dispute_won",
+        ),
+        (
+            dispute("evt_c1b", DISPUTE_CLOSED, "dp_won", "pi_won", "won"),
+            "already_closed",
+        ),
+        (
+            dispute("evt_c2", DISPUTE_CLOSED, "dp_lost", "pi_lost", "lost"),
+            "dispute_lost",
+        ),
+        (
+            dispute("evt_c3", DISPUTE_CLOSED, "dp_never", "pi_won", "won"),
+            "unknown_dispute",
+        ),
+    ];
+    for (body, want) in &deliveries {
+        let id: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(outcome_of(&shop, body).await, *want, "{}", id["id"]);
+    }
     assert_eq!(
         adjustments(&shop).await,
         [
