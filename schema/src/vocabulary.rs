@@ -115,7 +115,9 @@ impl Tier {
 }
 
 text_enum!(
-    /// The journal's transaction types.
+    /// The journal's transaction types. `escrow`: a fleet user's grant booked by the agent it
+    /// was given to (positive, keyed `grant:…`), or what is left returned to the pool
+    /// (negative, `release:…`).
     EntryType, "transaction type" {
         Purchase => "purchase",
         Usage => "usage",
@@ -124,6 +126,7 @@ text_enum!(
         Bonus => "bonus",
         Allowance => "allowance",
         Expiry => "expiry",
+        Escrow => "escrow",
     }
 );
 

@@ -21,6 +21,7 @@
 //! - `GET /v1/sync/inbox?after=N&wait_ms=W` — [`InboxPage`]; `410` with code
 //!   [`error_code::CURSOR_GONE`] when the server no longer holds the events after `N`.
 //! - `GET /v1/sync/snapshot` — [`Snapshot`].
+//! - `POST /v1/escrow/grants` (protocol 3) — [`GrantRequest`] → [`GrantResponse`].
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -28,7 +29,9 @@ use sha2::{Digest, Sha256};
 use crate::money::Credits;
 
 /// The protocol spoken by this build. History: 1 — enrolment, push, pull, snapshot; 2 — central
-/// API keys ([`EventBody::ApiKeyUpsert`], [`Snapshot::api_keys`]) and the [`PROTOCOL_HEADER`].
+/// API keys ([`EventBody::ApiKeyUpsert`], [`Snapshot::api_keys`]) and the [`PROTOCOL_HEADER`];
+/// 3 — escrow for fleet users ([`UserSettings::fleet`], `POST /v1/escrow/grants` with
+/// [`GrantRequest`] / [`GrantResponse`], [`EventBody::EscrowGrant`]).
 ///
 /// Negotiation (ARCHITECTURE.md "Protocol versions"): an agent names its version in every
 /// request — in the body of an enrolment or push and, from version 2, in the
@@ -37,7 +40,7 @@ use crate::money::Credits;
 /// message or an event its version does not know. A version it does not speak is refused (HTTP
 /// 400, [`error_code::UNSUPPORTED_PROTOCOL`]). So a fleet upgrades the server first, then its
 /// agents one host at a time.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest protocol this build's server still speaks: an agent one version behind keeps
 /// syncing.
 pub const PROTOCOL_VERSION_MIN: u32 = 1;
@@ -431,6 +434,8 @@ pub enum EventBody {
     /// An API key made (or revoked) centrally for a user this agent serves: only its hash
     /// crosses the wire. Protocol 2.
     ApiKeyUpsert(ApiKeySpec),
+    /// Protocol 3: a grant for a fleet user (the same as the grant request's answer).
+    EscrowGrant(GrantSpec),
 }
 
 impl EventBody {
@@ -438,11 +443,13 @@ impl EventBody {
     /// speaking an older one.
     pub const fn since_version(&self) -> u32 {
         match self {
+            EventBody::UserUpsert(settings) if settings.fleet => 3,
             EventBody::UserUpsert(_)
             | EventBody::Credit(_)
             | EventBody::PackageUpsert(_)
             | EventBody::PowerLevelUpsert(_) => 1,
             EventBody::ApiKeyUpsert(_) => 2,
+            EventBody::EscrowGrant(_) => 3,
         }
     }
 }
@@ -479,7 +486,63 @@ pub struct UserSettings {
     pub monthly_allowance: Credits,
     /// `None`: no cap.
     pub monthly_spend_cap: Option<Credits>,
+    /// A fleet user (protocol 3): served by every agent, their credit held centrally in a pool
+    /// from which each agent spends only the grants it was given (SYNC.md "Escrow"). Left out
+    /// when false, so a home user's settings read as they did in versions 1 and 2.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fleet: bool,
 }
+
+/// `POST /v1/escrow/grants` (protocol 3): an agent asks for a grant carved from a fleet user's
+/// pool. Idempotent by `request_id` per agent: a retry answers the grant the first request
+/// made, never a second one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    pub protocol_version: u32,
+    /// The agent's own id for this request (1..=[`GRANT_REQUEST_ID_LEN_MAX`] of
+    /// `[A-Za-z0-9._-]`).
+    pub request_id: String,
+    pub user_id: String,
+    /// What the agent would like: its recent spend for the user over a few tens of seconds.
+    pub want: Credits,
+    /// The worst-case cost of one request for the user (the grant is at least this, when the
+    /// pool holds it).
+    pub worst_case: Credits,
+}
+
+/// The answer to a [`GrantRequest`]: the grant, or none when the pool is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantResponse {
+    pub protocol_version: u32,
+    pub grant: Option<GrantSpec>,
+    /// What the pool holds after this grant.
+    pub pool_free: Credits,
+}
+
+/// A grant carved from a fleet user's pool for one agent. The agent books it as an `escrow`
+/// entry keyed `key`; it may spend it until `valid_for_ms` has passed on its own clock (from
+/// when it received it), and returns what is left with its own `escrow` entry keyed
+/// `release:…`. Also sent as an [`EventBody::EscrowGrant`], so a lost answer loses nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantSpec {
+    /// `grant:<agent id>:<request id>`: the central operation key the entry carries.
+    pub key: String,
+    pub user_id: String,
+    pub amount: Credits,
+    pub valid_for_ms: u64,
+}
+
+/// Longest grant request id.
+pub const GRANT_REQUEST_ID_LEN_MAX: usize = 64;
+/// The prefix of a grant's key ([`GrantSpec::key`]).
+pub const GRANT_KEY_PREFIX: &str = "grant:";
+/// The prefix of the key of an agent's entry returning what is left of its grants to the pool.
+pub const RELEASE_KEY_PREFIX: &str = "release:";
+/// The journal entry type of grants (positive) and releases (negative).
+pub const ESCROW_ENTRY_TYPE: &str = "escrow";
 
 /// Kinds of central credit movement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

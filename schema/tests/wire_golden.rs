@@ -161,6 +161,7 @@ fn enrol_messages() {
                 power_level: "precision".to_owned(),
                 monthly_allowance: credits("100"),
                 monthly_spend_cap: Some(credits("250.5")),
+                fleet: false,
             }],
         },
     );
@@ -182,6 +183,7 @@ fn settings() -> UserSettings {
         power_level: "eco".to_owned(),
         monthly_allowance: credits("50"),
         monthly_spend_cap: None,
+        fleet: false,
     }
 }
 
@@ -272,36 +274,101 @@ fn api_key() -> ApiKeySpec {
     }
 }
 
-/// The previous protocol's messages (pinned when it was current, never edited) read back with
+/// The previous protocols' messages (pinned when each was current, never edited) read back with
 /// this build's types and write out byte for byte: a server of this build understands an agent
-/// one version behind, and can answer it in its own words — the fields added since are optional
-/// and left out when empty.
+/// one or two versions behind, and can answer it in its own words — the fields added since are
+/// optional and left out when empty.
 #[test]
 fn previous_version_messages_read_back_and_write_out_byte_for_byte() {
-    fn same<T: Serialize + DeserializeOwned>(name: &str) {
+    fn same<T: Serialize + DeserializeOwned>(version: &str, name: &str) {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/wire/v1")
+            .join("tests/fixtures/wire")
+            .join(version)
             .join(format!("{name}.json"));
         let stored = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("fixture {} missing ({e})", path.display()));
         let value: T = serde_json::from_str(&stored)
-            .unwrap_or_else(|e| panic!("v1 {name} does not parse: {e}"));
+            .unwrap_or_else(|e| panic!("{version} {name} does not parse: {e}"));
         let json = serde_json::to_string_pretty(&value).expect("serializes") + "\n";
-        assert_eq!(json, stored, "v1 {name} does not write out as it was");
+        assert_eq!(
+            json, stored,
+            "{version} {name} does not write out as it was"
+        );
     }
-    same::<EnrollRequest>("enroll_request");
-    same::<EnrollRequest>("enroll_request_with_users");
-    same::<EnrollResponse>("enroll_response");
-    same::<PushRequest>("push_request");
-    same::<PushResponse>("push_response");
-    same::<ErrorBody>("error_gap");
-    same::<InboxPage>("inbox_page");
-    same::<Snapshot>("snapshot");
-    let v1 =
-        std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wire/v1"))
-            .expect("the v1 fixtures")
-            .count();
-    assert_eq!(v1, 8, "every v1 fixture is checked above");
+    for version in ["v1", "v2"] {
+        same::<EnrollRequest>(version, "enroll_request");
+        same::<EnrollRequest>(version, "enroll_request_with_users");
+        same::<EnrollResponse>(version, "enroll_response");
+        same::<PushRequest>(version, "push_request");
+        same::<PushResponse>(version, "push_response");
+        same::<ErrorBody>(version, "error_gap");
+        same::<InboxPage>(version, "inbox_page");
+        same::<Snapshot>(version, "snapshot");
+        let files = std::fs::read_dir(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/wire")
+                .join(version),
+        )
+        .expect("the fixtures")
+        .count();
+        assert_eq!(files, 8, "every {version} fixture is checked above");
+    }
+}
+
+fn grant() -> GrantSpec {
+    GrantSpec {
+        key: "grant:0193a3c4-0000-7000-8000-000000000001:r-17".to_owned(),
+        user_id: "fleet-ann".to_owned(),
+        amount: credits("2.5"),
+        valid_for_ms: 60_000,
+    }
+}
+
+#[test]
+fn escrow_messages() {
+    golden(
+        "grant_request",
+        &GrantRequest {
+            protocol_version: PROTOCOL_VERSION,
+            request_id: "r-17".to_owned(),
+            user_id: "fleet-ann".to_owned(),
+            want: credits("3"),
+            worst_case: credits("0.25"),
+        },
+    );
+    golden(
+        "grant_response",
+        &GrantResponse {
+            protocol_version: PROTOCOL_VERSION,
+            grant: Some(grant()),
+            pool_free: credits("97.5"),
+        },
+    );
+    golden(
+        "inbox_page_escrow",
+        &InboxPage {
+            protocol_version: PROTOCOL_VERSION,
+            head: 2,
+            events: vec![
+                InboxEvent {
+                    seq: 1,
+                    event_id: "0193a3c4-0000-7000-8000-000000000201".to_owned(),
+                    created_at: "2026-11-24T10:00:00Z".to_owned(),
+                    body: EventBody::UserUpsert(UserSettings {
+                        fleet: true,
+                        user_id: "fleet-ann".to_owned(),
+                        ..settings()
+                    }),
+                },
+                InboxEvent {
+                    seq: 2,
+                    event_id: "0193a3c4-0000-7000-8000-000000000202".to_owned(),
+                    created_at: "2026-11-24T10:00:01Z".to_owned(),
+                    body: EventBody::EscrowGrant(grant()),
+                },
+            ],
+        },
+    );
 }
 
 #[test]
@@ -309,6 +376,12 @@ fn every_event_names_the_version_that_added_it() {
     assert_eq!(EventBody::UserUpsert(settings()).since_version(), 1);
     assert_eq!(EventBody::PackageUpsert(package()).since_version(), 1);
     assert_eq!(EventBody::ApiKeyUpsert(api_key()).since_version(), 2);
+    assert_eq!(EventBody::EscrowGrant(grant()).since_version(), 3);
+    let fleet = UserSettings {
+        fleet: true,
+        ..settings()
+    };
+    assert_eq!(EventBody::UserUpsert(fleet).since_version(), 3);
     // The server speaks the previous version (a rolling upgrade needs it).
     const { assert!(PROTOCOL_VERSION_MIN < PROTOCOL_VERSION) };
 }

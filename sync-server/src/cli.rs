@@ -38,7 +38,8 @@ pub enum Command {
     /// Admin API tokens: create (read or full role), list, revoke.
     #[command(subcommand, name = "admin-tokens")]
     AdminTokens(AdminTokensCommand),
-    /// Users across agents: list with balances, create or change (sent to the home agent).
+    /// Users across agents: list with balances, create or change (sent to the agents that serve
+    /// them).
     #[command(subcommand)]
     Users(UsersCommand),
     /// Grant, refund or adjust a user's credit centrally (idempotent by operation id).
@@ -105,8 +106,9 @@ pub enum UsersCommand {
     List,
     /// One user: settings, balance, who holds it, spend this month, pending central credit.
     Show { user_id: String },
-    /// Create a user homed on agent HOME, or change one; only the settings named change, and
-    /// they reach the home agent.
+    /// Create a user (homed on agent HOME, or without --home a fleet user served by every agent
+    /// from grants of their pool), or change one; only the settings named change, and they
+    /// reach the agents that serve the user.
     Set(UserSetArgs),
     /// API keys for a user, made here and sent (hashes only) to the agents that serve the user.
     #[command(subcommand, name = "api-key")]
@@ -131,8 +133,9 @@ pub enum ApiKeyCommand {
 #[derive(Debug, Args)]
 pub struct UserSetArgs {
     pub user_id: String,
-    /// The agent (by name) that holds this user's balance: required for a new user; left out,
-    /// an existing user keeps theirs.
+    /// The agent (by name) that holds this user's balance. Left out: a new user is a fleet user
+    /// (every agent serves them, spending grants of their central pool); an existing user keeps
+    /// what they are.
     #[arg(long)]
     pub home: Option<String>,
     /// Unless given, unchanged (a new user: trial).

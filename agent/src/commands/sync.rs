@@ -53,6 +53,7 @@ fn adopted_users(ledger: &mut crate::ledger::Ledger) -> anyhow::Result<Vec<UserS
             power_level: a.power_level.to_string(),
             monthly_allowance: a.monthly_allowance,
             monthly_spend_cap: a.monthly_spend_cap,
+            fleet: false,
         })
         .collect())
 }

@@ -262,6 +262,7 @@ fn event_kind(body: &EventBody) -> &'static str {
         EventBody::PackageUpsert(_) => "package_upsert",
         EventBody::PowerLevelUpsert(_) => "power_level_upsert",
         EventBody::ApiKeyUpsert(_) => "api_key_upsert",
+        EventBody::EscrowGrant(_) => "escrow_grant",
     }
 }
 
@@ -274,6 +275,10 @@ impl Session<'_> {
             EventBody::PackageUpsert(package) => self.upsert_package(package).map(|()| None),
             EventBody::PowerLevelUpsert(level) => self.upsert_power_level(level).map(|()| None),
             EventBody::ApiKeyUpsert(key) => self.upsert_central_api_key(key).map(|()| None),
+            EventBody::EscrowGrant(_) => Err(LedgerError::InvalidField {
+                field: "event",
+                why: "escrow grants are not applied by this agent yet".into(),
+            }),
         }
     }
 

@@ -338,6 +338,7 @@ fn user(id: &str, tier: &str) -> UserSettings {
         power_level: "balanced".to_owned(),
         monthly_allowance: Credits::ZERO,
         monthly_spend_cap: None,
+        fleet: false,
     }
 }
 

@@ -76,6 +76,7 @@ fn settings(
         power_level: level.to_owned(),
         monthly_allowance: c(allowance),
         monthly_spend_cap: cap.map(c),
+        fleet: false,
     }
 }
 

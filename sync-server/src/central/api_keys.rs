@@ -198,12 +198,23 @@ pub async fn revoke(pool: &Pool, key_id: &str) -> Result<Revoked, CentralError> 
 }
 
 /// The agents that serve `user_id` and can read the event: its home agent, unless revoked or
-/// speaking a protocol older than the event's.
+/// speaking a protocol older than the event's; for a fleet user, every such agent that speaks
+/// protocol 3.
 async fn serving_agents(
     client: &Transaction<'_>,
     user_id: &str,
     body: &EventBody,
 ) -> Result<Vec<(Uuid, String)>, CentralError> {
+    let fleet: bool = client
+        .query_one(
+            "SELECT fleet FROM user_credits WHERE user_id = $1",
+            &[&user_id],
+        )
+        .await?
+        .get("fleet");
+    if fleet {
+        return super::fleet::serving_agents(client, body).await;
+    }
     let since = i32::try_from(body.since_version()).unwrap_or(i32::MAX);
     let rows = client
         .query(
@@ -234,19 +245,37 @@ async fn send(
     Ok(names)
 }
 
-/// Every key of the users `agent_id` serves, as the agent should hold them (snapshots).
+/// Every key of the users `agent_id` serves, as the agent should hold them (snapshots): those
+/// homed on it and, from protocol 3, fleet users'.
 pub async fn served_by(
     client: &Transaction<'_>,
     agent_id: Uuid,
+    protocol: u32,
 ) -> Result<Vec<ApiKeySpec>, CentralError> {
     let rows = client
         .query(
             &format!(
                 "SELECT {COLUMNS} FROM api_keys WHERE user_id IN \
-                 (SELECT user_id FROM user_credits WHERE home_agent_id = $1) \
-                 ORDER BY created_at, key_id"
+                 (SELECT user_id FROM user_credits WHERE home_agent_id = $1 \
+                  OR (fleet AND $2 >= {})) \
+                 ORDER BY created_at, key_id",
+                super::fleet::FLEET_PROTOCOL
             ),
-            &[&agent_id],
+            &[&agent_id, &i32::try_from(protocol).unwrap_or(i32::MAX)],
+        )
+        .await?;
+    Ok(rows.iter().map(spec).collect())
+}
+
+/// Every key of every fleet user.
+pub async fn of_fleet_users(client: &Transaction<'_>) -> Result<Vec<ApiKeySpec>, CentralError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM api_keys WHERE user_id IN \
+                 (SELECT user_id FROM user_credits WHERE fleet) ORDER BY created_at, key_id"
+            ),
+            &[],
         )
         .await?;
     Ok(rows.iter().map(spec).collect())
@@ -256,7 +285,8 @@ pub async fn served_by(
 /// and has just recorded that the agent now speaks a protocol that knows key events). Returns
 /// how many were sent.
 pub async fn catch_up(tx: &Transaction<'_>, agent_id: Uuid) -> Result<usize, CentralError> {
-    let keys = served_by(tx, agent_id).await?;
+    // Protocol 2: fleet users' keys come with their own catch-up, at 3.
+    let keys = served_by(tx, agent_id, 2).await?;
     for key in &keys {
         inbox::append(tx, agent_id, &EventBody::ApiKeyUpsert(key.clone()), None).await?;
     }

@@ -13,7 +13,10 @@
 //!   one event (see [`super::operation`]).
 //! - Amounts: grant and refund strictly positive, adjust any non-zero amount (a negative one the
 //!   agent cannot cover is refused by the agent and shows in reconcile); never zero.
-//! - The user must exist centrally with a home agent that is not revoked (a purchase, already
+//! - A fleet user's credit is booked on their pool in the same transaction (the operation row
+//!   with no agent; no event): agents get it through grants (`super::escrow`). Taking credit
+//!   away takes it from the pool, never from what agents hold.
+//! - A home user must exist centrally with a home agent that is not revoked (a purchase, already
 //!   paid, is recorded even for a revoked home so the payment is never lost; reconcile shows it
 //!   as not applied).
 
@@ -96,11 +99,15 @@ pub struct CreditResult {
     pub kind: CreditEventKind,
     pub amount: Credits,
     pub package: Option<String>,
-    /// The home agent the event went to.
-    pub agent: String,
-    pub agent_id: Uuid,
-    pub inbox_seq: i64,
-    pub event_id: Uuid,
+    /// The home agent the event went to; `None` for a fleet user, whose credit is booked on
+    /// their pool at once (no agent, no event).
+    pub agent: Option<String>,
+    pub agent_id: Option<Uuid>,
+    pub inbox_seq: Option<i64>,
+    pub event_id: Option<Uuid>,
+    /// A fleet user's pool after this operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Credits>,
 }
 
 /// The canonical content of an admin credit operation (its fingerprint's input).
@@ -313,22 +320,25 @@ async fn credit_in_tx(
     if let Begin::Replay(done) = operation::begin(tx, claim).await? {
         return Ok(Applied::replayed(done));
     }
-    // FOR SHARE: a concurrent home change (FOR UPDATE) waits for this operation to commit, and
-    // then sees it as pending on the old home.
+    // A row lock: a concurrent home change (FOR UPDATE) waits for this operation to commit, and
+    // then sees it as pending on the old home; a fleet user's pool moves under it.
     let row = tx
         .query_opt(
-            "SELECT u.home_agent_id, a.name, a.status FROM user_credits u \
+            "SELECT u.home_agent_id, u.fleet, a.name, a.status FROM user_credits u \
              LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
-             WHERE u.user_id = $1 FOR SHARE OF u",
+             WHERE u.user_id = $1 FOR NO KEY UPDATE OF u",
             &[&req.user_id],
         )
         .await?
         .ok_or_else(|| {
             CentralError::NotFound(format!(
-                "no user {:?} is known centrally; create it with a home agent first",
+                "no user {:?} is known centrally; create it first (users set)",
                 req.user_id
             ))
         })?;
+    if row.get::<_, bool>("fleet") {
+        return pool_credit(tx, req).await;
+    }
     let home: Option<Uuid> = row.get("home_agent_id");
     let Some(agent_id) = home else {
         return Err(CentralError::Refused(format!(
@@ -361,15 +371,74 @@ async fn credit_in_tx(
         kind: req.kind,
         amount: req.amount,
         package: req.package.map(str::to_owned),
-        agent,
-        agent_id,
-        inbox_seq: written.seq,
-        event_id: written.event_id,
+        agent: Some(agent),
+        agent_id: Some(agent_id),
+        inbox_seq: Some(written.seq),
+        event_id: Some(written.event_id),
+        pool: None,
     };
     operation::finish(tx, req.key, Some((agent_id, written.seq)), &result).await?;
     Ok(Applied {
         result,
         replayed: false,
         events_written: 1,
+    })
+}
+
+/// Books a fleet user's credit on their pool (the row is locked by the caller): no agent holds
+/// it until a grant carves it out. Taking credit away takes it from the pool only: what agents
+/// hold as grants is theirs to spend until they release it, so an amount beyond the pool is
+/// refused (no debt is booked yet).
+async fn pool_credit(
+    tx: &Transaction<'_>,
+    req: &CreditRequest<'_>,
+) -> Result<Applied<CreditResult>, CentralError> {
+    let amount = req.amount.to_decimal();
+    let purchased = if req.kind == CreditEventKind::Purchase {
+        amount
+    } else {
+        rust_decimal::Decimal::ZERO
+    };
+    let row = tx
+        .query_opt(
+            "UPDATE user_credits SET pool = pool + $2, \
+                 lifetime_credits_purchased = lifetime_credits_purchased + $3 \
+             WHERE user_id = $1 AND pool + $2 >= 0 RETURNING pool",
+            &[&req.user_id, &amount, &purchased],
+        )
+        .await?;
+    let Some(row) = row else {
+        let free: rust_decimal::Decimal = tx
+            .query_one(
+                "SELECT pool FROM user_credits WHERE user_id = $1",
+                &[&req.user_id],
+            )
+            .await?
+            .get("pool");
+        return Err(CentralError::Refused(format!(
+            "fleet user {:?}'s pool holds {} credits, less than the {} to take; the rest is \
+             held by agents as grants until they release it",
+            req.user_id,
+            free.normalize(),
+            req.amount
+        )));
+    };
+    let result = CreditResult {
+        operation_key: req.key.to_owned(),
+        user_id: req.user_id.to_owned(),
+        kind: req.kind,
+        amount: req.amount,
+        package: req.package.map(str::to_owned),
+        agent: None,
+        agent_id: None,
+        inbox_seq: None,
+        event_id: None,
+        pool: Some(super::credits_from_db(row.get("pool"))?),
+    };
+    operation::finish(tx, req.key, None, &result).await?;
+    Ok(Applied {
+        result,
+        replayed: false,
+        events_written: 0,
     })
 }

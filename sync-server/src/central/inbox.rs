@@ -27,6 +27,7 @@ pub fn kind(body: &EventBody) -> &'static str {
         EventBody::PackageUpsert(_) => "package_upsert",
         EventBody::PowerLevelUpsert(_) => "power_level_upsert",
         EventBody::ApiKeyUpsert(_) => "api_key_upsert",
+        EventBody::EscrowGrant(_) => "escrow_grant",
     }
 }
 

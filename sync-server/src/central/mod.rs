@@ -19,6 +19,8 @@
 pub mod api_keys;
 pub mod catalog;
 pub mod credit;
+pub mod escrow;
+pub mod fleet;
 pub mod inbox;
 pub mod operation;
 pub mod users;

@@ -1,10 +1,12 @@
-//! Users centrally: create or change a user (homed on one agent) and read them back.
+//! Users centrally: create or change a user (homed on one agent, or a fleet user served by every
+//! agent) and read them back.
 //!
 //! Guarantees:
 //! - [`set_user`] validates everything first (tier, power level, user id, limits, the home agent
 //!   exists and is not revoked), then in one transaction claims the operation key, upserts
 //!   `user_credits` (home and settings only: never the balance) and writes a `UserUpsert` event
-//!   with the user's whole settings to the home agent's inbox. A change names only what it
+//!   with the user's whole settings to the home agent's inbox — for a fleet user, to every
+//!   agent that can read it (protocol 3; an agent rising to it catches up). A change names only what it
 //!   changes: the rest keeps its value (the row is read `FOR UPDATE`, so concurrent changes of
 //!   different settings both land). Same key and content → the stored result, no new event.
 //! - A user's home never moves while the old home may hold credit for them: a non-zero cached
@@ -22,15 +24,16 @@ use tollgate_schema::wire::{EventBody, UserSettings};
 use uuid::Uuid;
 
 use super::operation::{self, Begin, Claim};
-use super::{Applied, CentralError, inbox, validate};
+use super::{Applied, CentralError, fleet, inbox, validate};
 
 /// Create or change a user: the settings it names change, the others keep their value (or, for
 /// a new user, take the defaults: tier `trial`, the tier's default level, no allowance, no cap).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserSet {
     pub user_id: String,
-    /// The agent, by name, that holds this user's balance. Required for a new user; for an
-    /// existing one, `None` keeps the home it has (a home never moves).
+    /// The agent, by name, that holds this user's balance. `None`: a new user is a fleet user
+    /// (served by every agent, from grants of their pool); an existing one keeps what they are
+    /// (a home never moves).
     pub home_agent: Option<String>,
     pub tier: Option<String>,
     pub power_level: Option<String>,
@@ -65,11 +68,15 @@ pub const NEW_USER_TIER: &str = "trial";
 pub struct UserSetResult {
     pub operation_key: String,
     pub user: UserSettings,
-    pub home_agent: String,
-    pub home_agent_id: Uuid,
-    /// The `UserUpsert` event's seq in the home agent's inbox.
-    pub inbox_seq: i64,
-    pub event_id: Uuid,
+    /// `None` for a fleet user.
+    pub home_agent: Option<String>,
+    pub home_agent_id: Option<Uuid>,
+    /// The `UserUpsert` event's seq in the home agent's inbox (a fleet user: the first
+    /// recipient's; `None` when no agent speaks protocol 3 yet).
+    pub inbox_seq: Option<i64>,
+    pub event_id: Option<Uuid>,
+    /// The agents the settings were sent to.
+    pub sent_to: Vec<String>,
     /// True when the user did not exist centrally before.
     pub created: bool,
 }
@@ -96,7 +103,7 @@ impl UserSet {
     }
 
     /// The settings of a new user: what it names, defaults for the rest.
-    fn new_settings(&self) -> UserSettings {
+    fn new_settings(&self, fleet: bool) -> UserSettings {
         let tier = self
             .tier
             .clone()
@@ -110,6 +117,7 @@ impl UserSet {
             tier,
             monthly_allowance: self.monthly_allowance.unwrap_or(Credits::ZERO),
             monthly_spend_cap: self.monthly_spend_cap.and_then(SpendCap::credits),
+            fleet,
         }
     }
 
@@ -124,6 +132,7 @@ impl UserSet {
                 None => current.monthly_spend_cap,
                 Some(cap) => cap.credits(),
             },
+            fleet: current.fleet,
         }
     }
 }
@@ -138,8 +147,8 @@ fn default_power_level(tier: &str) -> String {
         .to_owned()
 }
 
-/// Creates or changes a user and sends the settings to their home agent, idempotently by
-/// `operation_key`.
+/// Creates or changes a user and sends the settings to the agents that serve them (the home
+/// agent; every agent speaking protocol 3 for a fleet user), idempotently by `operation_key`.
 pub async fn set_user(
     pool: &Pool,
     req: &UserSet,
@@ -161,37 +170,22 @@ pub async fn set_user(
     if let Begin::Replay(done) = operation::begin(&tx, claim).await? {
         return Ok(Applied::replayed(done));
     }
-    let home_agent = match &req.home_agent {
-        Some(name) => name.clone(),
-        None => current_home(&tx, &req.user_id).await?,
+    let named_home = match &req.home_agent {
+        Some(name) => Some(home_agent(&tx, name).await?),
+        None => None,
     };
-    let agent = tx
-        .query_opt(
-            "SELECT agent_id, status FROM agents WHERE name = $1",
-            &[&home_agent],
-        )
-        .await?
-        .ok_or_else(|| {
-            CentralError::invalid("home_agent", format!("no agent is named {home_agent:?}"))
-        })?;
-    let home_id: Uuid = agent.get("agent_id");
-    let status: String = agent.get("status");
-    if status == "revoked" {
-        return Err(CentralError::invalid(
-            "home_agent",
-            format!("agent {home_agent:?} is revoked and can never apply events"),
-        ));
-    }
 
-    let fresh = req.new_settings();
+    let fresh = req.new_settings(named_home.is_none());
     let created = tx
         .query_opt(
-            "INSERT INTO user_credits (user_id, home_agent_id, subscription_tier, power_level, \
-             monthly_allowance, monthly_spend_cap) VALUES ($1, $2, $3, $4, $5, $6) \
+            "INSERT INTO user_credits (user_id, home_agent_id, fleet, subscription_tier, \
+             power_level, monthly_allowance, monthly_spend_cap) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (user_id) DO NOTHING RETURNING id",
             &[
                 &fresh.user_id,
-                &home_id,
+                &named_home.as_ref().map(|(id, _)| *id),
+                &fresh.fleet,
                 &fresh.tier,
                 &fresh.power_level,
                 &fresh.monthly_allowance.to_decimal(),
@@ -200,13 +194,13 @@ pub async fn set_user(
         )
         .await?
         .is_some();
-    let settings = if created {
+    let (settings, home) = if created {
         validate::tier_and_level(&fresh.tier, &fresh.power_level)?;
-        fresh
+        (fresh, named_home)
     } else {
         let row = tx
             .query_one(
-                "SELECT u.home_agent_id, a.name AS home_agent, u.subscription_tier, \
+                "SELECT u.home_agent_id, a.name AS home_agent, u.fleet, u.subscription_tier, \
                  u.power_level, u.monthly_allowance, u.monthly_spend_cap FROM user_credits u \
                  LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
                  WHERE u.user_id = $1 FOR UPDATE OF u",
@@ -215,10 +209,19 @@ pub async fn set_user(
             .await?;
         let old_home: Option<Uuid> = row.get("home_agent_id");
         let old_name: Option<String> = row.get("home_agent");
-        if let Some(old_home) = old_home.filter(|old| *old != home_id) {
-            let old_name = old_name.unwrap_or_else(|| old_home.to_string());
-            return Err(refuse_move(&req.user_id, &old_name, &home_agent));
-        }
+        let fleet: bool = row.get("fleet");
+        let home = match (&named_home, old_home) {
+            (Some((_, name)), None) if fleet => {
+                return Err(refuse_home_for_fleet_user(&req.user_id, name));
+            }
+            (Some((id, name)), Some(old)) if *id != old => {
+                let old_name = old_name.unwrap_or_else(|| old.to_string());
+                return Err(refuse_move(&req.user_id, &old_name, name));
+            }
+            (Some(named), _) => Some(named.clone()),
+            (None, Some(old)) => Some((old, old_name.unwrap_or_else(|| old.to_string()))),
+            (None, None) => None,
+        };
         let cap: Option<Decimal> = row.get("monthly_spend_cap");
         let current = UserSettings {
             user_id: req.user_id.clone(),
@@ -226,6 +229,7 @@ pub async fn set_user(
             power_level: row.get("power_level"),
             monthly_allowance: super::credits_from_db(row.get("monthly_allowance"))?,
             monthly_spend_cap: cap.map(super::credits_from_db).transpose()?,
+            fleet,
         };
         let settings = req.applied_to(current);
         validate::tier_and_level(&settings.tier, &settings.power_level)?;
@@ -234,7 +238,7 @@ pub async fn set_user(
              monthly_allowance = $5, monthly_spend_cap = $6 WHERE user_id = $1",
             &[
                 &settings.user_id,
-                &home_id,
+                &home.as_ref().map(|(id, _)| *id),
                 &settings.tier,
                 &settings.power_level,
                 &settings.monthly_allowance.to_decimal(),
@@ -242,57 +246,75 @@ pub async fn set_user(
             ],
         )
         .await?;
-        settings
+        (settings, home)
     };
-    let written = inbox::append(
-        &tx,
-        home_id,
-        &EventBody::UserUpsert(settings.clone()),
-        Some(operation_key),
-    )
-    .await?;
+    let body = EventBody::UserUpsert(settings.clone());
+    let recipients = match &home {
+        Some((id, name)) => vec![(*id, name.clone())],
+        None => fleet::serving_agents(&tx, &body).await?,
+    };
+    let mut written = Vec::with_capacity(recipients.len());
+    for (agent_id, _) in &recipients {
+        written.push(inbox::append(&tx, *agent_id, &body, Some(operation_key)).await?);
+    }
+    let first = written.first();
     let result = UserSetResult {
         operation_key: operation_key.to_owned(),
         user: settings,
-        home_agent,
-        home_agent_id: home_id,
-        inbox_seq: written.seq,
-        event_id: written.event_id,
+        home_agent: home.as_ref().map(|(_, name)| name.clone()),
+        home_agent_id: home.as_ref().map(|(id, _)| *id),
+        inbox_seq: first.map(|w| w.seq),
+        event_id: first.map(|w| w.event_id),
+        sent_to: recipients.into_iter().map(|(_, name)| name).collect(),
         created,
     };
-    operation::finish(&tx, operation_key, Some((home_id, written.seq)), &result).await?;
+    operation::finish(
+        &tx,
+        operation_key,
+        home.as_ref().zip(first).map(|((id, _), w)| (*id, w.seq)),
+        &result,
+    )
+    .await?;
     tx.commit().await?;
     Ok(Applied {
         result,
         replayed: false,
-        events_written: 1,
+        events_written: u64::try_from(written.len()).unwrap_or(u64::MAX),
     })
 }
 
-/// The name of the agent that holds `user_id` now, for a change that names no home: a new user,
-/// or one without a home, must be given one.
-async fn current_home(
+/// The agent named `name` as a home: it exists and is not revoked.
+async fn home_agent(
     tx: &tokio_postgres::Transaction<'_>,
-    user_id: &str,
-) -> Result<String, CentralError> {
-    let row = tx
+    name: &str,
+) -> Result<(Uuid, String), CentralError> {
+    let agent = tx
         .query_opt(
-            "SELECT a.name AS home_agent FROM user_credits u \
-             LEFT JOIN agents a ON a.agent_id = u.home_agent_id WHERE u.user_id = $1",
-            &[&user_id],
+            "SELECT agent_id, status FROM agents WHERE name = $1",
+            &[&name],
         )
-        .await?;
-    row.and_then(|r| r.get::<_, Option<String>>("home_agent"))
+        .await?
         .ok_or_else(|| {
-            CentralError::invalid(
-                "home_agent",
-                format!(
-                    "user {user_id:?} has no home agent yet: name the agent that will hold their \
-                     balance (--home AGENT); users served by every agent (fleet users) come \
-                     with escrow, which is not built yet"
-                ),
-            )
-        })
+            CentralError::invalid("home_agent", format!("no agent is named {name:?}"))
+        })?;
+    let status: String = agent.get("status");
+    if status == "revoked" {
+        return Err(CentralError::invalid(
+            "home_agent",
+            format!("agent {name:?} is revoked and can never apply events"),
+        ));
+    }
+    Ok((agent.get("agent_id"), name.to_owned()))
+}
+
+/// Refuses to home a fleet user: agents hold grants of their pool, which only their own release
+/// entries return; a home would let one agent spend what others hold.
+fn refuse_home_for_fleet_user(user_id: &str, name: &str) -> CentralError {
+    CentralError::Refused(format!(
+        "user {user_id:?} is a fleet user, served by every agent from grants of their pool; \
+         giving them a home ({name:?}) is not supported. Leave --home out to change their \
+         settings"
+    ))
 }
 
 /// Refuses to move a user away from `old_home`. In home-agent mode the old home keeps the user's
@@ -386,8 +408,14 @@ pub struct UserDetail {
     pub entries: i64,
     pub pending_credit_operations: Vec<PendingCredit>,
     /// Which agents hold the user's credit, and how much. A home user: the home agent holds the
-    /// whole balance (as of its last acknowledged push).
+    /// whole balance (as of its last acknowledged push); a fleet user: each agent what it holds
+    /// of its grants (as of its last acknowledged push).
     pub held_by: Vec<Holding>,
+    /// A fleet user: served by every agent from grants of `pool`.
+    pub fleet: bool,
+    /// A fleet user's credit not granted to any agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Credits>,
     /// API keys made centrally and not revoked.
     pub live_api_keys: i64,
 }
@@ -413,7 +441,8 @@ pub async fn show_user(
                     u.power_level, u.lifetime_credits_purchased, \
                     (SELECT ct.created_at FROM credit_transactions ct \
                      WHERE ct.user_id = u.user_id ORDER BY ct.id DESC LIMIT 1) AS last_entry_at, \
-                    a.status AS home_agent_status, u.monthly_allowance, u.monthly_spend_cap, \
+                    a.status AS home_agent_status, u.fleet, u.pool, u.monthly_allowance, \
+                    u.monthly_spend_cap, \
                     u.credits_used_this_month, u.billing_cycle_start, u.billing_cycle_end, \
                     u.created_at, u.updated_at, \
                     (SELECT count(*) FROM credit_transactions ct WHERE ct.user_id = u.user_id) \
@@ -429,12 +458,13 @@ pub async fn show_user(
         return Ok(None);
     };
     let cap: Option<Decimal> = r.get("monthly_spend_cap");
+    let fleet: bool = r.get("fleet");
     let pending = client
         .query(
             "SELECT o.operation_key, o.amount, a.name AS agent, o.inbox_seq \
              FROM central_operations o \
              LEFT JOIN agents a ON a.agent_id = o.agent_id \
-             WHERE o.kind = 'credit' AND o.user_id = $1 \
+             WHERE o.kind = 'credit' AND o.user_id = $1 AND o.agent_id IS NOT NULL \
                AND NOT EXISTS (SELECT 1 FROM credit_transactions ct \
                                WHERE ct.idempotency_key = o.operation_key) \
              ORDER BY o.created_at LIMIT $2",
@@ -463,12 +493,37 @@ pub async fn show_user(
         updated_at: super::rfc3339(r.get("updated_at")),
         entries: r.get("entries"),
         pending_credit_operations: pending,
-        held_by: match r.get::<_, Option<String>>("home_agent") {
-            Some(agent) => vec![Holding {
-                agent,
-                credits: super::credits_from_db(r.get("balance"))?,
-            }],
-            None => Vec::new(),
+        held_by: if fleet {
+            client
+                .query(
+                    "SELECT a.name, h.balance FROM escrow_holdings h \
+                     JOIN agents a ON a.agent_id = h.agent_id \
+                     WHERE h.user_id = $1 AND h.balance <> 0 ORDER BY a.name",
+                    &[&user_id],
+                )
+                .await?
+                .iter()
+                .map(|h| {
+                    Ok(Holding {
+                        agent: h.get("name"),
+                        credits: super::credits_from_db(h.get("balance"))?,
+                    })
+                })
+                .collect::<Result<Vec<_>, CentralError>>()?
+        } else {
+            match r.get::<_, Option<String>>("home_agent") {
+                Some(agent) => vec![Holding {
+                    agent,
+                    credits: super::credits_from_db(r.get("balance"))?,
+                }],
+                None => Vec::new(),
+            }
+        },
+        fleet,
+        pool: if fleet {
+            Some(super::credits_from_db(r.get("pool"))?)
+        } else {
+            None
         },
         live_api_keys: r.get("live_api_keys"),
     }))

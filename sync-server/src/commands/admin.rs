@@ -257,7 +257,19 @@ pub async fn users(pool: &Pool, cmd: UsersCommand, json: bool) -> anyhow::Result
                     .map_or_else(|| "none".to_owned(), |c| c.to_string());
                 let rows = [
                     ("user", user.summary.user_id.clone()),
-                    ("balance", user.summary.balance.to_string()),
+                    (
+                        "served by",
+                        match (&user.summary.home_agent, user.fleet) {
+                            (_, true) => "every agent (fleet user)".to_owned(),
+                            (Some(home), false) => format!("home agent {home}"),
+                            (None, false) => "-".to_owned(),
+                        },
+                    ),
+                    (
+                        "pool",
+                        user.pool.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                    ),
+                    ("balance held by agents", user.summary.balance.to_string()),
                     (
                         "held by",
                         if held.is_empty() {
@@ -310,16 +322,26 @@ pub async fn users(pool: &Pool, cmd: UsersCommand, json: bool) -> anyhow::Result
                 print_json(&applied)?;
             } else {
                 let r = &applied.result;
-                println!(
-                    "user {} {} on agent {} (tier {}, power level {}); sent to the agent as inbox \
-                     event {}",
-                    r.user.user_id,
-                    if r.created { "created" } else { "updated" },
-                    r.home_agent,
-                    r.user.tier,
-                    r.user.power_level,
-                    r.inbox_seq
-                );
+                let verb = if r.created { "created" } else { "updated" };
+                match (&r.home_agent, r.inbox_seq) {
+                    (Some(home), Some(seq)) => println!(
+                        "user {} {verb} on agent {home} (tier {}, power level {}); sent to the \
+                         agent as inbox event {seq}",
+                        r.user.user_id, r.user.tier, r.user.power_level,
+                    ),
+                    _ => println!(
+                        "fleet user {} {verb} (tier {}, power level {}); served by every agent \
+                         from grants of their pool; settings sent to {}",
+                        r.user.user_id,
+                        r.user.tier,
+                        r.user.power_level,
+                        if r.sent_to.is_empty() {
+                            "no agent yet (none speaks protocol 3)".to_owned()
+                        } else {
+                            r.sent_to.join(", ")
+                        }
+                    ),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -430,26 +452,35 @@ pub async fn credits(pool: &Pool, cmd: CreditsCommand, json: bool) -> anyhow::Re
         print_json(&applied)?;
     } else {
         let r = &applied.result;
+        let destination = match (&r.agent, r.inbox_seq, r.pool) {
+            (Some(agent), Some(seq), _) => format!("agent {agent} (inbox event {seq})"),
+            (_, _, Some(pool)) => format!("the fleet pool (now {pool})"),
+            _ => "nowhere".to_owned(),
+        };
         if applied.replayed {
             println!(
-                "operation {} was already applied ({} {} for {}, inbox event {} of agent {}); \
-                 nothing new was written",
+                "operation {} was already applied ({} {} for {}, to {destination}); nothing new \
+                 was written",
                 r.operation_key,
                 r.kind.as_str(),
                 r.amount,
                 r.user_id,
-                r.inbox_seq,
-                r.agent
             );
-        } else {
+        } else if r.pool.is_some() {
             println!(
-                "{} {} for {} sent to agent {} (inbox event {}, operation {}); the balance \
-                 changes when the agent applies it",
+                "{} {} for {} booked on {destination} (operation {}); agents get it as grants",
                 r.kind.as_str(),
                 r.amount,
                 r.user_id,
-                r.agent,
-                r.inbox_seq,
+                r.operation_key
+            );
+        } else {
+            println!(
+                "{} {} for {} sent to {destination} (operation {}); the balance changes when the \
+                 agent applies it",
+                r.kind.as_str(),
+                r.amount,
+                r.user_id,
                 r.operation_key
             );
         }

@@ -12,6 +12,7 @@ pub mod health;
 pub mod json;
 pub mod stripe_webhook;
 pub mod sync_enroll;
+pub mod sync_escrow;
 pub mod sync_pull;
 pub mod sync_push;
 
@@ -57,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sync/push", post(sync_push::handle))
         .route("/v1/sync/inbox", get(sync_pull::inbox))
         .route("/v1/sync/snapshot", get(sync_pull::snapshot))
+        .route("/v1/escrow/grants", post(sync_escrow::grant))
         // Admin API.
         .route("/admin/v1/users", get(admin::users::list))
         .route(

@@ -89,16 +89,22 @@ pub(super) async fn users(
                  FROM credit_transactions ct \
                  JOIN agent_streams s ON s.agent_id = ct.agent_id AND s.incarnation = ct.incarnation \
                  ORDER BY ct.user_id, s.created_at DESC, ct.incarnation DESC, ct.seq DESC \
+             ), pool_purchases AS ( \
+                 SELECT user_id, sum(amount) AS purchased FROM central_operations \
+                 WHERE kind = 'credit' AND agent_id IS NULL AND result->>'kind' = 'purchase' \
+                 GROUP BY user_id \
              ) \
-             SELECT u.user_id, u.balance, u.lifetime_credits_purchased, \
-                    coalesce(s.total, 0) AS total, coalesce(s.purchased, 0) AS purchased, \
+             SELECT u.user_id, u.balance, u.lifetime_credits_purchased, u.fleet, \
+                    coalesce(s.total, 0) AS total, \
+                    coalesce(s.purchased, 0) + coalesce(p.purchased, 0) AS purchased, \
                     l.balance_after AS latest, l.agent_id AS latest_agent, l.seq AS latest_seq \
              FROM user_credits u \
              LEFT JOIN sums s ON s.user_id = u.user_id \
              LEFT JOIN latest l ON l.user_id = u.user_id \
+             LEFT JOIN pool_purchases p ON p.user_id = u.user_id \
              WHERE u.balance <> coalesce(s.total, 0) \
-                OR coalesce(l.balance_after, 0) <> coalesce(s.total, 0) \
-                OR u.lifetime_credits_purchased <> coalesce(s.purchased, 0) \
+                OR (NOT u.fleet AND coalesce(l.balance_after, 0) <> coalesce(s.total, 0)) \
+                OR u.lifetime_credits_purchased <> coalesce(s.purchased, 0) + coalesce(p.purchased, 0) \
              ORDER BY u.user_id LIMIT $1",
             &[&limit()],
         )
@@ -125,8 +131,9 @@ pub(super) async fn users(
                 ),
             );
         }
+        let fleet: bool = r.get("fleet");
         let latest_value = latest.unwrap_or(Decimal::ZERO);
-        if latest_value != total {
+        if !fleet && latest_value != total {
             let agent = latest_agent.map(|a| names.of(a));
             out.push(
                 kind::BALANCE_AGENT,
@@ -148,7 +155,7 @@ pub(super) async fn users(
                 Some(&user),
                 None,
                 format!(
-                    "lifetime credits purchased {} ≠ sum of purchase entries {}",
+                    "lifetime credits purchased {} ≠ sum of purchase entries and pool purchases {}",
                     show(lifetime),
                     show(purchased)
                 ),
@@ -176,7 +183,7 @@ pub(super) async fn homes(
              ) \
              SELECT p.user_id, u.home_agent_id, array_agg(p.agent_id ORDER BY p.agent_id) AS agents, \
                     array_agg(p.balance_after ORDER BY p.agent_id) AS balances \
-             FROM per_agent p JOIN user_credits u ON u.user_id = p.user_id \
+             FROM per_agent p JOIN user_credits u ON u.user_id = p.user_id AND NOT u.fleet \
              GROUP BY p.user_id, u.home_agent_id \
              HAVING bool_or(p.agent_id IS DISTINCT FROM u.home_agent_id AND p.balance_after <> 0) \
              ORDER BY p.user_id LIMIT $1",
@@ -421,7 +428,8 @@ pub(super) async fn usage(
     Ok(())
 }
 
-/// Each central credit operation: exactly one entry, from the agent it was sent to, matching.
+/// Each central credit operation sent to an agent (home credit, grants): exactly one entry, from
+/// that agent, matching. A fleet user's pool credit has no entry: [`fleet`] checks it.
 pub(super) async fn credit_operations(
     tx: &Transaction<'_>,
     out: &mut Collector,
@@ -447,7 +455,7 @@ pub(super) async fn credit_operations(
              FROM central_operations o \
              LEFT JOIN agents a ON a.agent_id = o.agent_id \
              LEFT JOIN credit_transactions ct ON ct.idempotency_key = o.operation_key \
-             WHERE o.kind = 'credit' \
+             WHERE o.kind = 'credit' AND o.agent_id IS NOT NULL \
              GROUP BY o.operation_key, a.agent_id \
              HAVING count(ct.id) <> 1 \
                  OR bool_or(ct.amount <> o.amount OR ct.user_id <> o.user_id \
@@ -534,7 +542,7 @@ pub(super) async fn credit_operations(
     Ok(())
 }
 
-/// Entries carrying a central key (`admin:` / `stripe:`) no credit operation has.
+/// Entries carrying a central key (`admin:` / `stripe:` / `grant:`) no credit operation has.
 pub(super) async fn orphan_central_keys(
     tx: &Transaction<'_>,
     out: &mut Collector,
@@ -544,7 +552,8 @@ pub(super) async fn orphan_central_keys(
         .query(
             "SELECT ct.agent_id, ct.seq, ct.user_id, ct.idempotency_key, ct.amount \
              FROM credit_transactions ct \
-             WHERE (ct.idempotency_key LIKE 'admin:%' OR ct.idempotency_key LIKE 'stripe:%') \
+             WHERE (ct.idempotency_key LIKE 'admin:%' OR ct.idempotency_key LIKE 'stripe:%' \
+                    OR ct.idempotency_key LIKE 'grant:%') \
                AND NOT EXISTS (SELECT 1 FROM central_operations o \
                                WHERE o.operation_key = ct.idempotency_key AND o.kind = 'credit') \
              ORDER BY ct.agent_id, ct.incarnation, ct.seq LIMIT $1",
@@ -565,6 +574,113 @@ pub(super) async fn orphan_central_keys(
                 "entry seq {seq} of agent {agent} ({} credits) carries central key {key} but no \
                  central operation has that key",
                 show(amount)
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Fleet users: each pool equals its credits less its grants plus the releases booked; what each
+/// agent holds of a user (`escrow_holdings`) equals the sum of that agent's entries for them and
+/// the `balance_after` of its latest one.
+pub(super) async fn fleet(
+    tx: &Transaction<'_>,
+    out: &mut Collector,
+    names: &Names,
+) -> Result<(), CentralError> {
+    let pools = tx
+        .query(
+            "WITH credits AS ( \
+                 SELECT o.user_id, \
+                        coalesce(sum(o.amount) FILTER (WHERE o.agent_id IS NULL), 0) AS credited, \
+                        coalesce(sum(o.amount) FILTER (WHERE o.operation_key LIKE 'grant:%'), 0) \
+                            AS granted \
+                 FROM central_operations o JOIN user_credits u ON u.user_id = o.user_id \
+                 WHERE u.fleet AND o.kind = 'credit' GROUP BY o.user_id \
+             ), releases AS ( \
+                 SELECT ct.user_id, -sum(ct.amount) AS released FROM credit_transactions ct \
+                 JOIN user_credits u ON u.user_id = ct.user_id \
+                 WHERE u.fleet AND ct.transaction_type = 'escrow' AND ct.amount < 0 \
+                 GROUP BY ct.user_id \
+             ) \
+             SELECT u.user_id, u.pool, coalesce(c.credited, 0) AS credited, \
+                    coalesce(c.granted, 0) AS granted, coalesce(r.released, 0) AS released \
+             FROM user_credits u \
+             LEFT JOIN credits c ON c.user_id = u.user_id \
+             LEFT JOIN releases r ON r.user_id = u.user_id \
+             WHERE u.fleet AND u.pool <> coalesce(c.credited, 0) - coalesce(c.granted, 0) \
+                                          + coalesce(r.released, 0) \
+             ORDER BY u.user_id LIMIT $1",
+            &[&limit()],
+        )
+        .await?;
+    for r in pools {
+        let user: String = r.get("user_id");
+        let pool: Decimal = r.get("pool");
+        let credited: Decimal = r.get("credited");
+        let granted: Decimal = r.get("granted");
+        let released: Decimal = r.get("released");
+        out.push(
+            kind::FLEET_POOL,
+            Some(&user),
+            None,
+            format!(
+                "pool {} ≠ credited {} − granted {} + released {} = {}",
+                show(pool),
+                show(credited),
+                show(granted),
+                show(released),
+                show(credited - granted + released)
+            ),
+        );
+    }
+    let holdings = tx
+        .query(
+            "WITH sums AS ( \
+                 SELECT ct.user_id, ct.agent_id, sum(ct.amount) AS total FROM credit_transactions ct \
+                 JOIN user_credits u ON u.user_id = ct.user_id WHERE u.fleet \
+                 GROUP BY ct.user_id, ct.agent_id \
+             ), latest AS ( \
+                 SELECT DISTINCT ON (ct.user_id, ct.agent_id) ct.user_id, ct.agent_id, \
+                        ct.balance_after, ct.seq \
+                 FROM credit_transactions ct \
+                 JOIN user_credits u ON u.user_id = ct.user_id AND u.fleet \
+                 JOIN agent_streams s ON s.agent_id = ct.agent_id AND s.incarnation = ct.incarnation \
+                 ORDER BY ct.user_id, ct.agent_id, s.created_at DESC, ct.incarnation DESC, \
+                          ct.seq DESC \
+             ) \
+             SELECT coalesce(h.user_id, s.user_id) AS user_id, \
+                    coalesce(h.agent_id, s.agent_id) AS agent_id, \
+                    coalesce(h.balance, 0) AS held, coalesce(s.total, 0) AS total, \
+                    l.balance_after AS latest, l.seq AS latest_seq \
+             FROM escrow_holdings h \
+             FULL JOIN sums s ON s.user_id = h.user_id AND s.agent_id = h.agent_id \
+             LEFT JOIN latest l ON l.user_id = coalesce(h.user_id, s.user_id) \
+                               AND l.agent_id = coalesce(h.agent_id, s.agent_id) \
+             WHERE coalesce(h.balance, 0) <> coalesce(s.total, 0) \
+                OR coalesce(l.balance_after, 0) <> coalesce(s.total, 0) \
+             ORDER BY 1, 2 LIMIT $1",
+            &[&limit()],
+        )
+        .await?;
+    for r in holdings {
+        let user: String = r.get("user_id");
+        let agent = names.of(r.get("agent_id"));
+        let held: Decimal = r.get("held");
+        let total: Decimal = r.get("total");
+        let latest: Option<Decimal> = r.get("latest");
+        let latest_seq: Option<i64> = r.get("latest_seq");
+        out.push(
+            kind::FLEET_HOLDING,
+            Some(&user),
+            Some(&agent),
+            format!(
+                "agent {agent} holds {} of fleet user {user} by the cache, {} by the sum of its \
+                 entries, {} by its latest entry (seq {})",
+                show(held),
+                show(total),
+                show(latest.unwrap_or(Decimal::ZERO)),
+                latest_seq.unwrap_or(0)
             ),
         );
     }

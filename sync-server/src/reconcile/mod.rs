@@ -45,7 +45,8 @@ pub const DIFFERENCES_PER_KIND_MAX: usize = 1_000;
 pub mod kind {
     /// `user_credits.balance` ≠ SUM(amount) of the user's entries.
     pub const BALANCE_CACHE: &str = "balance_cache";
-    /// SUM(amount) ≠ `balance_after` of the user's latest entry.
+    /// SUM(amount) ≠ `balance_after` of the user's latest entry (home users; a fleet user's
+    /// chains are per agent: [`FLEET_HOLDING`]).
     pub const BALANCE_AGENT: &str = "balance_agent";
     /// `user_credits.lifetime_credits_purchased` ≠ SUM(purchase).
     pub const LIFETIME_PURCHASED: &str = "lifetime_purchased";
@@ -75,6 +76,11 @@ pub mod kind {
     pub const CREDIT_MISMATCH: &str = "credit_mismatch";
     /// An entry carries a central operation key no operation has.
     pub const ENTRY_WITHOUT_OPERATION: &str = "entry_without_operation";
+    /// A fleet user's pool ≠ pool credits − grants + releases.
+    pub const FLEET_POOL: &str = "fleet_pool";
+    /// What an agent holds of a fleet user ≠ the sum of its entries for them, or ≠ the
+    /// `balance_after` of its latest one.
+    pub const FLEET_HOLDING: &str = "fleet_holding";
     /// An agent is quarantined (it replayed an entry with different content).
     pub const AGENT_QUARANTINED: &str = "agent_quarantined";
     /// More differences of one kind than the report lists.
@@ -197,6 +203,8 @@ pub async fn run(pool: &Pool) -> Result<Report, CentralError> {
     clock.lap("balances");
     checks::homes(&tx, &mut out, &names).await?;
     clock.lap("homes");
+    checks::fleet(&tx, &mut out, &names).await?;
+    clock.lap("fleet");
     checks::balance_chains(&tx, &mut out, &names).await?;
     clock.lap("balance chains");
     checks::streams(&tx, &mut out, &mut checked, &names).await?;

@@ -17,6 +17,8 @@
 //!   follow with its journal. A user already homed on another agent refuses the enrolment (409,
 //!   naming the user and the agent) and spends nothing; one already homed on this agent keeps
 //!   the central settings (the server governs them since).
+//! - An agent enrolling with protocol 3 or later is sent every fleet user's settings and keys in
+//!   the same transaction (a fleet user is served by every agent).
 
 use std::time::Duration;
 
@@ -163,6 +165,15 @@ pub(crate) async fn enroll(pool: &Pool, req: EnrollRequest) -> Result<EnrollResp
             detail: e.to_string(),
         })?;
     adopt_users(&tx, agent_id, &req.users).await?;
+    // Protocol 3 serves fleet users: their settings and keys go to the new agent's inbox.
+    if version >= crate::central::fleet::FLEET_PROTOCOL {
+        crate::central::fleet::catch_up(&tx, agent_id)
+            .await
+            .map_err(|e| EnrollError::Internal {
+                context: "sending the fleet users",
+                detail: e.to_string(),
+            })?;
+    }
     // The incarnation is registered: its stream exists, so its pushes are accepted.
     tx.execute(
         "INSERT INTO agent_streams (agent_id, incarnation) VALUES ($1, $2) \

@@ -30,7 +30,7 @@ use rust_decimal::Decimal;
 use tokio_postgres::error::SqlState;
 use tollgate_schema::money::SCALE;
 use tollgate_schema::vocabulary::AgentStatus;
-use tollgate_schema::wire::WireEntry;
+use tollgate_schema::wire::{ESCROW_ENTRY_TYPE, WireEntry};
 use uuid::Uuid;
 
 use super::push::Batch;
@@ -93,6 +93,17 @@ const INSERT_ENTRIES: &str = "INSERT INTO credit_transactions (agent_id, incarna
 const APPLY_BALANCES: &str = "SELECT CASE WHEN d.delta > 0 THEN add_credits(d.user_id, d.delta) \
      ELSE debit_credits(d.user_id, -d.delta) END \
      FROM unnest($1::text[], $2::numeric[]) AS d(user_id, delta)";
+/// What this agent holds of each fleet user moves by the batch's net delta for them (a holding
+/// never goes below zero: the CHECK, and before it the balance chain of [`rules`]).
+const APPLY_HOLDINGS: &str = "INSERT INTO escrow_holdings AS h (user_id, agent_id, balance) \
+     SELECT d.user_id, $1, d.delta FROM unnest($2::text[], $3::numeric[]) AS d(user_id, delta) \
+     JOIN user_credits u ON u.user_id = d.user_id AND u.fleet \
+     ON CONFLICT (user_id, agent_id) DO UPDATE \
+     SET balance = h.balance + EXCLUDED.balance, updated_at = now()";
+/// What the batch's releases return goes back to each fleet user's pool.
+const APPLY_RELEASES: &str = "UPDATE user_credits u SET pool = u.pool + d.released \
+     FROM unnest($1::text[], $2::numeric[]) AS d(user_id, released) \
+     WHERE u.user_id = d.user_id AND u.fleet";
 /// Purchases and usage counters; a billing cycle that has ended starts over (calendar month).
 const APPLY_COUNTERS: &str = "UPDATE user_credits u SET \
      lifetime_credits_purchased = u.lifetime_credits_purchased + d.purchased, \
@@ -272,7 +283,7 @@ pub(crate) async fn ingest(
         drop(tx);
         return Err(quarantine_alone(pool, agent, head.acked, reason).await);
     }
-    if let Some(reason) = move_balances(&tx, &new, batch.incarnation).await? {
+    if let Some(reason) = move_balances(&tx, agent.agent_id, &new, batch.incarnation).await? {
         drop(tx);
         return Err(quarantine_alone(pool, agent, head.acked, reason).await);
     }
@@ -543,13 +554,28 @@ async fn store(
 }
 
 /// Moves each user's balance once by its net delta (`add_credits` / `debit_credits`, which
-/// refuse to overdraw: a reason to quarantine) and bumps the purchase and usage counters.
+/// refuse to overdraw: a reason to quarantine), what this agent holds of each fleet user, and
+/// the fleet pools by what was released; bumps the purchase and usage counters.
 async fn move_balances(
     tx: &Transaction<'_>,
+    agent_id: Uuid,
     new: &New<'_>,
     incarnation: Uuid,
 ) -> Result<Option<String>, IngestError> {
     let effects = Effects::of(new.entries)?;
+    if !effects.balance_users.is_empty() {
+        let holdings = tx.prepare_cached(APPLY_HOLDINGS).await?;
+        tx.execute(
+            &holdings,
+            &[&agent_id, &effects.balance_users, &effects.balance_deltas],
+        )
+        .await?;
+    }
+    if !effects.release_users.is_empty() {
+        let releases = tx.prepare_cached(APPLY_RELEASES).await?;
+        tx.execute(&releases, &[&effects.release_users, &effects.released])
+            .await?;
+    }
     if !effects.balance_users.is_empty() {
         let apply = tx.prepare_cached(APPLY_BALANCES).await?;
         if let Err(e) = tx
@@ -689,6 +715,9 @@ struct Effects<'a> {
     counter_users: Vec<&'a str>,
     purchased: Vec<Decimal>,
     used: Vec<Decimal>,
+    /// Users with escrow released to their pool, and how much (positive).
+    release_users: Vec<&'a str>,
+    released: Vec<Decimal>,
 }
 
 impl<'a> Effects<'a> {
@@ -698,6 +727,7 @@ impl<'a> Effects<'a> {
             delta: i128,
             purchased: i128,
             used: i128,
+            released: i128,
         }
         let mut by_user: BTreeMap<&str, Sums> = BTreeMap::new();
         for e in entries {
@@ -707,6 +737,7 @@ impl<'a> Effects<'a> {
             match e.transaction_type.as_str() {
                 "purchase" if nanos > 0 => sums.purchased += nanos,
                 "usage" if nanos < 0 => sums.used -= nanos,
+                ESCROW_ENTRY_TYPE if nanos < 0 => sums.released -= nanos,
                 _ => {}
             }
         }
@@ -723,6 +754,8 @@ impl<'a> Effects<'a> {
             counter_users: Vec::new(),
             purchased: Vec::new(),
             used: Vec::new(),
+            release_users: Vec::new(),
+            released: Vec::new(),
         };
         for (user, sums) in by_user {
             if sums.delta != 0 {
@@ -733,6 +766,10 @@ impl<'a> Effects<'a> {
                 effects.counter_users.push(user);
                 effects.purchased.push(nanos(sums.purchased)?);
                 effects.used.push(nanos(sums.used)?);
+            }
+            if sums.released != 0 {
+                effects.release_users.push(user);
+                effects.released.push(nanos(sums.released)?);
             }
         }
         Ok(effects)

@@ -11,14 +11,15 @@
 //!   sent to it: inbox writers check `agents.protocol_version` under the agent row's lock.
 //! - [`record`] stores the version an agent speaks when it changes; when it rises past a
 //!   version that added events, the events the agent missed are sent in the same transaction,
-//!   under the same lock (today: every API key of the users it serves).
+//!   under the same lock (2: every API key of the users it serves; 3: every fleet user's settings
+//!   and keys).
 
 use axum::http::HeaderMap;
 use deadpool_postgres::Pool;
 use tollgate_schema::wire::{PROTOCOL_HEADER, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 use uuid::Uuid;
 
-use crate::central::{CentralError, api_keys};
+use crate::central::{CentralError, api_keys, fleet};
 
 /// Whether this server speaks `version`.
 pub fn speaks(version: u32) -> bool {
@@ -97,11 +98,14 @@ pub async fn record(pool: &Pool, agent_id: Uuid, version: u32) -> Result<usize, 
     )
     .await?;
     // Protocol 2 added API key events: an agent rising to it gets every key it serves.
-    let sent = if stored < 2 && version_i32 >= 2 {
-        api_keys::catch_up(&tx, agent_id).await?
-    } else {
-        0
-    };
+    let mut sent = 0;
+    if stored < 2 && version_i32 >= 2 {
+        sent += api_keys::catch_up(&tx, agent_id).await?;
+    }
+    // Protocol 3 added fleet users: it gets their settings and keys.
+    if stored < fleet::FLEET_PROTOCOL && version_i32 >= fleet::FLEET_PROTOCOL {
+        sent += fleet::catch_up(&tx, agent_id).await?;
+    }
     tx.commit().await?;
     tracing::info!(%agent_id, from = stored, to = version, catch_up_events = sent, "agent protocol changed");
     Ok(sent)

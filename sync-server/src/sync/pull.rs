@@ -283,9 +283,10 @@ pub(crate) async fn snapshot(
         .get("inbox_acked");
     let users = tx
         .query(
-            "SELECT user_id, subscription_tier, power_level, monthly_allowance, \
-             monthly_spend_cap FROM user_credits WHERE home_agent_id = $1 ORDER BY user_id",
-            &[&agent_id],
+            "SELECT user_id, fleet, subscription_tier, power_level, monthly_allowance, \
+             monthly_spend_cap FROM user_credits \
+             WHERE home_agent_id = $1 OR (fleet AND $2 >= 3) ORDER BY user_id",
+            &[&agent_id, &i32::try_from(protocol).unwrap_or(i32::MAX)],
         )
         .await?
         .iter()
@@ -299,13 +300,14 @@ pub(crate) async fn snapshot(
                     .get::<_, Option<Decimal>>("monthly_spend_cap")
                     .map(credits)
                     .transpose()?,
+                fleet: r.get("fleet"),
             })
         })
         .collect::<Result<Vec<_>, PullError>>()?;
     let (packages, power_levels) = catalog(&tx).await?;
     // API keys reach agents from protocol 2 on.
     let api_keys = if protocol >= 2 {
-        api_keys::served_by(&tx, agent_id)
+        api_keys::served_by(&tx, agent_id, protocol)
             .await
             .map_err(|e| PullError::internal("reading the API keys", e))?
     } else {

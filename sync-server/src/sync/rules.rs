@@ -25,26 +25,40 @@ use tollgate_schema::money::Credits;
 use tollgate_schema::wire::WireEntry;
 use uuid::Uuid;
 
+use tollgate_schema::wire::{ESCROW_ENTRY_TYPE, GRANT_KEY_PREFIX, RELEASE_KEY_PREFIX};
+
 use crate::central::operation::{ADMIN_KEY_PREFIX, STRIPE_KEY_PREFIX};
 
-const CENTRAL_OPERATIONS: &str = "SELECT operation_key, agent_id, user_id, amount \
+const CENTRAL_OPERATIONS: &str = "SELECT operation_key, agent_id, user_id, amount, \
+     result->>'kind' AS entry_type \
      FROM central_operations WHERE kind = 'credit' AND operation_key = ANY($1)";
 const STORED_KEYS: &str = "SELECT idempotency_key FROM credit_transactions \
      WHERE idempotency_key = ANY($1)";
 /// The batch's users as the central books hold them, locked in user order (the order every push
 /// and central change locks users in).
+/// A fleet user's `holding` is what this agent holds of them (their balance chain on this agent).
 const USERS: &str = "SELECT u.user_id, u.home_agent_id, a.name AS home_agent, u.balance, \
-     u.lifetime_credits_purchased, u.credits_used_this_month \
+     u.lifetime_credits_purchased, u.credits_used_this_month, u.fleet, \
+     coalesce(h.balance, 0) AS holding \
      FROM user_credits u LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
+     LEFT JOIN escrow_holdings h ON h.user_id = u.user_id AND h.agent_id = $2 \
      WHERE u.user_id = ANY($1) ORDER BY u.user_id FOR UPDATE OF u";
 
 /// Whether `key` is in the central operations' namespace.
 pub(crate) fn is_central_key(key: &str) -> bool {
-    key.starts_with(ADMIN_KEY_PREFIX) || key.starts_with(STRIPE_KEY_PREFIX)
+    key.starts_with(ADMIN_KEY_PREFIX)
+        || key.starts_with(STRIPE_KEY_PREFIX)
+        || key.starts_with(GRANT_KEY_PREFIX)
 }
 
-/// A central credit operation as an entry must match it: (agent sent to, user, amount).
-type CentralCredit = (Option<Uuid>, Option<String>, Option<Decimal>);
+/// A central credit operation as an entry must match it: (agent sent to, user, amount, entry
+/// type).
+type CentralCredit = (
+    Option<Uuid>,
+    Option<String>,
+    Option<Decimal>,
+    Option<String>,
+);
 
 /// Why entries keyed by a central credit operation do not match it, if they do not: no such
 /// operation was made, or it was sent to another agent, is for another user or amount, or
@@ -68,7 +82,12 @@ pub(crate) async fn central_key_mismatch(
         .map(|r| {
             (
                 r.get("operation_key"),
-                (r.get("agent_id"), r.get("user_id"), r.get("amount")),
+                (
+                    r.get("agent_id"),
+                    r.get("user_id"),
+                    r.get("amount"),
+                    r.get("entry_type"),
+                ),
             )
         })
         .collect();
@@ -86,7 +105,7 @@ pub(crate) async fn central_key_mismatch(
         let Some(key) = entry.idempotency_key.as_deref() else {
             continue;
         };
-        let Some((op_agent, op_user, op_amount)) = operations.get(key) else {
+        let Some((op_agent, op_user, op_amount, op_type)) = operations.get(key) else {
             if is_central_key(key) {
                 return Ok(Some(format!(
                     "seq {} carries central operation key {key:?}, but no such operation was \
@@ -102,6 +121,8 @@ pub(crate) async fn central_key_mismatch(
             Some("it is for another user")
         } else if *op_amount != Some(entry.amount.to_decimal()) {
             Some("its amount differs")
+        } else if op_type.as_deref() != Some(entry.transaction_type.as_str()) {
+            Some("its entry type differs")
         } else if applied.iter().any(|k| k == key) || seen.contains(&key) {
             Some("it already has its entry")
         } else {
@@ -122,6 +143,9 @@ pub(crate) async fn central_key_mismatch(
 struct CentralUser {
     home: Option<Uuid>,
     home_name: Option<String>,
+    fleet: bool,
+    /// The balance the user's chain continues from: the central balance of a home user, what
+    /// this agent holds of a fleet user.
     balance: Decimal,
     purchased: Decimal,
     used: Decimal,
@@ -138,16 +162,18 @@ pub(crate) async fn user_rule_broken(
     ids.sort_unstable();
     ids.dedup();
     let mut users: BTreeMap<String, CentralUser> = tx
-        .query(USERS, &[&ids])
+        .query(USERS, &[&ids, &agent_id])
         .await?
         .iter()
         .map(|r| {
+            let fleet: bool = r.get("fleet");
             (
                 r.get("user_id"),
                 CentralUser {
                     home: r.get("home_agent_id"),
                     home_name: r.get("home_agent"),
-                    balance: r.get("balance"),
+                    fleet,
+                    balance: r.get(if fleet { "holding" } else { "balance" }),
                     purchased: r.get("lifetime_credits_purchased"),
                     used: r.get("credits_used_this_month"),
                 },
@@ -155,6 +181,7 @@ pub(crate) async fn user_rule_broken(
         })
         .collect();
     let max = Credits::MAX.to_decimal();
+    let mut releases = stored_releases(tx, new).await?;
     for entry in new {
         let (seq, id) = (entry.seq, &entry.user_id);
         let Some(user) = users.get_mut(id) else {
@@ -164,7 +191,14 @@ pub(crate) async fn user_rule_broken(
                  enrols, never by a push"
             )));
         };
-        if user.home != Some(agent_id) {
+        if user.fleet {
+            if let Some(reason) = fleet_rule_broken(entry, &mut releases) {
+                return Ok(Some(reason));
+            }
+        } else if let Some(reason) = home_rule_broken(entry) {
+            return Ok(Some(reason));
+        }
+        if !user.fleet && user.home != Some(agent_id) {
             let holder = match (&user.home, &user.home_name) {
                 (Some(_), Some(name)) => format!("agent {name:?} holds"),
                 _ => "no agent holds".to_owned(),
@@ -176,9 +210,14 @@ pub(crate) async fn user_rule_broken(
         }
         let before = entry.balance_before.to_decimal();
         if before != user.balance {
+            let held = if user.fleet {
+                "this agent holds"
+            } else {
+                "the central books hold"
+            };
             return Ok(Some(format!(
-                "seq {seq} says user {id:?} had {before} credits, but the central books hold \
-                 {}: the user's balance chain is broken",
+                "seq {seq} says user {id:?} had {before} credits, but {held} {}: the user's \
+                 balance chain is broken",
                 user.balance.normalize()
             )));
         }
@@ -198,4 +237,84 @@ pub(crate) async fn user_rule_broken(
         }
     }
     Ok(None)
+}
+
+/// The batch's `release:` keys already in the central journal.
+async fn stored_releases(
+    tx: &Transaction<'_>,
+    new: &[WireEntry],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let keys: Vec<&str> = new
+        .iter()
+        .filter_map(|e| e.idempotency_key.as_deref())
+        .filter(|k| k.starts_with(RELEASE_KEY_PREFIX))
+        .collect();
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(tx
+        .query(STORED_KEYS, &[&keys])
+        .await?
+        .iter()
+        .map(|r| r.get("idempotency_key"))
+        .collect())
+}
+
+/// What an agent may write for a fleet user: credit arrives only as a grant (a positive
+/// `escrow` entry keyed `grant:…`, matched to its operation by [`central_key_mismatch`]);
+/// what is left returns as a negative `escrow` entry keyed `release:…`, each key once; the
+/// rest may only spend (the chain keeps it within what the agent holds).
+fn fleet_rule_broken(entry: &WireEntry, releases: &mut Vec<String>) -> Option<String> {
+    let (seq, id) = (entry.seq, &entry.user_id);
+    let key = entry.idempotency_key.as_deref().unwrap_or_default();
+    let escrow = entry.transaction_type == ESCROW_ENTRY_TYPE;
+    let positive = entry.amount.is_positive();
+    if escrow && positive && !key.starts_with(GRANT_KEY_PREFIX) {
+        return Some(format!(
+            "seq {seq} books {} credits of escrow for fleet user {id:?} without a grant's key: \
+             an agent gets a fleet user's credit only as a grant from the server",
+            entry.amount
+        ));
+    }
+    if escrow && !positive && !key.starts_with(RELEASE_KEY_PREFIX) {
+        return Some(format!(
+            "seq {seq} returns escrow of fleet user {id:?} without a release key (release:…)"
+        ));
+    }
+    if !escrow && positive {
+        return Some(format!(
+            "seq {seq} adds {} credits ({}) for fleet user {id:?}: an agent gets a fleet user's \
+             credit only as a grant from the server's pool",
+            entry.amount, entry.transaction_type
+        ));
+    }
+    if key.starts_with(RELEASE_KEY_PREFIX) {
+        if !escrow || positive {
+            return Some(format!(
+                "seq {seq} carries release key {key:?} on a {} entry of {}: a release is a \
+                 negative escrow entry",
+                entry.transaction_type, entry.amount
+            ));
+        }
+        if releases.iter().any(|k| k == key) {
+            return Some(format!(
+                "seq {seq} carries release key {key:?}, which another entry already used"
+            ));
+        }
+        releases.push(key.to_owned());
+    }
+    None
+}
+
+/// What an agent may not write for a home user: escrow belongs to fleet users.
+fn home_rule_broken(entry: &WireEntry) -> Option<String> {
+    let key = entry.idempotency_key.as_deref().unwrap_or_default();
+    if entry.transaction_type == ESCROW_ENTRY_TYPE || key.starts_with(RELEASE_KEY_PREFIX) {
+        return Some(format!(
+            "seq {} is an escrow entry for user {:?}, who is not a fleet user: grants and \
+             releases are for fleet users only",
+            entry.seq, entry.user_id
+        ));
+    }
+    None
 }

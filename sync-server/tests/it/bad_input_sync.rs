@@ -3,8 +3,8 @@
 
 use reqwest::Method;
 use tollgate_schema::wire::{
-    GENESIS_HASH, PUSH_BODY_BYTES_MAX, PUSH_ENTRIES_MAX, PushRequest, TOKEN_LEN_MAX, WireEntry,
-    error_code,
+    GENESIS_HASH, PROTOCOL_VERSION, PUSH_BODY_BYTES_MAX, PUSH_ENTRIES_MAX, PushRequest,
+    TOKEN_LEN_MAX, WireEntry, error_code,
 };
 use uuid::Uuid;
 
@@ -187,10 +187,10 @@ async fn bad_input_is_refused_clearly_and_writes_nothing() {
         ),
         push_case(
             "protocol version the server does not speak",
-            edit(&|v| v["protocol_version"] = 3.into()),
+            edit(&|v| v["protocol_version"] = (PROTOCOL_VERSION + 1).into()),
             400,
             error_code::UNSUPPORTED_PROTOCOL,
-            "protocol_version 3",
+            Box::leak(format!("protocol_version {}", PROTOCOL_VERSION + 1).into_boxed_str()),
         ),
         push_case(
             "wrong protocol and shape",

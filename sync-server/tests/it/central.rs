@@ -342,21 +342,23 @@ async fn a_change_names_only_what_it_changes() {
     assert_eq!(dave.monthly_spend_cap, None);
     assert_eq!(dave.summary.tier, "professional");
     assert_eq!(dave.summary.home_agent.as_deref(), Some("edge-1"));
-    // A new user must be given a home (fleet users come with escrow); nothing is written.
-    let (code, _, err) = cli(&db, &["users", "set", "frank", "--tier", "starter"]).await;
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("home_agent") && err.contains("--home AGENT"),
-        "{err}"
-    );
+    // A new user without a home is a fleet user: nothing goes to edge-1, which speaks protocol
+    // 1 and could not serve them; and a fleet user cannot be given a home afterwards.
+    let before = inbox(&db, "edge-1").await.len();
+    show(&["users", "set", "frank", "--tier", "starter"]).await;
     let conn = db.pool.get().await.unwrap();
-    assert!(
-        tollgate_server::central::users::show_user(&conn, "frank")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    let frank = tollgate_server::central::users::show_user(&conn, "frank")
+        .await
+        .unwrap()
+        .unwrap();
     drop(conn);
+    assert!(frank.fleet);
+    assert_eq!(frank.pool, Some(tollgate_schema::money::Credits::ZERO));
+    assert_eq!(frank.summary.home_agent, None);
+    assert_eq!(inbox(&db, "edge-1").await.len(), before);
+    let (code, _, err) = cli(&db, &["users", "set", "frank", "--home", "edge-1"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("fleet user"), "{err}");
     // A new user with nothing named gets the defaults: trial, and trial's level.
     show(&["users", "set", "erin", "--home", "edge-1"]).await;
     let conn = db.pool.get().await.unwrap();

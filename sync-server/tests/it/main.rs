@@ -9,6 +9,7 @@ mod bad_input_sync;
 mod central;
 mod crash;
 mod enroll;
+mod escrow;
 mod hardening;
 mod ingest_rules;
 mod migrations;

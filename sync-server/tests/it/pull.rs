@@ -273,6 +273,7 @@ async fn cursor_gone_after_pruning_then_the_snapshot_restarts() {
                 power_level: "eco".to_owned(),
                 monthly_allowance: Credits::ZERO,
                 monthly_spend_cap: None,
+                fleet: false,
             },
             UserSettings {
                 user_id: "a1-user1".to_owned(),
@@ -280,6 +281,7 @@ async fn cursor_gone_after_pruning_then_the_snapshot_restarts() {
                 power_level: "eco".to_owned(),
                 monthly_allowance: "12.5".parse().unwrap(),
                 monthly_spend_cap: Some("100".parse().unwrap()),
+                fleet: false,
             },
         ]
     );

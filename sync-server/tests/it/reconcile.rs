@@ -210,7 +210,8 @@ async fn a_credit_operation_with_no_entry_is_found() {
         .unwrap();
     let needle = format!(
         "not yet applied by agent a1 (inbox seq {}, agent acknowledged {})",
-        applied.result.inbox_seq, a1.cursor
+        applied.result.inbox_seq.unwrap(),
+        a1.cursor
     );
     let d = expect(&db, "credit_not_applied", &needle).await;
     assert_eq!(d["user_id"], "bob");
@@ -293,7 +294,7 @@ async fn a_wrong_lifetime_purchased_and_a_quarantined_agent_are_found() {
     expect(
         &db,
         "lifetime_purchased",
-        "lifetime credits purchased 0 ≠ sum of purchase entries 100",
+        "lifetime credits purchased 0 ≠ sum of purchase entries and pool purchases 100",
     )
     .await;
     expect(&db, "agent_quarantined", "replayed seq 3").await;

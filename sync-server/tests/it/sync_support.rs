@@ -51,6 +51,7 @@ pub async fn enroll_with_users(pool: &Pool, base: &str, name: &str, users: &[Str
                     power_level: "eco".to_owned(),
                     monthly_allowance: Credits::ZERO,
                     monthly_spend_cap: None,
+                    fleet: false,
                 })
                 .collect(),
         })
@@ -275,6 +276,15 @@ impl Chain {
         self.entry(&user, kind, amount)
     }
 
+    /// As [`Chain::entry`], carrying `key` as its idempotency key.
+    pub fn keyed(&mut self, user: &str, kind: &str, amount: Credits, key: &str) -> WireEntry {
+        let prev = self.prev;
+        let mut entry = self.entry(user, kind, amount);
+        entry.idempotency_key = Some(key.to_owned());
+        self.prev = prev;
+        self.seal(entry)
+    }
+
     /// An entry for `user` of `kind` moving `amount` (hashed and chained).
     pub fn entry(&mut self, user: &str, kind: &str, amount: Credits) -> WireEntry {
         self.seq += 1;
@@ -355,7 +365,9 @@ pub async fn fingerprint(pool: &Pool) -> String {
         "SELECT agent_id::text, incarnation::text, acked_seq::text, encode(head_hash, 'hex'), \
          reported_head_seq::text, last_push_at::text FROM agent_streams ORDER BY 1, 2",
         "SELECT user_id, home_agent_id::text, balance::text, lifetime_credits_purchased::text, \
-         credits_used_this_month::text, updated_at::text FROM user_credits ORDER BY user_id",
+         credits_used_this_month::text, updated_at::text, pool::text FROM user_credits \
+         ORDER BY user_id",
+        "SELECT user_id, agent_id::text, balance::text FROM escrow_holdings ORDER BY 1, 2",
         "SELECT count(*)::text, COALESCE(max(id), 0)::text FROM credit_transactions",
         "SELECT count(*)::text FROM quarantined_entries",
         "SELECT count(*)::text, COALESCE(max(seq), 0)::text FROM agent_inbox",

@@ -1,0 +1,471 @@
+//! Escrow for fleet users (SYNC.md "Escrow"), on the server: a fleet user's credit lands in a
+//! pool; agents get grants carved from it (idempotent by request id, sized fairly, never more
+//! than the pool, however many ask at once); an agent books a grant, spends within what it
+//! holds and returns the rest; ingest refuses anything else a hostile agent might write; and
+//! reconcile proves pool, holdings and journal agree.
+
+use rust_decimal::Decimal;
+use tollgate_schema::money::Credits;
+use tollgate_schema::wire::{
+    EventBody, GrantRequest, GrantResponse, GrantSpec, PROTOCOL_HEADER, PROTOCOL_VERSION,
+    error_code,
+};
+use tollgate_server::central::credit::{self, CreditKind, CreditOp};
+use tollgate_server::central::users::{UserSet, set_user, show_user};
+use uuid::Uuid;
+
+use crate::admin_support::c;
+use crate::support::{TestDb, TestServer};
+use crate::sync_support::{Agent, Answer, Chain, enroll, fingerprint, home_users, http, push};
+
+/// Makes `user` a fleet user (no home).
+async fn fleet_user(db: &TestDb, user: &str) {
+    set_user(
+        &db.pool,
+        &UserSet {
+            user_id: user.to_owned(),
+            home_agent: None,
+            tier: None,
+            power_level: None,
+            monthly_allowance: None,
+            monthly_spend_cap: None,
+        },
+        &format!("test:{}", Uuid::now_v7()),
+        "test",
+    )
+    .await
+    .unwrap();
+}
+
+/// An admin grant of `amount` to `user`.
+async fn give(db: &TestDb, user: &str, amount: &str) -> credit::CreditResult {
+    credit::credit(
+        &db.pool,
+        &CreditOp {
+            user_id: user.to_owned(),
+            kind: CreditKind::Grant,
+            amount: c(amount),
+            operation_id: format!("give-{}", Uuid::now_v7()),
+            note: None,
+            actor: "test".to_owned(),
+        },
+    )
+    .await
+    .unwrap()
+    .result
+}
+
+/// `agent` asks for a grant.
+async fn ask(
+    base: &str,
+    agent: &Agent,
+    request_id: &str,
+    user: &str,
+    want: &str,
+    worst: &str,
+) -> Answer {
+    let response = http()
+        .post(format!("{base}/v1/escrow/grants"))
+        .bearer_auth(&agent.credential)
+        .json(&GrantRequest {
+            protocol_version: PROTOCOL_VERSION,
+            request_id: request_id.to_owned(),
+            user_id: user.to_owned(),
+            want: c(want),
+            worst_case: c(worst),
+        })
+        .send()
+        .await
+        .unwrap();
+    Answer::of(response).await
+}
+
+fn granted(answer: &Answer) -> GrantResponse {
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    serde_json::from_value(answer.body.clone()).unwrap()
+}
+
+async fn pool_of(db: &TestDb, user: &str) -> Decimal {
+    db.pool
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT pool FROM user_credits WHERE user_id = $1", &[&user])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn reconcile_is_clean(db: &TestDb) {
+    let report = tollgate_server::reconcile::run(&db.pool).await.unwrap();
+    assert!(
+        report.ok,
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap()
+    );
+}
+
+async fn status(db: &TestDb, agent: &str) -> String {
+    db.pool
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT status FROM agents WHERE name = $1", &[&agent])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_fleet_user_is_served_from_grants_of_their_pool_and_the_books_agree() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(db.config()).await;
+    let base = server.url("");
+    let a = enroll(&db.pool, &base, "edge-a").await;
+    let b = enroll(&db.pool, &base, "edge-b").await;
+    fleet_user(&db, "ann").await;
+    // Credit for a fleet user is booked on the pool at once: no agent, no event.
+    let given = give(&db, "ann", "10").await;
+    assert_eq!((given.agent, given.pool), (None, Some(c("10"))));
+    assert_eq!(pool_of(&db, "ann").await, Decimal::from(10));
+
+    // A asks for what it wants; its retry gets the same grant and takes nothing more.
+    let first = granted(&ask(&base, &a, "r-1", "ann", "3", "0.5").await);
+    let grant_a = first.grant.clone().unwrap();
+    assert_eq!(grant_a.amount, c("3"));
+    assert_eq!(grant_a.key, format!("grant:{}:r-1", a.agent_id));
+    assert_eq!(first.pool_free, c("7"));
+    let again = granted(&ask(&base, &a, "r-1", "ann", "3", "0.5").await);
+    assert_eq!(again.grant, first.grant);
+    assert_eq!(pool_of(&db, "ann").await, Decimal::from(7));
+    // The same request id for something else is a conflict, not a second grant.
+    let other = ask(&base, &a, "r-1", "ann", "4", "0.5").await;
+    assert_eq!(other.status, 409, "{}", other.body);
+    assert_eq!(other.error().error.code, error_code::IDEMPOTENCY_CONFLICT);
+    // B wants 9, but A spends for ann too: B gets half of what is free.
+    let grant_b = granted(&ask(&base, &b, "r-1", "ann", "9", "0.5").await)
+        .grant
+        .unwrap();
+    assert_eq!(grant_b.amount, c("3.5"));
+    assert_eq!(pool_of(&db, "ann").await, Decimal::new(35, 1));
+    // The grant is in A's inbox too, so an answer lost on the way loses nothing.
+    let events = crate::admin_support::inbox(&db, "edge-a").await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, body)| *body == EventBody::EscrowGrant(grant_a.clone())),
+        "{events:?}"
+    );
+
+    // A books its grant, spends 1.25 and returns the rest; B books its grant and spends 0.5.
+    let mut chain_a = Chain::new("a", 1);
+    let entries_a = vec![
+        chain_a.keyed("ann", "escrow", c("3"), &grant_a.key),
+        chain_a.entry("ann", "usage", c("-1.25")),
+        chain_a.keyed("ann", "escrow", c("-1.75"), "release:edge-a-1"),
+    ];
+    let answer = push(&base, &a, &entries_a).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let mut chain_b = Chain::new("b", 1);
+    let entries_b = vec![
+        chain_b.keyed("ann", "escrow", c("3.5"), &grant_b.key),
+        chain_b.entry("ann", "usage", c("-0.5")),
+    ];
+    let answer = push(&base, &b, &entries_b).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    // The release went back to the pool: 3.5 + 1.75.
+    assert_eq!(pool_of(&db, "ann").await, Decimal::new(525, 2));
+    let conn = db.pool.get().await.unwrap();
+    let ann = show_user(&conn, "ann").await.unwrap().unwrap();
+    drop(conn);
+    assert!(ann.fleet);
+    assert_eq!(ann.pool, Some(c("5.25")));
+    assert_eq!(ann.summary.balance, c("3"));
+    assert_eq!(ann.credits_used_this_month, c("1.75"));
+    assert_eq!(
+        ann.held_by
+            .iter()
+            .map(|h| (h.agent.as_str(), h.credits))
+            .collect::<Vec<_>>(),
+        vec![("edge-b", c("3"))]
+    );
+    assert!(ann.pending_credit_operations.is_empty(), "{ann:?}");
+    // Conservation: 10 given = 5.25 in the pool + 3 held + 1.75 spent.
+    reconcile_is_clean(&db).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_grant_in_flight_shows_in_reconcile_until_its_agent_books_it() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(db.config()).await;
+    let base = server.url("");
+    let a = enroll(&db.pool, &base, "edge-a").await;
+    fleet_user(&db, "ann").await;
+    give(&db, "ann", "2").await;
+    let grant = granted(&ask(&base, &a, "r-1", "ann", "1", "1").await)
+        .grant
+        .unwrap();
+    let report = tollgate_server::reconcile::run(&db.pool).await.unwrap();
+    let kinds: Vec<&str> = report.differences.iter().map(|d| d.kind.as_str()).collect();
+    assert_eq!(kinds, vec!["credit_not_applied"], "{report:?}");
+    assert!(report.differences[0].detail.contains(&grant.key));
+    let mut chain = Chain::new("a", 1);
+    let entry = chain.keyed("ann", "escrow", c("1"), &grant.key);
+    assert_eq!(push(&base, &a, &[entry]).await.status, 200);
+    reconcile_is_clean(&db).await;
+    server.stop().await;
+}
+
+/// What a hostile agent might write for a fleet user, each refused naming the entry and the
+/// rule, the agent quarantined, and nothing of the batch kept.
+#[tokio::test]
+async fn ingest_refuses_what_an_agent_may_not_write_for_a_fleet_user() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(db.config()).await;
+    let base = server.url("");
+    fleet_user(&db, "ann").await;
+    give(&db, "ann", "100").await;
+    let other = enroll(&db.pool, &base, "edge-other").await;
+    let others_grant = granted(&ask(&base, &other, "r-1", "ann", "2", "2").await)
+        .grant
+        .unwrap();
+    type Forge = fn(&mut Chain, &GrantSpec, &GrantSpec) -> Vec<tollgate_schema::wire::WireEntry>;
+    let cases: Vec<(&str, Forge, &str)> = vec![
+        (
+            "a purchase for a fleet user",
+            |ch, _, _| vec![ch.entry("ann", "purchase", c("5"))],
+            "only as a grant from the server's pool",
+        ),
+        (
+            "escrow credit without a grant's key",
+            |ch, _, _| vec![ch.entry("ann", "escrow", c("2"))],
+            "without a grant's key",
+        ),
+        (
+            "another agent's grant",
+            |ch, _, theirs| vec![ch.keyed("ann", "escrow", c("2"), &theirs.key)],
+            "sent to another agent",
+        ),
+        (
+            "its grant for more than it was given",
+            |ch, mine, _| vec![ch.keyed("ann", "escrow", c("5"), &mine.key)],
+            "its amount differs",
+        ),
+        (
+            "its grant as another entry type",
+            |ch, mine, _| vec![ch.keyed("ann", "bonus", c("2"), &mine.key)],
+            "its entry type differs",
+        ),
+        (
+            "its grant booked twice",
+            |ch, mine, _| {
+                vec![
+                    ch.keyed("ann", "escrow", c("2"), &mine.key),
+                    ch.keyed("ann", "escrow", c("2"), &mine.key),
+                ]
+            },
+            "already has its entry",
+        ),
+        (
+            "spending more than it holds",
+            |ch, mine, _| {
+                let grant = ch.keyed("ann", "escrow", c("2"), &mine.key);
+                ch.balances.insert("ann".to_owned(), c("50"));
+                vec![grant, ch.entry("ann", "usage", c("-40"))]
+            },
+            "this agent holds 2",
+        ),
+        (
+            "a release key used twice",
+            |ch, mine, _| {
+                vec![
+                    ch.keyed("ann", "escrow", c("2"), &mine.key),
+                    ch.keyed("ann", "escrow", c("-1"), "release:x-1"),
+                    ch.keyed("ann", "escrow", c("-1"), "release:x-1"),
+                ]
+            },
+            "another entry already used",
+        ),
+        (
+            "a release without a release key",
+            |ch, mine, _| {
+                vec![
+                    ch.keyed("ann", "escrow", c("2"), &mine.key),
+                    ch.entry("ann", "escrow", c("-1")),
+                ]
+            },
+            "without a release key",
+        ),
+    ];
+    for (i, (name, forge, says)) in cases.into_iter().enumerate() {
+        let agent = enroll(&db.pool, &base, &format!("edge-{i}")).await;
+        let mine = granted(&ask(&base, &agent, "r-1", "ann", "2", "2").await)
+            .grant
+            .unwrap();
+        let mut chain = Chain::new(&format!("x{i}"), 1);
+        let entries = forge(&mut chain, &mine, &others_grant);
+        let before = fingerprint(&db.pool).await;
+        let answer = push(&base, &agent, &entries).await;
+        assert_eq!(answer.status, 409, "{name}: {}", answer.body);
+        let message = answer.error().error.message;
+        assert!(message.contains(says), "{name}: {message}");
+        assert!(message.contains("seq "), "{name}: {message}");
+        assert_eq!(status(&db, &agent.name).await, "quarantined", "{name}");
+        let beyond_agents = |f: &str| f.split_once("--\n").unwrap().1.to_owned();
+        assert_eq!(
+            beyond_agents(&before),
+            beyond_agents(&fingerprint(&db.pool).await),
+            "{name}: something besides the quarantine was written"
+        );
+    }
+    // An escrow entry for a home user is refused too.
+    let home = enroll(&db.pool, &base, "edge-home").await;
+    home_users(&db.pool, "edge-home", &["hal".to_owned()]).await;
+    let mut chain = Chain::new("h", 1);
+    let entries = vec![
+        chain.entry("hal", "purchase", c("5")),
+        chain.keyed("hal", "escrow", c("-1"), "release:h-1"),
+    ];
+    let answer = push(&base, &home, &entries).await;
+    assert_eq!(answer.status, 409, "{}", answer.body);
+    assert!(
+        answer.error().error.message.contains("not a fleet user"),
+        "{}",
+        answer.body
+    );
+    server.stop().await;
+}
+
+/// Many agents asking at once, some retrying the same request: the pool is never overdrawn, each
+/// request id gets at most one grant, and what was granted plus what is left is what was given.
+#[tokio::test]
+async fn racing_grant_requests_never_overdraw_the_pool() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(db.config()).await;
+    let base = server.url("");
+    fleet_user(&db, "ann").await;
+    give(&db, "ann", "10").await;
+    let mut agents = Vec::new();
+    for i in 0..4 {
+        agents.push(enroll(&db.pool, &base, &format!("edge-{i}")).await);
+    }
+    let mut tasks = Vec::new();
+    for agent in &agents {
+        for r in 0..12 {
+            // Every request is sent twice at once: a retry racing its original.
+            for _ in 0..2 {
+                let (base, agent) = (base.clone(), agent.clone());
+                tasks.push(tokio::spawn(async move {
+                    let answer = ask(&base, &agent, &format!("r-{r}"), "ann", "1", "0.3").await;
+                    (agent.name.clone(), r, granted(&answer))
+                }));
+            }
+        }
+    }
+    let mut grants = std::collections::BTreeMap::new();
+    for task in tasks {
+        let (agent, r, answer) = task.await.unwrap();
+        if let Some(grant) = answer.grant {
+            assert!(grant.amount.is_positive());
+            if let Some(seen) = grants.insert((agent.clone(), r), grant.clone()) {
+                assert_eq!(seen, grant, "{agent} r-{r} got two different grants");
+            }
+        }
+    }
+    let granted_total = grants
+        .values()
+        .fold(Credits::ZERO, |sum, g| sum.checked_add(g.amount).unwrap());
+    let left = pool_of(&db, "ann").await;
+    assert!(left >= Decimal::ZERO);
+    assert_eq!(
+        granted_total.to_decimal() + left,
+        Decimal::from(10),
+        "granted {granted_total} + left {left}"
+    );
+    assert!(
+        left < Decimal::new(3, 1),
+        "demand exceeded the pool, so less than one worst case is left: {left}"
+    );
+    let operations: i64 = db
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM central_operations WHERE operation_key LIKE 'grant:%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(operations, i64::try_from(grants.len()).unwrap());
+    server.stop().await;
+}
+
+/// An agent one version behind (protocol 2) cannot ask for grants and is never sent a fleet
+/// user; when it upgrades, it gets every fleet user's settings and keys.
+#[tokio::test]
+async fn an_agent_speaking_protocol_2_is_refused_grants_and_catches_up_when_it_upgrades() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(db.config()).await;
+    let base = server.url("");
+    let a = enroll(&db.pool, &base, "edge-a").await;
+    let v2 = |request: reqwest::RequestBuilder| {
+        request
+            .bearer_auth(&a.credential)
+            .header(PROTOCOL_HEADER, "2")
+    };
+    // It speaks 2 from now on.
+    let plain = reqwest::Client::new();
+    let answer = Answer::of(
+        v2(plain.get(format!("{base}/v1/sync/inbox?after=0&wait_ms=0")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let events_before = crate::admin_support::inbox(&db, "edge-a").await.len();
+    fleet_user(&db, "ann").await;
+    give(&db, "ann", "5").await;
+    let key = tollgate_server::central::api_keys::create(&db.pool, "ann", "laptop", "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::admin_support::inbox(&db, "edge-a").await.len(),
+        events_before,
+        "a protocol-2 agent was sent a fleet user"
+    );
+    let body = serde_json::json!({
+        "protocol_version": 2, "request_id": "r-1", "user_id": "ann",
+        "want": "1", "worst_case": "1"
+    });
+    let answer = Answer::of(
+        v2(plain.post(format!("{base}/v1/escrow/grants")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert_eq!(answer.error().error.code, error_code::UNSUPPORTED_PROTOCOL);
+    assert_eq!(pool_of(&db, "ann").await, Decimal::from(5));
+    // It upgrades: its next request speaks 3, and it is sent ann and her key.
+    let answer = granted(&ask(&base, &a, "r-1", "ann", "1", "1").await);
+    assert!(answer.grant.is_some());
+    let events = crate::admin_support::inbox(&db, "edge-a").await;
+    let new: Vec<&EventBody> = events[events_before..].iter().map(|(_, b)| b).collect();
+    assert!(
+        new.iter()
+            .any(|b| matches!(b, EventBody::UserUpsert(s) if s.user_id == "ann" && s.fleet)),
+        "{new:?}"
+    );
+    assert!(
+        new.iter()
+            .any(|b| matches!(b, EventBody::ApiKeyUpsert(k) if k.key_id == key.info.key_id)),
+        "{new:?}"
+    );
+    server.stop().await;
+}
