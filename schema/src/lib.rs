@@ -25,12 +25,14 @@ pub mod sqlite {
     //! (`V2__prices.sql`); 3 — the sync client's state and applied inbox events (`V3__sync.sql`);
     //! 4 — every price dimension, the Responses mode, price aliases and hand-made price table
     //! versions (`V4__price_dimensions.sql`); 5 — the Responses API responses served
-    //! (`V5__served_responses.sql`); 6 — API keys made centrally (`V6__central_api_keys.sql`).
+    //! (`V5__served_responses.sql`); 6 — API keys made centrally (`V6__central_api_keys.sql`);
+    //! 7 — escrow for fleet users: the `escrow` entry type and lot kind, fleet users and their
+    //! grants' validity (`V7__escrow.sql`).
 
     refinery::embed_migrations!("migrations/sqlite");
 
     /// The newest migration version embedded in this build.
-    pub const LATEST_VERSION: i32 = 6;
+    pub const LATEST_VERSION: i32 = 7;
 
     /// refinery's history table, which records the applied versions.
     pub const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -116,6 +116,7 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
             ServeParts {
                 ledger,
                 master: None,
+                demand: Default::default(),
             },
             listener,
             async move {

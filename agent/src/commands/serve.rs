@@ -35,7 +35,9 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
         Arc::new(SystemClock),
     )?;
     let master = load_master(ctx, &ledger)?;
-    let syncer = start_sync(ctx)?;
+    // What users ask for, noted by the gateway for the escrow loop of the sync task.
+    let demand = Arc::new(crate::sync::escrow::Demand::default());
+    let syncer = start_sync(ctx)?.map(|s| s.with_demand(demand.clone()));
     let addr = config.listen_addr()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -61,8 +63,17 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
             signal.await;
             let _ = stop.send(true);
         };
-        let served =
-            gateway::serve(config, ServeParts { ledger, master }, listener, shutdown).await;
+        let served = gateway::serve(
+            config,
+            ServeParts {
+                ledger,
+                master,
+                demand,
+            },
+            listener,
+            shutdown,
+        )
+        .await;
         if let Some(task) = sync_task
             && tokio::time::timeout(SYNC_STOP_TIMEOUT, task).await.is_err()
         {

@@ -30,6 +30,9 @@ pub enum ApiError {
         /// The worst case it would reserve in full.
         estimate: Credits,
     },
+    /// A fleet user whom this host holds no valid grant for (the message says why).
+    #[error("{0}")]
+    NoFleetGrant(String),
     #[error(
         "monthly spend cap of {cap} credits reached: {used} used, {held} held by requests in flight"
     )]
@@ -71,7 +74,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::InsufficientCredit { .. } => StatusCode::PAYMENT_REQUIRED,
+            ApiError::InsufficientCredit { .. } | ApiError::NoFleetGrant(_) => {
+                StatusCode::PAYMENT_REQUIRED
+            }
             ApiError::SpendCap { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::ModelNotAllowed { .. } | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -93,7 +98,9 @@ impl ApiError {
     fn kind(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(_) => "invalid_request_error",
-            ApiError::InsufficientCredit { .. } | ApiError::SpendCap { .. } => "insufficient_quota",
+            ApiError::InsufficientCredit { .. }
+            | ApiError::NoFleetGrant(_)
+            | ApiError::SpendCap { .. } => "insufficient_quota",
             ApiError::BadRequest(_)
             | ApiError::NotFound(_)
             | ApiError::TooLarge { .. }
@@ -112,6 +119,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => "invalid_api_key",
             ApiError::InsufficientCredit { .. } => "insufficient_quota",
+            ApiError::NoFleetGrant(_) => "fleet_credit_unavailable",
             ApiError::SpendCap { .. } => "monthly_spend_cap_reached",
             ApiError::BadRequest(_) => "invalid_request",
             ApiError::ModelNotAllowed { .. } => "model_not_allowed_at_power_level",
@@ -134,7 +142,9 @@ impl ApiError {
             ApiError::Unauthorized(_)
             | ApiError::Forbidden(_)
             | ApiError::ModelNotAllowed { .. } => UsageErrorType::AuthError,
-            ApiError::InsufficientCredit { .. } => UsageErrorType::InsufficientCredits,
+            ApiError::InsufficientCredit { .. } | ApiError::NoFleetGrant(_) => {
+                UsageErrorType::InsufficientCredits
+            }
             ApiError::SpendCap { .. } => UsageErrorType::SpendCap,
             ApiError::BadRequest(_)
             | ApiError::NotFound(_)
@@ -187,7 +197,9 @@ impl ApiError {
     /// (`AuthenticationError`, `PermissionDeniedError`, `NotFoundError`, `RateLimitError`, …).
     fn anthropic_kind(&self) -> &'static str {
         match self {
-            ApiError::InsufficientCredit { .. } | ApiError::SpendCap { .. } => "billing_error",
+            ApiError::InsufficientCredit { .. }
+            | ApiError::NoFleetGrant(_)
+            | ApiError::SpendCap { .. } => "billing_error",
             _ => match self.status().as_u16() {
                 401 => "authentication_error",
                 403 => "permission_error",

@@ -60,6 +60,7 @@ use crate::keys::crypto::MasterKey;
 use crate::ledger::catalog::PowerLevelConfig;
 use crate::ledger::{Ledger, LedgerError};
 use crate::prices::PriceTable;
+use crate::sync::escrow::Demand;
 use served::Served;
 
 pub use config::GatewayConfig;
@@ -110,6 +111,8 @@ pub struct Gateway {
     /// Opens users' BYOK keys; `None` when the vault holds no key and no master key is set.
     master: Option<Arc<MasterKey>>,
     alerts: Option<alerts::AlertSender>,
+    /// What users ask for, for the escrow task (fleet users' grants).
+    demand: Arc<Demand>,
 }
 
 impl Gateway {
@@ -189,6 +192,9 @@ pub struct ServeParts {
     pub ledger: Ledger,
     /// The vault's master key, if BYOK keys may be used.
     pub master: Option<MasterKey>,
+    /// Where requests' demand for credit is noted for the escrow task (shared with the sync
+    /// task when enrolled; otherwise nobody reads it).
+    pub demand: Arc<Demand>,
 }
 
 /// Loads the catalog through the ledger: the latest imported price table, else the built-in one.
@@ -237,6 +243,7 @@ pub async fn serve(
         metrics,
         master: parts.master.map(Arc::new),
         alerts,
+        demand: parts.demand,
     });
     // Before the first request: what the upstream serves (if it answers), and the tokenizers its
     // models need (each is tens of megabytes: only those).

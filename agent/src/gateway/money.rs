@@ -154,6 +154,16 @@ impl Ticket {
     /// Reserves up to `want.worst` for a request (see the module doc for the policy). The
     /// ticket holds what was reserved: all of the worst case, or less (a flexible hold).
     pub async fn reserve(gw: Arc<Gateway>, want: Reserve) -> Result<Ticket, ApiError> {
+        gw.demand.record(&want.user_id, want.worst);
+        let reserved = Self::reserve_in_line(gw.clone(), want).await;
+        if let Err(ApiError::InsufficientCredit { .. } | ApiError::NoFleetGrant(_)) = &reserved {
+            gw.demand.refused();
+        }
+        reserved
+    }
+
+    /// [`Ticket::reserve`]'s admission: straight in, or in line behind the user's other requests.
+    async fn reserve_in_line(gw: Arc<Gateway>, want: Reserve) -> Result<Ticket, ApiError> {
         let gate = gw.admission.gate(&want.user_id);
         let deadline = tokio::time::Instant::now() + gw.admission.wait;
         // Straight in when nobody waits: the usual case costs one hold.
@@ -327,6 +337,9 @@ async fn hold(gw: &Gateway, want: &Reserve, floor: Option<Credits>) -> Result<Cr
             needed: want.floor.min(needed),
             estimate: want.worst,
         })),
+        Ok(Err(LedgerError::Refused(refusal @ Refusal::NoFleetGrant { .. }))) => {
+            Err(Denied::Short(ApiError::NoFleetGrant(refusal.to_string())))
+        }
         Ok(Err(LedgerError::Refused(Refusal::SpendCapReached {
             cap, used, held, ..
         }))) => Err(Denied::Short(ApiError::SpendCap { cap, used, held })),

@@ -70,6 +70,9 @@ impl Session<'_> {
         let expires_at = self.validate_expiry(req.expires_at.as_deref())?;
 
         let mut user = self.touch(&req.user_id)?;
+        if req.amount.is_positive() {
+            super::escrow::refuse_local_credit(&user, req.kind)?;
+        }
         let receipt = if let Some(debit_entry) = &req.refund_of {
             self.refund_debit(&mut user, req, debit_entry)?
         } else if req.amount.is_negative() {

@@ -5,7 +5,8 @@
 //!   explicitly here and nowhere else, so a write the ledger acknowledged survives power loss and
 //!   several processes (the gateway, the CLI) can write the same file safely.
 //! - Migrations are applied in one place, under a lock file so two processes opening a fresh
-//!   file at once do not race; applying them twice is a no-op.
+//!   file at once do not race; applying them twice is a no-op. They run with foreign keys off
+//!   (SQLite's table-rebuild procedure needs it) and every foreign key is checked after.
 //! - A database written by a newer tollgate (a migration version this binary does not know) is
 //!   refused before anything is written, with a message naming both versions.
 //! - A database this code creates is created 0600 (owner only: it holds the books, API key
@@ -144,12 +145,26 @@ fn refuse_divergent_schema(conn: &Connection) -> Result<(), LedgerError> {
     Ok(())
 }
 
+/// Applies the pending migrations with foreign keys off, as SQLite's procedure for rebuilding a
+/// table requires (`PRAGMA foreign_keys` cannot change inside the migration's transaction), then
+/// checks every foreign key before turning them back on: a migration that broke one is refused.
 fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
-    migrations::runner()
+    conn.execute_batch("PRAGMA foreign_keys = OFF")?;
+    let migrated = migrations::runner()
         .set_abort_divergent(true)
         .set_abort_missing(true)
         .run(conn)
-        .map_err(|e| LedgerError::Migration(e.to_string()))?;
+        .map_err(|e| LedgerError::Migration(e.to_string()));
+    let broken: Option<String> = conn
+        .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+        .optional()?;
+    conn.execute_batch("PRAGMA foreign_keys = ON")?;
+    migrated?;
+    if let Some(table) = broken {
+        return Err(LedgerError::Migration(format!(
+            "after migrating, a row of {table} refers to a row that does not exist"
+        )));
+    }
     Ok(())
 }
 

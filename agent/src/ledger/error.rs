@@ -23,6 +23,13 @@ pub enum Refusal {
         available: Credits,
         needed: Credits,
     },
+    /// A fleet user with no valid grant here: the server has not granted this agent any of
+    /// their pool lately (the pool is empty, or this agent cannot reach the server).
+    #[error(
+        "fleet user {user} has no valid grant of credit on this host: the sync server has not \
+         granted this host any of their pool lately (it is spent, or the server is unreachable)"
+    )]
+    NoFleetGrant { user: String },
     #[error(
         "monthly spend cap reached for {user}: cap {cap}, used {used}, held {held}, needed {needed}"
     )]

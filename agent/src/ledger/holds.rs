@@ -3,7 +3,8 @@
 //!
 //! Guarantees:
 //! - A hold is admitted only if the user can afford it (credit, then the monthly spend cap, with
-//!   open holds counted) and the user has fewer than [`OPEN_HOLDS_PER_USER_MAX`] open holds.
+//!   open holds counted) and the user has fewer than [`OPEN_HOLDS_PER_USER_MAX`] open holds; for
+//!   a fleet user, only while a grant booked here is valid (`escrow.rs`).
 //! - A settle needs the request's hold and debits at most that hold; metered cost beyond it is
 //!   booked as overage on the usage row, never charged silently and never taking a balance below
 //!   zero. A settle whose hold had expired (the gateway outlived [`HOLD_TTL_MAX`]) charges at most
@@ -18,6 +19,7 @@ use tollgate_schema::money::Credits;
 
 use super::LedgerError;
 use super::credits::negate;
+use super::error::Refusal;
 use super::journal::EntryDraft;
 use super::lots::as_burns;
 use super::rules;
@@ -132,6 +134,12 @@ impl Session<'_> {
                 why: "it ends beyond the representable time".into(),
             })?;
         let mut user = self.touch(&req.user_id)?;
+        if !self.fleet_grant_valid(&user) {
+            return Err(Refusal::NoFleetGrant {
+                user: req.user_id.clone(),
+            }
+            .into());
+        }
         let open: i64 = self
             .conn
             .prepare_cached(sql::COUNT_HOLDS)?

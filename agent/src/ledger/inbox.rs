@@ -275,10 +275,7 @@ impl Session<'_> {
             EventBody::PackageUpsert(package) => self.upsert_package(package).map(|()| None),
             EventBody::PowerLevelUpsert(level) => self.upsert_power_level(level).map(|()| None),
             EventBody::ApiKeyUpsert(key) => self.upsert_central_api_key(key).map(|()| None),
-            EventBody::EscrowGrant(_) => Err(LedgerError::InvalidField {
-                field: "event",
-                why: "escrow grants are not applied by this agent yet".into(),
-            }),
+            EventBody::EscrowGrant(grant) => self.book_grant(grant).map(Some),
         }
     }
 
@@ -287,14 +284,29 @@ impl Session<'_> {
         validate_user_id(&settings.user_id)?;
         let tier: Tier = parse_field(&settings.tier, "tier")?;
         let power_level: PowerLevel = parse_field(&settings.power_level, "power level")?;
+        let changes = UserChanges {
+            tier: Some(tier),
+            power_level: Some(power_level),
+            monthly_allowance: Some(settings.monthly_allowance),
+            monthly_spend_cap: Some(settings.monthly_spend_cap),
+            auto_renew: None,
+        };
         if self.user_exists(&settings.user_id)? {
-            let changes = UserChanges {
-                tier: Some(tier),
-                power_level: Some(power_level),
-                monthly_allowance: Some(settings.monthly_allowance),
-                monthly_spend_cap: Some(settings.monthly_spend_cap),
-                auto_renew: None,
-            };
+            if settings.fleet {
+                self.become_fleet(&settings.user_id)?;
+            }
+            self.change_user(&settings.user_id, &changes)?;
+        } else if settings.fleet {
+            // Made without an allowance (a fleet user's allowance is never granted here), marked,
+            // then given their settings.
+            self.create_user(&NewUser {
+                user_id: settings.user_id.clone(),
+                tier,
+                power_level,
+                monthly_allowance: tollgate_schema::money::Credits::ZERO,
+                monthly_spend_cap: settings.monthly_spend_cap,
+            })?;
+            self.mark_fleet(&settings.user_id)?;
             self.change_user(&settings.user_id, &changes)?;
         } else {
             self.create_user(&NewUser {
@@ -306,6 +318,31 @@ impl Session<'_> {
             })?;
         }
         Ok(())
+    }
+
+    /// Marks an existing user a fleet user, if nothing was ever booked for them here as this
+    /// agent's own (that credit would be outside every grant).
+    fn become_fleet(&mut self, user_id: &str) -> Result<(), LedgerError> {
+        let (fleet, own_entries): (bool, i64) = self.conn.query_row(
+            "SELECT u.fleet, (SELECT count(*) FROM credit_transactions ct \
+                              WHERE ct.user_id = u.user_id) \
+             FROM user_credits u WHERE u.user_id = ?1",
+            [user_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if fleet {
+            return Ok(());
+        }
+        if own_entries > 0 {
+            return Err(LedgerError::InvalidField {
+                field: "user",
+                why: format!(
+                    "{user_id} has credit entries as this agent's own user; the server serves a \
+                     fleet user of that id, which cannot take over an account with history"
+                ),
+            });
+        }
+        self.mark_fleet(user_id)
     }
 
     /// Adds the credit through the ledger's keyed add path; a user unknown here is created with

@@ -24,6 +24,7 @@ pub mod clock;
 mod credits;
 pub mod db;
 mod error;
+pub mod escrow;
 pub mod health;
 mod holds;
 mod idempotency;

@@ -44,6 +44,10 @@ pub struct UserRow {
     pub cycle_end: String,
     pub lifetime_purchased: Credits,
     pub created_at: String,
+    /// A fleet user: their credit here is grants from the server's pool (`escrow`).
+    pub fleet: bool,
+    /// When the newest grant stops admitting new holds, on this agent's clock.
+    pub escrow_valid_until: Option<OffsetDateTime>,
     pub lots: Vec<LiveLot>,
     /// Holds (row ids) this operation's touch found expired and closed.
     pub expired_holds: Vec<i64>,
@@ -89,7 +93,7 @@ impl<'c> Session<'c> {
             .conn
             .prepare_cached(sql::SELECT_USER)?
             .query_row([user_id], |r| {
-                Ok(UserRow {
+                let row = UserRow {
                     id: r.get(0)?,
                     user_id: r.get(1)?,
                     balance: Credits::from_nanos(r.get(2)?),
@@ -102,14 +106,18 @@ impl<'c> Session<'c> {
                     cycle_end: r.get(9)?,
                     lifetime_purchased: Credits::from_nanos(r.get(10)?),
                     created_at: r.get(11)?,
+                    fleet: r.get(12)?,
+                    escrow_valid_until: None,
                     lots: Vec::new(),
                     expired_holds: Vec::new(),
                     dirty: false,
-                })
+                };
+                Ok((row, r.get::<_, Option<String>>(13)?))
             })
             .optional()?
             .ok_or_else(|| LedgerError::UnknownUser(user_id.to_owned()))?;
-        let mut user = user;
+        let (mut user, valid_until) = user;
+        user.escrow_valid_until = valid_until.as_deref().map(parse_stored_time).transpose()?;
         self.reload_lots(&mut user)?;
         Ok(user)
     }
@@ -204,7 +212,8 @@ impl<'c> Session<'c> {
         user.cycle_end = to_text(end);
         user.used_this_month = Credits::ZERO;
         user.dirty = true;
-        if user.auto_renew && user.monthly_allowance.is_positive() {
+        // A fleet user's allowance is the server's to grant (into their pool), never an agent's.
+        if user.auto_renew && user.monthly_allowance.is_positive() && !user.fleet {
             self.grant_allowance(user)?;
         }
         Ok(())

@@ -18,7 +18,8 @@ pub const INSERT_ENTRY: &str = "INSERT INTO credit_transactions (entry_id, seq, 
 
 pub const SELECT_USER: &str = "SELECT id, user_id, balance, held, credits_used_this_month, \
      monthly_spend_cap, monthly_allowance, auto_renew, billing_cycle_start, billing_cycle_end, \
-     lifetime_credits_purchased, created_at FROM user_credits WHERE user_id = ?1";
+     lifetime_credits_purchased, created_at, fleet, escrow_valid_until FROM user_credits \
+     WHERE user_id = ?1";
 
 pub const SAVE_USER: &str = "UPDATE user_credits SET balance = ?2, held = ?3, \
      credits_used_this_month = ?4, billing_cycle_start = ?5, billing_cycle_end = ?6, \

@@ -16,6 +16,7 @@ text_enum!(
         Refund => "refund",
         AdminAdjustment => "admin_adjustment",
         Allowance => "allowance",
+        Escrow => "escrow",
     }
 );
 
@@ -67,6 +68,8 @@ impl CreditKind {
             CreditKind::Bonus => 20,
             CreditKind::Refund | CreditKind::AdminAdjustment => 30,
             CreditKind::Purchase => 40,
+            // A fleet user's credit here is all grants; they burn oldest first.
+            CreditKind::Escrow => 50,
         }
     }
 
@@ -77,6 +80,7 @@ impl CreditKind {
             CreditKind::Refund => EntryType::Refund,
             CreditKind::AdminAdjustment => EntryType::AdminAdjustment,
             CreditKind::Allowance => EntryType::Allowance,
+            CreditKind::Escrow => EntryType::Escrow,
         }
     }
 }

@@ -19,8 +19,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use tollgate_schema::wire::{
-    EnrollRequest, EnrollResponse, ErrorBody, InboxPage, LONG_POLL_MAX_MS, PROTOCOL_HEADER,
-    PROTOCOL_VERSION, PushRequest, PushResponse, Snapshot, UserSettings, error_code,
+    EnrollRequest, EnrollResponse, ErrorBody, GrantRequest, GrantResponse, InboxPage,
+    LONG_POLL_MAX_MS, PROTOCOL_HEADER, PROTOCOL_VERSION, PushRequest, PushResponse, Snapshot,
+    UserSettings, error_code,
 };
 
 use super::config::SyncConfig;
@@ -231,6 +232,19 @@ impl SyncClient {
                 request,
                 Duration::from_millis(wait_ms) + LONG_POLL_GRACE,
                 "inbox",
+            )
+            .await?;
+        check_version(answer.protocol_version)?;
+        Ok(answer)
+    }
+
+    /// Asks for a grant of a fleet user's pool (protocol 3).
+    pub async fn grant(&self, body: &GrantRequest) -> Result<GrantResponse, ClientError> {
+        let answer: GrantResponse = self
+            .call(
+                self.http.post(self.url("/v1/escrow/grants")).json(body),
+                REQUEST_TIMEOUT,
+                "grant",
             )
             .await?;
         check_version(answer.protocol_version)?;

@@ -3,8 +3,10 @@
 //!
 //! - [`config`]: `<data dir>/sync.toml` (server, agent id, credential; 0600, written atomically).
 //! - [`client`]: the HTTP calls of the protocol (`tollgate_schema::wire`), typed refusals.
-//! - [`task`]: the push and pull loops `tollgate serve` runs in the background, and the one
-//!   cycle `tollgate sync now` runs.
+//! - [`task`]: the push, pull and escrow loops `tollgate serve` runs in the background, and the
+//!   one cycle `tollgate sync now` runs.
+//! - [`escrow`]: what the gateway tells the escrow loop (demand), and how that loop decides when
+//!   to ask for a grant of a fleet user's pool and when to return what is left.
 //!
 //! What is pushed and applied, and the acknowledged head and inbox cursor, live in the ledger
 //! (`ledger/sync.rs`, `ledger/inbox.rs`), moved in the same SQLite transactions as what they
@@ -12,6 +14,7 @@
 
 pub mod client;
 pub mod config;
+pub mod escrow;
 pub mod task;
 
 pub use client::{ClientError, ErrorCode, SyncClient};

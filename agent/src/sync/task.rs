@@ -27,6 +27,8 @@ use tollgate_schema::wire::{
 use super::SyncError;
 use super::client::{ClientError, ErrorCode, SyncClient};
 use super::config::SyncConfig;
+use super::escrow::{Demand, ESCROW_TICK, EscrowState, RATE_WINDOW, Step};
+use crate::ledger::escrow::FleetPosition;
 use crate::ledger::{InboxOutcome, Ledger, LedgerError, SnapshotApplied, SyncResult};
 
 /// How often the push loop looks for entries not yet acknowledged.
@@ -105,6 +107,8 @@ pub struct Syncer {
     ledger: Arc<Mutex<Ledger>>,
     client: SyncClient,
     incarnation: String,
+    /// What the gateway saw users ask for (the escrow loop's input).
+    demand: Arc<Demand>,
 }
 
 impl Syncer {
@@ -118,7 +122,14 @@ impl Syncer {
             ledger: Arc::new(Mutex::new(ledger)),
             client: SyncClient::new(config)?,
             incarnation,
+            demand: Arc::new(Demand::default()),
         })
+    }
+
+    /// Shares `demand` with the gateway, so the escrow loop sees what users ask for.
+    pub fn with_demand(mut self, demand: Arc<Demand>) -> Syncer {
+        self.demand = demand;
+        self
     }
 
     /// Runs `f` on the ledger on a blocking thread.
@@ -439,7 +450,11 @@ impl Syncer {
     /// Pushes and pulls until `stop` turns true (or its sender is gone).
     pub async fn run(self, stop: watch::Receiver<bool>) {
         tracing::info!(server = %self.client.server(), "sync started");
-        tokio::join!(self.push_loop(stop.clone()), self.pull_loop(stop));
+        tokio::join!(
+            self.push_loop(stop.clone()),
+            self.pull_loop(stop.clone()),
+            self.escrow_loop(stop)
+        );
         tracing::info!("sync stopped");
     }
 
@@ -513,6 +528,82 @@ impl Syncer {
                 return;
             }
         }
+    }
+}
+
+impl Syncer {
+    /// Keeps fleet users supplied with grants and returns lapsed ones (`escrow.rs`).
+    async fn escrow_loop(&self, mut stop: watch::Receiver<bool>) {
+        let mut state = EscrowState::default();
+        loop {
+            if let Err(e) = self.escrow_tick(&mut state).await {
+                self.record_failure("escrow", &e).await;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(ESCROW_TICK) => {}
+                () = self.demand.woken() => {}
+                () = stopped(&mut stop) => return,
+            }
+        }
+    }
+
+    /// One look at every fleet user: ask for what is needed, release what lapsed.
+    async fn escrow_tick(&self, state: &mut EscrowState) -> Result<(), SyncError> {
+        let window = time::Duration::try_from(RATE_WINDOW).unwrap_or(time::Duration::MINUTE);
+        let (now, positions) = self.ledger(move |l| l.fleet_positions(window)).await?;
+        state.keep_only(&positions);
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let demand = self.demand.active();
+        for position in &positions {
+            let user = position.user_id.clone();
+            let worst = demand.get(&user).copied();
+            let step = state.step(position, worst, now, Instant::now());
+            match step {
+                Step::Ask(request) => match self.client.grant(&request).await {
+                    Ok(answer) => {
+                        state.answered(&user, answer.grant.is_none(), Instant::now());
+                        if let Some(grant) = answer.grant {
+                            tracing::info!(user = %user, amount = %grant.amount, key = %grant.key, pool_left = %answer.pool_free, "fleet grant received");
+                            self.ledger(move |l| l.book_grant(&grant)).await?;
+                        } else {
+                            tracing::debug!(user = %user, "the fleet pool is empty");
+                            self.release_if_lapsed(position, now).await?;
+                        }
+                    }
+                    Err(e) => {
+                        state.failed(&user, Instant::now());
+                        tracing::warn!(user = %user, error = %e, "asking for a fleet grant failed; retrying the same request");
+                        self.release_if_lapsed(position, now).await?;
+                    }
+                },
+                Step::Release => self.release(&user).await?,
+                Step::Nothing => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases what `position` has available if its newest grant had lapsed at `now`.
+    async fn release_if_lapsed(
+        &self,
+        position: &FleetPosition,
+        now: time::OffsetDateTime,
+    ) -> Result<(), SyncError> {
+        let lapsed = position.valid_until.is_none_or(|until| until <= now);
+        if lapsed && position.available().is_positive() {
+            self.release(&position.user_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn release(&self, user: &str) -> Result<(), SyncError> {
+        let owned = user.to_owned();
+        if let Some(receipt) = self.ledger(move |l| l.release_escrow(&owned)).await? {
+            tracing::info!(user = %user, amount = %receipt.amount, "lapsed fleet grants returned to the pool");
+        }
+        Ok(())
     }
 }
 

@@ -46,7 +46,7 @@ const CASES: &[(&[&str], &str)] = &[
     ),
     (
         &["credits", "add", "alice", "5", "--type", "gift"],
-        "invalid --type: unknown credit type \"gift\" (expected one of: purchase, bonus, refund, admin_adjustment, allowance)",
+        "invalid --type: unknown credit type \"gift\" (expected one of: purchase, bonus, refund, admin_adjustment, allowance, escrow)",
     ),
     (
         &["credits", "add", "alice", "5", "--type", "allowance"],

@@ -116,7 +116,11 @@ impl Gateway {
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway::serve(
             config,
-            ServeParts { ledger, master },
+            ServeParts {
+                ledger,
+                master,
+                demand: Default::default(),
+            },
             listener,
             async move {
                 let _ = rx.await;

@@ -145,6 +145,7 @@ impl MLot {
             CreditKind::Bonus => 20,
             CreditKind::Refund | CreditKind::AdminAdjustment => 30,
             CreditKind::Purchase => 40,
+            CreditKind::Escrow => 50,
         }
     }
 

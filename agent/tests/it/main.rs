@@ -4,6 +4,7 @@
 
 mod cli_errors;
 mod crash;
+mod escrow;
 mod gateway;
 mod gateway_crash;
 mod gateway_edges;

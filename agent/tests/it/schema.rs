@@ -175,9 +175,10 @@ fn a_database_whose_migration_differs_from_this_build_is_refused() {
 fn a_database_from_a_newer_tollgate_is_refused_untouched() {
     let (_dir, path) = fresh();
     let conn = db::open(&path, OpenMode::CreateIfMissing).unwrap();
+    let future = LATEST_VERSION + 1;
     conn.execute(
-        "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES (7, 'future', '2030-01-01', '0')",
-        [],
+        "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES (?1, 'future', '2030-01-01', '0')",
+        [future],
     )
     .unwrap();
     drop(conn);
@@ -186,16 +187,16 @@ fn a_database_from_a_newer_tollgate_is_refused_untouched() {
         matches!(
             err,
             LedgerError::SchemaTooNew {
-                found: 7,
+                found,
                 supported
-            } if supported == i64::from(LATEST_VERSION)
+            } if supported == i64::from(LATEST_VERSION) && found == i64::from(future)
         ),
         "{err:?}"
     );
     assert_eq!(
         err.to_string(),
         format!(
-            "this database has schema version 7, newer than this tollgate supports ({LATEST_VERSION}); upgrade tollgate"
+            "this database has schema version {future}, newer than this tollgate supports ({LATEST_VERSION}); upgrade tollgate"
         )
     );
 }

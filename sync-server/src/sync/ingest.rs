@@ -94,12 +94,15 @@ const APPLY_BALANCES: &str = "SELECT CASE WHEN d.delta > 0 THEN add_credits(d.us
      ELSE debit_credits(d.user_id, -d.delta) END \
      FROM unnest($1::text[], $2::numeric[]) AS d(user_id, delta)";
 /// What this agent holds of each fleet user moves by the batch's net delta for them (a holding
-/// never goes below zero: the CHECK, and before it the balance chain of [`rules`]).
-const APPLY_HOLDINGS: &str = "INSERT INTO escrow_holdings AS h (user_id, agent_id, balance) \
-     SELECT d.user_id, $1, d.delta FROM unnest($2::text[], $3::numeric[]) AS d(user_id, delta) \
-     JOIN user_credits u ON u.user_id = d.user_id AND u.fleet \
-     ON CONFLICT (user_id, agent_id) DO UPDATE \
-     SET balance = h.balance + EXCLUDED.balance, updated_at = now()";
+/// never goes below zero: the CHECK, and before it the balance chain of [`rules`]). The row is
+/// made first at zero, then moved: an insert's CHECK is evaluated on the proposed row before
+/// any conflict, so a negative delta cannot go through `INSERT … ON CONFLICT DO UPDATE`.
+const OPEN_HOLDINGS: &str = "INSERT INTO escrow_holdings (user_id, agent_id) \
+     SELECT u.user_id, $1 FROM user_credits u WHERE u.user_id = ANY($2) AND u.fleet \
+     ON CONFLICT (user_id, agent_id) DO NOTHING";
+const APPLY_HOLDINGS: &str = "UPDATE escrow_holdings h SET balance = h.balance + d.delta, \
+     updated_at = now() FROM unnest($2::text[], $3::numeric[]) AS d(user_id, delta) \
+     WHERE h.user_id = d.user_id AND h.agent_id = $1";
 /// What the batch's releases return goes back to each fleet user's pool.
 const APPLY_RELEASES: &str = "UPDATE user_credits u SET pool = u.pool + d.released \
      FROM unnest($1::text[], $2::numeric[]) AS d(user_id, released) \
@@ -564,6 +567,9 @@ async fn move_balances(
 ) -> Result<Option<String>, IngestError> {
     let effects = Effects::of(new.entries)?;
     if !effects.balance_users.is_empty() {
+        let open = tx.prepare_cached(OPEN_HOLDINGS).await?;
+        tx.execute(&open, &[&agent_id, &effects.balance_users])
+            .await?;
         let holdings = tx.prepare_cached(APPLY_HOLDINGS).await?;
         tx.execute(
             &holdings,

@@ -159,12 +159,15 @@ async fn a_fleet_user_is_served_from_grants_of_their_pool_and_the_books_agree() 
 
     // A books its grant, spends 1.25 and returns the rest; B books its grant and spends 0.5.
     let mut chain_a = Chain::new("a", 1);
-    let entries_a = vec![
+    let entries_a = [
         chain_a.keyed("ann", "escrow", c("3"), &grant_a.key),
         chain_a.entry("ann", "usage", c("-1.25")),
         chain_a.keyed("ann", "escrow", c("-1.75"), "release:edge-a-1"),
     ];
-    let answer = push(&base, &a, &entries_a).await;
+    // Booked in one push, spent and returned in the next (a net decrease of what A holds).
+    let answer = push(&base, &a, &entries_a[..1]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer = push(&base, &a, &entries_a[1..]).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let mut chain_b = Chain::new("b", 1);
     let entries_b = vec![

@@ -1,0 +1,229 @@
+//! One fleet user served by every agent, end to end with the real binaries (SYNC.md "Escrow"):
+//! the user is made centrally without a home, funded, given a key; three agents serve them at
+//! once, each spending only grants carved from the central pool, asked for off the request path.
+//! Demand is above the pool: the clients go on until they are refused. Then, with everything
+//! pushed: nothing was spent twice or beyond what was given, the books agree on every side, and
+//! at least 90 % of the pool was spendable across the fleet. Prints what it measured.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use tollgate_e2e::{Agent, Database, Process, Server, eventually, ok, word_with_prefix};
+use tollgate_mock_upstream::MockUpstream;
+
+const AGENTS: usize = 3;
+const CLIENTS_PER_AGENT: usize = 2;
+/// The pool: a few hundred requests' worth at the request size below.
+const GIVEN: &str = "0.25";
+/// A client gives up once every request it sent for this long was refused.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(3);
+const CONVERGE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+struct Tally {
+    served: AtomicU64,
+    refused: AtomicU64,
+    other: AtomicU64,
+}
+
+async fn chat(client: &reqwest::Client, url: &str, key: &str, n: u64) -> u16 {
+    client
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&json!({"model": "gpt-4o-mini", "max_tokens": 100,
+                      "messages": [{"role": "user", "content": format!("{n} mock:tokens=40")}]}))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// One client of one gateway: requests until refused for [`GIVE_UP_AFTER`] on end.
+async fn client(url: String, key: String, tally: Arc<Tally>) {
+    let http = reqwest::Client::new();
+    let mut refused_since: Option<Instant> = None;
+    let mut n = 0;
+    loop {
+        n += 1;
+        match chat(&http, &url, &key, n).await {
+            200 => {
+                tally.served.fetch_add(1, Ordering::Relaxed);
+                refused_since = None;
+            }
+            402 => {
+                tally.refused.fetch_add(1, Ordering::Relaxed);
+                let since = *refused_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= GIVE_UP_AFTER {
+                    return;
+                }
+                // Not a spin: the escrow task is asking the server meanwhile.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            _ => {
+                tally.other.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn dec(v: &Value) -> Decimal {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a decimal string: {v}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_user_spends_the_pool_across_agents_never_more() {
+    let db = Database::create().await;
+    let server = Server {
+        database_url: db.url.clone(),
+        envs: Vec::new(),
+    };
+    server.ok(&["migrate"]);
+    let (_server_process, addr) = server.serve("127.0.0.1:0");
+    let base = format!("http://{addr}");
+    let upstream = MockUpstream::spawn().await.unwrap();
+
+    let mut agents: Vec<Agent> = Vec::new();
+    let mut gateways: Vec<(Process, String)> = Vec::new();
+    for a in 0..AGENTS {
+        let agent = Agent::init(&format!("edge-{a}"));
+        let token = word_with_prefix(&server.ok(&["agents", "enroll", &agent.name]), "tge_");
+        ok(
+            agent.command(&["enroll", "--server", &base, "--token", "-"]),
+            Some(&token),
+        );
+        gateways.push(agent.serve(&upstream.url()));
+        agents.push(agent);
+    }
+
+    // A fleet user, made centrally without a home: every agent is sent her settings and key.
+    let made = server.ok(&["users", "set", "ann", "--tier", "professional"]);
+    assert!(made.contains("fleet user ann created"), "{made}");
+    let key: Value = serde_json::from_str(&server.ok(&[
+        "users", "api-key", "create", "ann", "--name", "fleet", "--json",
+    ]))
+    .unwrap();
+    let key = key["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("tg_"), "{key}");
+    let funded = server.ok(&[
+        "credits",
+        "grant",
+        "ann",
+        GIVEN,
+        "--operation-id",
+        "fund-ann",
+    ]);
+    assert!(funded.contains("fleet pool"), "{funded}");
+    let http = reqwest::Client::new();
+    for (_, url) in &gateways {
+        // Known everywhere once her key works (no grant yet may mean 402, never 401).
+        eventually("ann's key to reach every agent", CONVERGE, || async {
+            (chat(&http, url, &key, 0).await != 401).then_some(())
+        })
+        .await;
+    }
+
+    // Demand above the pool, on every agent at once.
+    let tally = Arc::new(Tally::default());
+    let started = Instant::now();
+    let clients: Vec<_> = gateways
+        .iter()
+        .flat_map(|(_, url)| {
+            (0..CLIENTS_PER_AGENT)
+                .map(|_| tokio::spawn(client(url.clone(), key.clone(), tally.clone())))
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let ran_for = started.elapsed();
+
+    // Everything pushed and applied.
+    for agent in &agents {
+        agent.ok(&["sync", "now"]);
+    }
+    let pg = db.client().await;
+    eventually("every agent to be acknowledged", CONVERGE, || async {
+        for agent in &agents {
+            let status = agent.json(&["sync", "status"]);
+            if status["head_seq"] != status["acked_seq"] {
+                agent.ok(&["sync", "now"]);
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+
+    // The books: no overspend, conservation, every side agrees.
+    let shown: Value =
+        serde_json::from_str(&server.ok(&["users", "show", "ann", "--json"])).unwrap();
+    let given: Decimal = GIVEN.parse().unwrap();
+    let pool = dec(&shown["pool"]);
+    let held = dec(&shown["balance"]);
+    let spent = dec(&shown["credits_used_this_month"]);
+    assert_eq!(shown["fleet"], true, "{shown}");
+    assert_eq!(pool + held + spent, given, "conservation: {shown}");
+    assert!(spent <= given, "spent {spent} of {given}");
+    let mut held_on_agents = Decimal::ZERO;
+    for agent in &agents {
+        agent.ok(&["verify"]);
+        let balance = dec(&agent.json(&["credits", "balance", "ann"])["balance"]);
+        assert!(balance >= Decimal::ZERO);
+        held_on_agents += balance;
+    }
+    assert_eq!(held_on_agents, held, "the agents hold what the server says");
+    let spent_on_agents: Decimal = pg
+        .query_one(
+            "SELECT coalesce(-sum(amount), 0) FROM credit_transactions \
+             WHERE user_id = 'ann' AND transaction_type = 'usage'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(spent_on_agents, spent);
+    let duplicates: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM (SELECT request_id FROM credit_transactions \
+             WHERE transaction_type = 'usage' GROUP BY agent_id, request_id \
+             HAVING count(*) > 1) d",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(duplicates, 0, "a request was charged twice");
+    let reconcile: Value = serde_json::from_str(&server.ok(&["reconcile", "--json"])).unwrap();
+    assert_eq!(reconcile["ok"], true, "{reconcile}");
+    let grants: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM central_operations WHERE operation_key LIKE 'grant:%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let share = spent / given;
+    println!(
+        "fleet: {AGENTS} agents × {CLIENTS_PER_AGENT} clients, {} served, {} refused, {} other, \
+         {grants} grants, spent {spent} of {given} ({:.1} %), stranded {} (pool {pool}, agents \
+         {held}), {ran_for:?}",
+        tally.served.load(Ordering::Relaxed),
+        tally.refused.load(Ordering::Relaxed),
+        tally.other.load(Ordering::Relaxed),
+        share * Decimal::from(100),
+        pool + held,
+    );
+    assert_eq!(tally.other.load(Ordering::Relaxed), 0);
+    assert!(
+        share >= Decimal::new(9, 1),
+        "only {share} of the pool was spendable across the fleet"
+    );
+}
