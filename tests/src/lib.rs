@@ -267,8 +267,14 @@ impl Agent {
 
     /// `tollgate serve` on port 0 in front of `upstream`; returns the gateway's base URL.
     pub fn serve(&self, upstream: &str) -> (Process, String) {
+        self.serve_with(upstream, &[])
+    }
+
+    /// As [`Agent::serve`], with more environment (a clock skew, say).
+    pub fn serve_with(&self, upstream: &str, envs: &[(&str, &str)]) -> (Process, String) {
         let mut child = self
             .command(&["serve", "--listen", "127.0.0.1:0", "--upstream", upstream])
+            .envs(envs.iter().copied())
             .env("TOLLGATE_UPSTREAM_KEY", "sk-litellm-e2e")
             .env("TOLLGATE_LOG_FORMAT", "json")
             .stdin(Stdio::null())

@@ -1,21 +1,21 @@
 //! Fault injection, end to end: three agents (real `tollgate serve` gateways with their sync
 //! tasks), two `tollgate-server` replicas, and a PostgreSQL cluster this test starts itself
 //! (never the machine's shared one). Every agent reaches the replicas through a TCP proxy the test
-//! controls. Low-balance users are served concurrently on every agent while a nemesis, driven by
-//! a seed, kills gateways and replicas with SIGKILL, crashes and restarts PostgreSQL, partitions
-//! agents from the server and heals them, and makes central grants (each twice, as a retrying
-//! admin would). After healing and draining, the invariants of SYNC.md must hold: conservation
-//! (reconcile, `tollgate verify`), no overspend (no balance below zero, one debit per request),
-//! exactly once (every agent entry on the server once with its hash; every grant once), and
-//! convergence (each agent's balances equal the server's). It prints requests served and
-//! refused, credit spent and left, and the time to converge.
+//! controls. Low-balance users are served concurrently on every agent — home users on their agent,
+//! and one low-balance fleet user on every agent at once, spending grants of a central pool —
+//! while a nemesis, driven by a seed, kills gateways and replicas with SIGKILL, crashes and
+//! restarts PostgreSQL, partitions agents from the server and heals them, jumps an agent's clock
+//! (its gateway restarted minutes ahead or behind), and makes central grants (each twice, as a
+//! retrying admin would). After healing and draining, the invariants of SYNC.md must hold:
+//! conservation (reconcile, `tollgate verify`; the fleet user's pool + what agents hold + spent =
+//! given), no overspend (no balance or holding below zero, one debit per request), exactly once
+//! (every agent entry on the server once with its hash; every grant once), and convergence (each
+//! agent's balances equal the server's). It prints requests served and refused, credit spent,
+//! stranded and left, and the time to converge.
 //!
 //! Repeat a run: `TOLLGATE_FAULT_SEED=<seed> cargo nextest run -p tollgate-e2e -E
 //! 'binary(faults)' --no-capture` (the seed fixes the nemesis's schedule; the interleaving with
 //! traffic still varies). `TOLLGATE_FAULT_STEPS` sets the number of faults (CI: 12).
-//!
-//! Users here are home users (each held by one agent); the escrow's fleet users, spread over
-//! every agent, are the next step for this test (issue 11).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -36,6 +36,10 @@ const REPLICAS: usize = 2;
 const USERS_PER_AGENT: usize = 2;
 /// Requests each user's credit pays for (then they are refused with 402).
 const AFFORDABLE: u32 = 150;
+/// Requests the fleet user's pool pays for, across every agent.
+const FLEET_AFFORDABLE: u32 = 200;
+/// The fleet user, served by every agent.
+const FLEET_USER: &str = "fleet-ann";
 /// Time between two faults.
 const STEP: Duration = Duration::from_millis(500);
 /// How long convergence may take after healing (the agent's retry backoff is capped at 30 s).
@@ -68,7 +72,18 @@ struct Host {
 
 impl Host {
     fn start_gateway(&mut self, upstream: &str) {
-        let (gateway, url) = self.agent.serve(upstream);
+        self.start_gateway_skewed(upstream, 0);
+    }
+
+    /// Restarts the gateway with its clock `skew_secs` off (a clock that jumped).
+    fn start_gateway_skewed(&mut self, upstream: &str, skew_secs: i64) {
+        let skew = skew_secs.to_string();
+        let envs: &[(&str, &str)] = if skew_secs == 0 {
+            &[]
+        } else {
+            &[("TOLLGATE_CLOCK_SKEW_SECS", &skew)]
+        };
+        let (gateway, url) = self.agent.serve_with(upstream, envs);
         self.gateway = Some(gateway);
         *self.url.lock().unwrap() = url;
     }
@@ -155,6 +170,21 @@ async fn converged(hosts: &[Host], url: &str) -> Option<()> {
         }
     }
     Some(())
+}
+
+/// The fleet user's pool, from a fresh connection (PostgreSQL may be restarting: `None`).
+async fn fleet_pool(url: &str) -> Option<Decimal> {
+    let (pg, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    pg.query_one(
+        "SELECT pool FROM user_credits WHERE user_id = $1",
+        &[&FLEET_USER],
+    )
+    .await
+    .ok()
+    .map(|r| r.get(0))
 }
 
 async fn pg_client(url: &str) -> tokio_postgres::Client {
@@ -256,6 +286,13 @@ async fn the_books_hold_through_kills_restarts_and_partitions() {
     let probe_user = "probe".to_owned();
     let probe_key = server.user_with_key(&probe_user, "edge-0", "professional");
     grant(&server, &probe_user, "1", "probe").await;
+    // The fleet user: no home, settings and key on every agent.
+    server.ok(&["users", "set", FLEET_USER, "--tier", "professional"]);
+    let fleet_key: Value = serde_json::from_str(&server.ok(&[
+        "users", "api-key", "create", FLEET_USER, "--name", "e2e", "--json",
+    ]))
+    .unwrap();
+    let fleet_key = fleet_key["key"].as_str().unwrap().to_owned();
     for host in &mut hosts {
         host.agent.ok(&["sync", "now"]);
         host.start_gateway(&upstream.url());
@@ -285,6 +322,8 @@ async fn the_books_hold_through_kills_restarts_and_partitions() {
             );
         }
     }
+    let fleet_given = cost * Decimal::from(FLEET_AFFORDABLE);
+    grant(&server, FLEET_USER, &fleet_given.to_string(), "fund-fleet").await;
     let url = cluster.url();
     eventually("the funding to reach the agents", CONVERGE, || {
         converged(&hosts, &url)
@@ -298,9 +337,11 @@ async fn the_books_hold_through_kills_restarts_and_partitions() {
     let clients: Vec<_> = hosts
         .iter()
         .map(|h| {
+            let mut users = h.users.clone();
+            users.push((FLEET_USER.to_owned(), fleet_key.clone()));
             tokio::spawn(traffic(
                 h.url.clone(),
-                h.users.clone(),
+                users,
                 stop.clone(),
                 tally.clone(),
                 others.clone(),
@@ -310,12 +351,20 @@ async fn the_books_hold_through_kills_restarts_and_partitions() {
     let mut log = Vec::new();
     for step in 0..steps {
         tokio::time::sleep(STEP).await;
-        match rng.below(5) {
+        match rng.below(6) {
             0 => {
                 let h = rng.below(AGENTS);
                 hosts[h].gateway.take();
                 hosts[h].start_gateway(&upstream.url());
                 log.push(format!("kill -9 gateway edge-{h}"));
+            }
+            5 => {
+                // The clock jumps up to five minutes either way (past a grant's validity).
+                let h = rng.below(AGENTS);
+                let skew = i64::try_from(rng.below(601)).unwrap() - 300;
+                hosts[h].gateway.take();
+                hosts[h].start_gateway_skewed(&upstream.url(), skew);
+                log.push(format!("clock of edge-{h} jumps {skew:+} s"));
             }
             1 => {
                 let r = rng.below(REPLICAS);
@@ -356,28 +405,33 @@ async fn the_books_hold_through_kills_restarts_and_partitions() {
         }
     }
     println!("faults: {}", log.join(", "));
-    // The traffic goes on until every user has run out of credit (a signal, however slow the
-    // machine): refusals at the edge of the balance are part of what is checked.
+    // Heal. The traffic goes on until every user has run out of credit, the fleet user's pool
+    // included (signals, however slow the machine): refusals at the edge of the balance are part
+    // of what is checked.
+    let healing = Instant::now();
+    for host in &mut hosts {
+        host.proxy.heal();
+        host.partitioned = false;
+    }
     let users: Vec<String> = hosts
         .iter()
         .flat_map(|h| h.users.iter().map(|(u, _)| u.clone()))
+        .chain([FLEET_USER.to_owned()])
         .collect();
     eventually("every user to run out of credit", CONVERGE, || async {
-        let ran_out = tally.ran_out.lock().unwrap();
-        users.iter().all(|u| ran_out.contains(u)).then_some(())
+        let all = users
+            .iter()
+            .all(|u| tally.ran_out.lock().unwrap().contains(u));
+        let pool = fleet_pool(&url).await?;
+        (all && pool.is_zero()).then_some(())
     })
     .await;
     stop.store(true, Ordering::SeqCst);
     for client in clients {
         client.await.unwrap();
     }
-
-    // Heal and drain.
-    let healing = Instant::now();
-    for host in &mut hosts {
-        host.proxy.heal();
-        host.partitioned = false;
-    }
+    let ran_out = healing.elapsed();
+    let drained = Instant::now();
     if tokio::time::timeout(CONVERGE, async {
         while converged(&hosts, &url).await.is_none() {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -398,7 +452,7 @@ async fn the_books_hold_through_kills_restarts_and_partitions() {
         );
     }
     let pg = pg_client(&url).await;
-    let converge_time = healing.elapsed();
+    let converge_time = drained.elapsed();
     for host in &mut hosts {
         host.gateway.take();
     }
@@ -470,6 +524,50 @@ async fn the_books_hold_through_kills_restarts_and_partitions() {
             left += central;
         }
     }
+    // The fleet user: each agent holds what the server says it holds; nothing below zero.
+    let pool: Decimal = pg
+        .query_one(
+            "SELECT pool FROM user_credits WHERE user_id = $1",
+            &[&FLEET_USER],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut fleet_held = Decimal::ZERO;
+    for host in &hosts {
+        let holding: Decimal = pg
+            .query_opt(
+                "SELECT h.balance FROM escrow_holdings h JOIN agents a USING (agent_id) \
+                 WHERE h.user_id = $1 AND a.name = $2",
+                &[&FLEET_USER, &host.agent.name],
+            )
+            .await
+            .unwrap()
+            .map_or(Decimal::ZERO, |r| r.get(0));
+        assert!(holding >= Decimal::ZERO);
+        assert_eq!(
+            balance(host, FLEET_USER),
+            holding,
+            "{}: what it holds of {FLEET_USER}",
+            host.agent.name
+        );
+        fleet_held += holding;
+    }
+    let fleet_spent: Decimal = pg
+        .query_one(
+            "SELECT COALESCE(-sum(amount), 0) FROM credit_transactions \
+             WHERE transaction_type = 'usage' AND user_id = $1",
+            &[&FLEET_USER],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        pool + fleet_held + fleet_spent,
+        fleet_given,
+        "the fleet user: pool + held + spent = given"
+    );
+    left += pool + fleet_held;
     let out = run(server.command(&["reconcile", "--json"]), None);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
@@ -487,7 +585,7 @@ async fn the_books_hold_through_kills_restarts_and_partitions() {
         .await
         .unwrap()
         .get(0);
-    let granted: Decimal = expected_grants.values().map(|(_, a)| *a).sum();
+    let granted: Decimal = expected_grants.values().map(|(_, a)| *a).sum::<Decimal>() + fleet_given;
     assert_eq!(
         spent + left,
         granted,
@@ -497,11 +595,14 @@ async fn the_books_hold_through_kills_restarts_and_partitions() {
     let refused = tally.refused.load(Ordering::Relaxed);
     println!(
         "served {served}, refused (402) {refused}, gateway down {}, other {} {:?}; credit \
-         granted {granted}, spent {spent}, left {left} (stranded: none, home users); converged \
-         {converge_time:?} after healing",
+         granted {granted}, spent {spent}, left {left}; fleet user: given {fleet_given}, spent \
+         {fleet_spent} ({:.1} %), stranded {} (pool {pool}, agents {fleet_held}); converged \
+         {converge_time:?} after the traffic stopped ({ran_out:?} after healing)",
         tally.unavailable.load(Ordering::Relaxed),
         tally.other.load(Ordering::Relaxed),
         others.lock().unwrap(),
+        fleet_spent / fleet_given * Decimal::from(100),
+        pool + fleet_held,
     );
     assert!(served > 0, "some requests were served");
     assert!(

@@ -15,7 +15,8 @@ use crate::cli::ServeArgs;
 use crate::gateway::config::{GatewayConfig, Overrides};
 use crate::gateway::{self, ServeParts};
 use crate::keys::{MASTER_KEY_ENV, vault};
-use crate::ledger::{Ledger, OpenMode, SystemClock};
+use crate::ledger::clock::{self, CLOCK_SKEW_ENV};
+use crate::ledger::{Clock, Ledger, OpenMode};
 use crate::sync::{SyncConfig, Syncer};
 
 /// How long serve waits for the sync task to stop after the gateway has.
@@ -29,15 +30,16 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let config = GatewayConfig::load(&overrides, &|name| std::env::var(name).ok())?;
     init_logging(&config)?;
-    let ledger = Ledger::open(
-        &ctx.data_dir.database(),
-        OpenMode::MustExist,
-        Arc::new(SystemClock),
-    )?;
+    let skew = std::env::var(CLOCK_SKEW_ENV).ok();
+    let clock = clock::serve_clock(skew.as_deref()).map_err(anyhow::Error::msg)?;
+    if let Some(skew) = skew {
+        tracing::warn!(skew_secs = %skew, "the clock is skewed ({CLOCK_SKEW_ENV}): for fault-injection tests only");
+    }
+    let ledger = Ledger::open(&ctx.data_dir.database(), OpenMode::MustExist, clock.clone())?;
     let master = load_master(ctx, &ledger)?;
     // What users ask for, noted by the gateway for the escrow loop of the sync task.
     let demand = Arc::new(crate::sync::escrow::Demand::default());
-    let syncer = start_sync(ctx)?.map(|s| s.with_demand(demand.clone()));
+    let syncer = start_sync(ctx, clock)?.map(|s| s.with_demand(demand.clone()));
     let addr = config.listen_addr()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -85,16 +87,12 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The sync task, when this agent is enrolled; `None` runs standalone.
-fn start_sync(ctx: &Ctx) -> anyhow::Result<Option<Syncer>> {
+fn start_sync(ctx: &Ctx, clock: Arc<dyn Clock>) -> anyhow::Result<Option<Syncer>> {
     let Some(config) = SyncConfig::load(&ctx.data_dir.sync_config())? else {
         tracing::info!("no sync.toml: running standalone (`tollgate enroll` to sync)");
         return Ok(None);
     };
-    let ledger = Ledger::open(
-        &ctx.data_dir.database(),
-        OpenMode::MustExist,
-        Arc::new(SystemClock),
-    )?;
+    let ledger = Ledger::open(&ctx.data_dir.database(), OpenMode::MustExist, clock)?;
     tracing::info!(server = %config.server, agent_id = %config.agent_id, "sync enabled");
     Ok(Some(Syncer::new(ledger, &config)?))
 }

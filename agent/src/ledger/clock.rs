@@ -30,6 +30,35 @@ impl Clock for SystemClock {
     }
 }
 
+/// The operating system's clock shifted by a fixed skew: what an agent whose clock jumped sees.
+/// `tollgate serve` uses it when [`CLOCK_SKEW_ENV`] is set (fault-injection tests jump an
+/// agent's clock by restarting it with one); nothing about money depends on it being right.
+#[derive(Debug, Clone, Copy)]
+pub struct SkewedClock(pub Duration);
+
+impl Clock for SkewedClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc() + self.0
+    }
+}
+
+/// Seconds (signed) to shift `tollgate serve`'s clock by, for fault-injection tests.
+pub const CLOCK_SKEW_ENV: &str = "TOLLGATE_CLOCK_SKEW_SECS";
+
+/// The clock `tollgate serve` runs on: the system's, or skewed by [`CLOCK_SKEW_ENV`]. An
+/// unreadable value is refused, naming it.
+pub fn serve_clock(skew: Option<&str>) -> Result<Arc<dyn Clock>, String> {
+    match skew {
+        None => Ok(Arc::new(SystemClock)),
+        Some(text) => {
+            let secs: i64 = text.trim().parse().map_err(|_| {
+                format!("{CLOCK_SKEW_ENV}={text:?} is not a whole number of seconds")
+            })?;
+            Ok(Arc::new(SkewedClock(Duration::seconds(secs))))
+        }
+    }
+}
+
 /// A clock that moves only when told to (tests, the demo).
 #[derive(Debug, Clone)]
 pub struct ManualClock(Arc<Mutex<OffsetDateTime>>);
