@@ -550,12 +550,15 @@ impl Syncer {
     /// One look at every fleet user: ask for what is needed, release what lapsed.
     async fn escrow_tick(&self, state: &mut EscrowState) -> Result<(), SyncError> {
         let window = time::Duration::try_from(RATE_WINDOW).unwrap_or(time::Duration::MINUTE);
-        let (now, positions) = self.ledger(move |l| l.fleet_positions(window)).await?;
+        let demand = self.demand.active();
+        let active: Vec<String> = demand.keys().cloned().collect();
+        let (now, positions) = self
+            .ledger(move |l| l.fleet_positions(window, &active))
+            .await?;
         state.keep_only(&positions);
         if positions.is_empty() {
             return Ok(());
         }
-        let demand = self.demand.active();
         for position in &positions {
             let user = position.user_id.clone();
             let worst = demand.get(&user).copied();

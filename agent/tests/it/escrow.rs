@@ -214,3 +214,42 @@ fn a_grant_for_a_user_of_this_agent_is_refused_not_mixed_into_their_balance() {
     assert!(detail.contains("not a fleet user"), "{detail}");
     assert_eq!(ledger.account("bob").unwrap().balance, Credits::ZERO);
 }
+
+#[test]
+fn the_escrow_loop_reads_only_users_who_asked_and_lapsed_grants_with_credit() {
+    let (_dir, clock, mut ledger) = fleet_ledger();
+    let minute = time::Duration::minutes(1);
+    let active = ["ann".to_owned()];
+    // Idle and never granted: nothing to look at.
+    assert!(ledger.fleet_positions(minute, &[]).unwrap().1.is_empty());
+    ledger.book_grant(&grant("r-1", "3")).unwrap();
+    assert_eq!(hold(&mut ledger, "r-1", "1").unwrap(), c("1"));
+    ledger
+        .settle(Settle {
+            user_id: "ann".to_owned(),
+            request_id: "r-1".to_owned(),
+            cost: c("0.25"),
+            usage: UsageRecord::default(),
+        })
+        .unwrap();
+    // Asked lately: listed with what was spent here in the window.
+    let (_, positions) = ledger.fleet_positions(minute, &active).unwrap();
+    assert_eq!(positions.len(), 1);
+    assert_eq!(
+        (positions[0].available(), positions[0].spent_recently),
+        (c("2.75"), c("0.25"))
+    );
+    // Idle with a valid grant: nothing to do; once it lapsed with credit left, listed to release.
+    assert!(ledger.fleet_positions(minute, &[]).unwrap().1.is_empty());
+    clock.advance(time::Duration::seconds(61));
+    let (now, positions) = ledger.fleet_positions(minute, &[]).unwrap();
+    assert_eq!(positions.len(), 1);
+    assert!(positions[0].valid_until.unwrap() <= now);
+    assert_eq!(
+        positions[0].spent_recently,
+        Credits::ZERO,
+        "not asked for: not measured"
+    );
+    ledger.release_escrow("ann").unwrap().unwrap();
+    assert!(ledger.fleet_positions(minute, &[]).unwrap().1.is_empty());
+}
