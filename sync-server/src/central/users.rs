@@ -14,7 +14,8 @@
 //!   refused. In home-agent mode the home is the only holder of the balance; moving the user
 //!   without the old agent giving the credit up would let two agents spend it.
 //! - The user row is locked (`FOR UPDATE`) while the home is checked and changed; credit
-//!   operations take it `FOR SHARE`, so a credit cannot slip to the old home during a move.
+//!   operations take it `FOR NO KEY UPDATE` (a fleet user's pool moves under it), so a credit
+//!   cannot slip to the old home during a move.
 
 use deadpool_postgres::Pool;
 use rust_decimal::Decimal;

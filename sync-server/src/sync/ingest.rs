@@ -17,7 +17,9 @@
 //! - New entries are stored with one multi-row insert, exactly as hashed; each user's balance
 //!   moves once per batch by its net delta
 //!   through `add_credits` / `debit_credits` (which refuse to overdraw); purchases and usage
-//!   bump the user's counters. The stream's head, hash and the agent's incarnation move in the
+//!   bump the user's counters. For a fleet user, what this agent holds of them
+//!   (`escrow_holdings`) moves by the same delta, and what its releases return goes back to the
+//!   user's pool, in the same transaction. The stream's head, hash and the agent's incarnation move in the
 //!   same transaction. Nothing is visible until it commits; a crash before commit leaves the
 //!   stream exactly as it was.
 //! - Every refusal is an [`IngestError`] carrying the stream's acknowledged head, so the agent

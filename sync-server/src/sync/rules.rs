@@ -3,17 +3,23 @@
 //! rule) that quarantines the agent.
 //!
 //! The rules:
-//! - **Central operation keys** (`admin:…`, `stripe:…`) belong to operations the server made: an
-//!   entry carrying one must be that operation, sent to this agent, for its user and amount, and
-//!   its only entry. A key in that namespace no operation has is refused too (else it would be
+//! - **Central operation keys** (`admin:…`, `stripe:…`, `grant:…`) belong to operations the
+//!   server made: an entry carrying one must be that operation, sent to this agent, for its user,
+//!   amount and entry type, and its only entry. A key in that namespace no operation has is refused too (else it would be
 //!   taken before the operation is made, and the agent it is sent to quarantined for applying
 //!   it).
-//! - **Users it holds**: an agent writes only for users homed on it; a user the server does not
-//!   know is refused too (users are made centrally or adopted at enrolment: a push never creates
-//!   one, so no agent can squat an id).
+//! - **Users it holds**: an agent writes only for users homed on it, or for fleet users (every
+//!   agent serves them); a user the server does not know is refused too (users are made
+//!   centrally or adopted at enrolment: a push never creates one, so no agent can squat an id).
+//! - **Grants it holds, within them** (fleet users): credit only as a positive `escrow` entry
+//!   carrying a grant's key (`grant:` is a central key: matched to the grant made to this agent,
+//!   for this user, amount and entry type, once); what is left back only as a negative `escrow`
+//!   entry keyed `release:…`, each key once; everything else may only spend. Escrow entries for a
+//!   home user are refused.
 //! - **The balance chain**: each entry's `balance_before` is the user's central balance (with
-//!   the batch's earlier entries applied); a central balance moves only by these entries, so any
-//!   other value is a forged or replayed history.
+//!   the batch's earlier entries applied) — for a fleet user, what this agent holds of them
+//!   (`escrow_holdings`), so an agent never spends beyond its grants; a balance moves only by
+//!   these entries, so any other value is a forged or replayed history.
 //! - **Amounts the books hold**: a user's lifetime purchases and month's usage stay within
 //!   [`Credits::MAX`] (balances do, by the chain).
 
