@@ -136,8 +136,12 @@ pub struct UserSetArgs {
     /// The agent (by name) that holds this user's balance. Left out: a new user is a fleet user
     /// (every agent serves them, spending grants of their central pool); an existing user keeps
     /// what they are.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fleet")]
     pub home: Option<String>,
+    /// Make the user a fleet user: a new one (as without --home), or a home user, whose home
+    /// agent returns their balance to a central pool once it applies the change.
+    #[arg(long)]
+    pub fleet: bool,
     /// Unless given, unchanged (a new user: trial).
     #[arg(long)]
     pub tier: Option<String>,

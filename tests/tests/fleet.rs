@@ -227,3 +227,67 @@ async fn a_fleet_user_spends_the_pool_across_agents_never_more() {
         "only {share} of the pool was spendable across the fleet"
     );
 }
+
+/// A home user turned fleet user with `users set --fleet`: their home agent returns what it holds
+/// to the pool once it applies the change, and another agent serves them from grants of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_user_becomes_a_fleet_user_served_by_another_agent() {
+    let db = Database::create().await;
+    let server = Server {
+        database_url: db.url.clone(),
+        envs: Vec::new(),
+    };
+    server.ok(&["migrate"]);
+    let (_server_process, addr) = server.serve("127.0.0.1:0");
+    let base = format!("http://{addr}");
+    let upstream = MockUpstream::spawn().await.unwrap();
+    let mut agents: Vec<Agent> = Vec::new();
+    let mut gateways: Vec<(Process, String)> = Vec::new();
+    for a in 0..2 {
+        let agent = Agent::init(&format!("edge-{a}"));
+        let token = word_with_prefix(&server.ok(&["agents", "enroll", &agent.name]), "tge_");
+        ok(
+            agent.command(&["enroll", "--server", &base, "--token", "-"]),
+            Some(&token),
+        );
+        gateways.push(agent.serve(&upstream.url()));
+        agents.push(agent);
+    }
+    let key = server.user_with_key("hal", "edge-0", "professional");
+    server.ok(&[
+        "credits",
+        "grant",
+        "hal",
+        "0.05",
+        "--operation-id",
+        "fund-hal",
+    ]);
+    let http = reqwest::Client::new();
+    eventually("hal's credit to reach edge-0", CONVERGE, || async {
+        (chat(&http, &gateways[0].1, &key, 0).await == 200).then_some(())
+    })
+    .await;
+    // Turned fleet user once the server has what edge-0 did for hal (central credit still on its
+    // way to the home refuses the change): edge-0 returns what it holds; edge-1 serves hal from
+    // grants.
+    agents[0].ok(&["sync", "now"]);
+    let changed = server.ok(&["users", "set", "hal", "--fleet"]);
+    assert!(changed.contains("fleet user hal updated"), "{changed}");
+    eventually("hal's balance to reach the pool", CONVERGE, || async {
+        agents[0].ok(&["sync", "now"]);
+        let shown: Value =
+            serde_json::from_str(&server.ok(&["users", "show", "hal", "--json"])).unwrap();
+        (dec(&shown["pool"]).is_sign_positive() && dec(&shown["balance"]).is_zero()).then_some(())
+    })
+    .await;
+    eventually("edge-1 to serve hal", CONVERGE, || async {
+        (chat(&http, &gateways[1].1, &key, 1).await == 200).then_some(())
+    })
+    .await;
+    for agent in &agents {
+        agent.ok(&["sync", "now"]);
+        agent.ok(&["verify"]);
+    }
+    let reconcile: Value = serde_json::from_str(&server.ok(&["reconcile", "--json"])).unwrap();
+    assert_eq!(reconcile["ok"], true, "{reconcile}");
+}

@@ -320,29 +320,22 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Marks an existing user a fleet user, if nothing was ever booked for them here as this
-    /// agent's own (that credit would be outside every grant).
+    /// Marks an existing user a fleet user: the server turned this agent's user into one (it
+    /// holds their balance as its holding of their grants). What is available goes back to the
+    /// pool at once, with a release entry — which also tells the server this agent has applied
+    /// the change; what open holds keep is released when they close.
     fn become_fleet(&mut self, user_id: &str) -> Result<(), LedgerError> {
-        let (fleet, own_entries): (bool, i64) = self.conn.query_row(
-            "SELECT u.fleet, (SELECT count(*) FROM credit_transactions ct \
-                              WHERE ct.user_id = u.user_id) \
-             FROM user_credits u WHERE u.user_id = ?1",
+        let fleet: bool = self.conn.query_row(
+            "SELECT fleet FROM user_credits WHERE user_id = ?1",
             [user_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.get(0),
         )?;
         if fleet {
             return Ok(());
         }
-        if own_entries > 0 {
-            return Err(LedgerError::InvalidField {
-                field: "user",
-                why: format!(
-                    "{user_id} has credit entries as this agent's own user; the server serves a \
-                     fleet user of that id, which cannot take over an account with history"
-                ),
-            });
-        }
-        self.mark_fleet(user_id)
+        self.mark_fleet(user_id)?;
+        self.release_escrow(user_id)?;
+        Ok(())
     }
 
     /// Adds the credit through the ledger's keyed add path; a user unknown here is created with

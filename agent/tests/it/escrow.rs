@@ -253,3 +253,69 @@ fn the_escrow_loop_reads_only_users_who_asked_and_lapsed_grants_with_credit() {
     ledger.release_escrow("ann").unwrap().unwrap();
     assert!(ledger.fleet_positions(minute, &[]).unwrap().1.is_empty());
 }
+
+#[test]
+fn a_user_of_this_agent_turned_fleet_user_returns_what_is_available_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(datetime!(2026-11-30 09:00 UTC));
+    let mut ledger = Ledger::open(
+        &dir.path().join("t.db"),
+        OpenMode::CreateIfMissing,
+        Arc::new(clock.clone()),
+    )
+    .unwrap();
+    assert!(ledger.set_agent_id("agent-a").unwrap());
+    ledger
+        .create_user(&tollgate::ledger::NewUser {
+            monthly_allowance: c("2"),
+            ..tollgate::ledger::NewUser::new("ann")
+        })
+        .unwrap();
+    ledger
+        .add_credits(AddCredits::new("ann", c("5"), CreditKind::Purchase))
+        .unwrap();
+    assert_eq!(hold(&mut ledger, "r-1", "1").unwrap(), c("1"));
+    // The server turns her into a fleet user.
+    let settings = UserSettings {
+        user_id: "ann".to_owned(),
+        tier: "trial".to_owned(),
+        power_level: "eco".to_owned(),
+        monthly_allowance: c("2"),
+        monthly_spend_cap: None,
+        fleet: true,
+    };
+    let outcome = ledger
+        .apply_inbox_event(&event(1, EventBody::UserUpsert(settings)))
+        .unwrap();
+    assert!(
+        matches!(outcome, InboxOutcome::Applied { .. }),
+        "{outcome:?}"
+    );
+    // What was available (7 − 1 held) went back with one release; the hold stays covered.
+    let ann = ledger.account("ann").unwrap();
+    assert_eq!((ann.balance, ann.held), (c("1"), c("1")));
+    let releases: Vec<_> = ledger
+        .unacked_entries(100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.transaction_type == "escrow")
+        .collect();
+    assert_eq!(releases.len(), 1);
+    assert_eq!(releases[0].amount, c("-6"));
+    assert!(
+        releases[0]
+            .idempotency_key
+            .as_deref()
+            .unwrap()
+            .starts_with("release:")
+    );
+    // From now on she is served from grants only: no new hold, no allowance next month.
+    let refused = hold(&mut ledger, "r-2", "0.1").unwrap_err();
+    assert!(
+        matches!(refused, LedgerError::Refused(Refusal::NoFleetGrant { .. })),
+        "{refused:?}"
+    );
+    clock.advance(time::Duration::days(40));
+    assert!(ledger.account("ann").unwrap().balance <= c("1"));
+    assert!(ledger.verify().unwrap().is_clean());
+}

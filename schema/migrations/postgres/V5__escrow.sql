@@ -38,6 +38,10 @@ CREATE TABLE escrow_holdings (
     user_id     text        NOT NULL REFERENCES user_credits (user_id),
     agent_id    uuid        NOT NULL REFERENCES agents (agent_id),
     balance     numeric(38,9) NOT NULL DEFAULT 0 CHECK (balance >= 0),
+    -- A home user turned fleet user: their former home's balance became its holding; until its
+    -- first escrow entry for them, its entries are judged as a home agent's (they were written
+    -- before it applied the change).
+    converting  boolean     NOT NULL DEFAULT false,
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (user_id, agent_id)
 );

@@ -267,6 +267,22 @@ pub async fn served_by(
     Ok(rows.iter().map(spec).collect())
 }
 
+/// Every key of `user_id`, revoked ones included.
+pub async fn of_user(
+    client: &Transaction<'_>,
+    user_id: &str,
+) -> Result<Vec<ApiKeySpec>, CentralError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at, key_id"
+            ),
+            &[&user_id],
+        )
+        .await?;
+    Ok(rows.iter().map(spec).collect())
+}
+
 /// Every key of every fleet user.
 pub async fn of_fleet_users(client: &Transaction<'_>) -> Result<Vec<ApiKeySpec>, CentralError> {
     let rows = client

@@ -40,6 +40,11 @@ pub struct UserSet {
     pub power_level: Option<String>,
     pub monthly_allowance: Option<Credits>,
     pub monthly_spend_cap: Option<SpendCap>,
+    /// Make the user a fleet user: a new one (as without a home), or an existing home user,
+    /// whose home agent's balance becomes its holding of their grants (it returns it to the pool
+    /// when it applies the change). Never with `home_agent`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fleet: bool,
 }
 
 /// A change to a user's monthly spend cap.
@@ -100,6 +105,12 @@ impl UserSet {
         if self.home_agent.as_deref() == Some("") {
             return Err(CentralError::invalid("home_agent", "must name an agent"));
         }
+        if self.fleet && self.home_agent.is_some() {
+            return Err(CentralError::invalid(
+                "home_agent",
+                "a fleet user has no home agent: name one or ask for a fleet user, not both",
+            ));
+        }
         Ok(())
     }
 
@@ -133,7 +144,7 @@ impl UserSet {
                 None => current.monthly_spend_cap,
                 Some(cap) => cap.credits(),
             },
-            fleet: current.fleet,
+            fleet: current.fleet || self.fleet,
         }
     }
 }
@@ -195,9 +206,9 @@ pub async fn set_user(
         )
         .await?
         .is_some();
-    let (settings, home) = if created {
+    let (settings, home, converted) = if created {
         validate::tier_and_level(&fresh.tier, &fresh.power_level)?;
-        (fresh, named_home)
+        (fresh, named_home, false)
     } else {
         let row = tx
             .query_one(
@@ -211,7 +222,14 @@ pub async fn set_user(
         let old_home: Option<Uuid> = row.get("home_agent_id");
         let old_name: Option<String> = row.get("home_agent");
         let fleet: bool = row.get("fleet");
+        let converting = req.fleet && !fleet && old_home.is_some();
+        if converting && let Some(old) = old_home {
+            let old_name = old_name.clone().unwrap_or_else(|| old.to_string());
+            convert_to_fleet(&tx, &req.user_id, old, &old_name).await?;
+        }
+        let fleet = fleet || req.fleet;
         let home = match (&named_home, old_home) {
+            (_, Some(_)) if fleet => None,
             (Some((_, name)), None) if fleet => {
                 return Err(refuse_home_for_fleet_user(&req.user_id, name));
             }
@@ -236,7 +254,7 @@ pub async fn set_user(
         validate::tier_and_level(&settings.tier, &settings.power_level)?;
         tx.execute(
             "UPDATE user_credits SET home_agent_id = $2, subscription_tier = $3, power_level = $4, \
-             monthly_allowance = $5, monthly_spend_cap = $6 WHERE user_id = $1",
+             monthly_allowance = $5, monthly_spend_cap = $6, fleet = $7 WHERE user_id = $1",
             &[
                 &settings.user_id,
                 &home.as_ref().map(|(id, _)| *id),
@@ -244,10 +262,11 @@ pub async fn set_user(
                 &settings.power_level,
                 &settings.monthly_allowance.to_decimal(),
                 &settings.monthly_spend_cap.map(Credits::to_decimal),
+                &settings.fleet,
             ],
         )
         .await?;
-        (settings, home)
+        (settings, home, converting)
     };
     let body = EventBody::UserUpsert(settings.clone());
     let recipients = match &home {
@@ -257,6 +276,16 @@ pub async fn set_user(
     let mut written = Vec::with_capacity(recipients.len());
     for (agent_id, _) in &recipients {
         written.push(inbox::append(&tx, *agent_id, &body, Some(operation_key)).await?);
+    }
+    // A home user just turned fleet user: their keys, until now only on the home, go to every
+    // agent that serves them now.
+    if converted {
+        for key in super::api_keys::of_user(&tx, &req.user_id).await? {
+            let event = EventBody::ApiKeyUpsert(key);
+            for (agent_id, _) in &recipients {
+                inbox::append(&tx, *agent_id, &event, None).await?;
+            }
+        }
     }
     let first = written.first();
     let result = UserSetResult {
@@ -282,6 +311,62 @@ pub async fn set_user(
         replayed: false,
         events_written: u64::try_from(written.len()).unwrap_or(u64::MAX),
     })
+}
+
+/// Turns a home user into a fleet user (the row locked by the caller): their home agent's
+/// balance becomes its holding of their grants, flagged `converting` until the agent's first
+/// escrow entry for them (what it wrote before it applied the change is judged as a home
+/// agent's). Refused while central credit sent to the home has not come back as its entry, and
+/// when the home cannot read fleet users (protocol 3).
+async fn convert_to_fleet(
+    tx: &tokio_postgres::Transaction<'_>,
+    user_id: &str,
+    home: Uuid,
+    home_name: &str,
+) -> Result<(), CentralError> {
+    let (status, protocol): (String, i32) = tx
+        .query_one(
+            "SELECT status, protocol_version FROM agents WHERE agent_id = $1",
+            &[&home],
+        )
+        .await
+        .map(|r| (r.get("status"), r.get("protocol_version")))?;
+    if status == "revoked" {
+        return Err(CentralError::Refused(format!(
+            "user {user_id:?} is homed on agent {home_name:?}, which is revoked: it can never \
+             return their balance to a pool"
+        )));
+    }
+    if protocol < super::fleet::FLEET_PROTOCOL {
+        return Err(CentralError::Refused(format!(
+            "user {user_id:?}'s home agent {home_name:?} speaks sync protocol {protocol}; it must \
+             run a tollgate that speaks {} before its user can become a fleet user",
+            super::fleet::FLEET_PROTOCOL
+        )));
+    }
+    let pending: i64 = tx
+        .query_one(
+            "SELECT count(*) AS n FROM central_operations o \
+             WHERE o.kind = 'credit' AND o.user_id = $1 AND o.agent_id = $2 \
+               AND NOT EXISTS (SELECT 1 FROM credit_transactions ct \
+                               WHERE ct.idempotency_key = o.operation_key)",
+            &[&user_id, &home],
+        )
+        .await?
+        .get("n");
+    if pending > 0 {
+        return Err(CentralError::Refused(format!(
+            "user {user_id:?} has {pending} central credit operation(s) sent to agent \
+             {home_name:?} and not yet back as its entries; try again once it has synced"
+        )));
+    }
+    tx.execute(
+        "INSERT INTO escrow_holdings (user_id, agent_id, balance, converting) \
+         SELECT user_id, $2, balance, true FROM user_credits WHERE user_id = $1",
+        &[&user_id, &home],
+    )
+    .await?;
+    Ok(())
 }
 
 /// The agent named `name` as a home: it exists and is not revoked.

@@ -303,6 +303,7 @@ pub async fn users(pool: &Pool, cmd: UsersCommand, json: bool) -> anyhow::Result
             let req = UserSet {
                 user_id: args.user_id,
                 home_agent: args.home,
+                fleet: args.fleet,
                 tier: args.tier,
                 power_level: args.power_level,
                 monthly_allowance: args

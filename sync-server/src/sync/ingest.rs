@@ -105,6 +105,9 @@ const OPEN_HOLDINGS: &str = "INSERT INTO escrow_holdings (user_id, agent_id) \
 const APPLY_HOLDINGS: &str = "UPDATE escrow_holdings h SET balance = h.balance + d.delta, \
      updated_at = now() FROM unnest($2::text[], $3::numeric[]) AS d(user_id, delta) \
      WHERE h.user_id = d.user_id AND h.agent_id = $1";
+/// An escrow entry from a former home ends its conversion (see `rules`).
+const END_CONVERSIONS: &str = "UPDATE escrow_holdings SET converting = false \
+     WHERE agent_id = $1 AND user_id = ANY($2) AND converting";
 /// What the batch's releases return goes back to each fleet user's pool.
 const APPLY_RELEASES: &str = "UPDATE user_credits u SET pool = u.pool + d.released \
      FROM unnest($1::text[], $2::numeric[]) AS d(user_id, released) \
@@ -579,6 +582,11 @@ async fn move_balances(
         )
         .await?;
     }
+    if !effects.escrow_users.is_empty() {
+        let end = tx.prepare_cached(END_CONVERSIONS).await?;
+        tx.execute(&end, &[&agent_id, &effects.escrow_users])
+            .await?;
+    }
     if !effects.release_users.is_empty() {
         let releases = tx.prepare_cached(APPLY_RELEASES).await?;
         tx.execute(&releases, &[&effects.release_users, &effects.released])
@@ -726,6 +734,8 @@ struct Effects<'a> {
     /// Users with escrow released to their pool, and how much (positive).
     release_users: Vec<&'a str>,
     released: Vec<Decimal>,
+    /// Users with any escrow entry.
+    escrow_users: Vec<&'a str>,
 }
 
 impl<'a> Effects<'a> {
@@ -736,12 +746,14 @@ impl<'a> Effects<'a> {
             purchased: i128,
             used: i128,
             released: i128,
+            escrow: bool,
         }
         let mut by_user: BTreeMap<&str, Sums> = BTreeMap::new();
         for e in entries {
             let sums = by_user.entry(e.user_id.as_str()).or_default();
             let nanos = i128::from(e.amount.nanos());
             sums.delta += nanos;
+            sums.escrow |= e.transaction_type == ESCROW_ENTRY_TYPE;
             match e.transaction_type.as_str() {
                 "purchase" if nanos > 0 => sums.purchased += nanos,
                 "usage" if nanos < 0 => sums.used -= nanos,
@@ -764,6 +776,7 @@ impl<'a> Effects<'a> {
             used: Vec::new(),
             release_users: Vec::new(),
             released: Vec::new(),
+            escrow_users: Vec::new(),
         };
         for (user, sums) in by_user {
             if sums.delta != 0 {
@@ -774,6 +787,9 @@ impl<'a> Effects<'a> {
                 effects.counter_users.push(user);
                 effects.purchased.push(nanos(sums.purchased)?);
                 effects.used.push(nanos(sums.used)?);
+            }
+            if sums.escrow {
+                effects.escrow_users.push(user);
             }
             if sums.released != 0 {
                 effects.release_users.push(user);

@@ -15,7 +15,9 @@
 //!   carrying a grant's key (`grant:` is a central key: matched to the grant made to this agent,
 //!   for this user, amount and entry type, once); what is left back only as a negative `escrow`
 //!   entry keyed `release:…`, each key once; everything else may only spend. Escrow entries for a
-//!   home user are refused.
+//!   home user are refused. A home user turned fleet user is the exception on their former home
+//!   until its first escrow entry for them: what it wrote before it applied the change is judged
+//!   as a home agent's (it keeps their balance as its holding, and releases it).
 //! - **The balance chain**: each entry's `balance_before` is the user's central balance (with
 //!   the batch's earlier entries applied) — for a fleet user, what this agent holds of them
 //!   (`escrow_holdings`), so an agent never spends beyond its grants; a balance moves only by
@@ -40,15 +42,21 @@ const CENTRAL_OPERATIONS: &str = "SELECT operation_key, agent_id, user_id, amoun
      FROM central_operations WHERE kind = 'credit' AND operation_key = ANY($1)";
 const STORED_KEYS: &str = "SELECT idempotency_key FROM credit_transactions \
      WHERE idempotency_key = ANY($1)";
-/// The batch's users as the central books hold them, locked in user order (the order every push
-/// and central change locks users in).
-/// A fleet user's `holding` is what this agent holds of them (their balance chain on this agent).
+/// Locks the batch's users in user order (the order every push and central change locks users
+/// in). A statement of its own: a row-locking read that waited re-reads the locked row but not
+/// the rows it joins (PostgreSQL's READ COMMITTED), so what it joins is read by [`USERS`],
+/// after the lock is held and with a snapshot that sees whatever the lock waited for (a user
+/// turned fleet user, and the holding made for its former home).
+const LOCK_USERS: &str = "SELECT u.user_id FROM user_credits u \
+     WHERE u.user_id = ANY($1) ORDER BY u.user_id FOR UPDATE";
+/// The batch's users as the central books hold them. A fleet user's `holding` is what this agent
+/// holds of them (their balance chain on this agent).
 const USERS: &str = "SELECT u.user_id, u.home_agent_id, a.name AS home_agent, u.balance, \
      u.lifetime_credits_purchased, u.credits_used_this_month, u.fleet, \
-     coalesce(h.balance, 0) AS holding \
+     coalesce(h.balance, 0) AS holding, coalesce(h.converting, false) AS converting \
      FROM user_credits u LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
      LEFT JOIN escrow_holdings h ON h.user_id = u.user_id AND h.agent_id = $2 \
-     WHERE u.user_id = ANY($1) ORDER BY u.user_id FOR UPDATE OF u";
+     WHERE u.user_id = ANY($1)";
 
 /// Whether `key` is in the central operations' namespace.
 pub(crate) fn is_central_key(key: &str) -> bool {
@@ -150,6 +158,9 @@ struct CentralUser {
     home: Option<Uuid>,
     home_name: Option<String>,
     fleet: bool,
+    /// A fleet user this agent held as their home until the change reached it: its entries are
+    /// a home agent's until its first escrow entry for them.
+    converting: bool,
     /// The balance the user's chain continues from: the central balance of a home user, what
     /// this agent holds of a fleet user.
     balance: Decimal,
@@ -167,6 +178,7 @@ pub(crate) async fn user_rule_broken(
     let mut ids: Vec<&str> = new.iter().map(|e| e.user_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
+    tx.query(LOCK_USERS, &[&ids]).await?;
     let mut users: BTreeMap<String, CentralUser> = tx
         .query(USERS, &[&ids, &agent_id])
         .await?
@@ -179,6 +191,7 @@ pub(crate) async fn user_rule_broken(
                     home: r.get("home_agent_id"),
                     home_name: r.get("home_agent"),
                     fleet,
+                    converting: r.get("converting"),
                     balance: r.get(if fleet { "holding" } else { "balance" }),
                     purchased: r.get("lifetime_credits_purchased"),
                     used: r.get("credits_used_this_month"),
@@ -197,7 +210,11 @@ pub(crate) async fn user_rule_broken(
                  enrols, never by a push"
             )));
         };
-        if user.fleet {
+        let escrow = entry.transaction_type == ESCROW_ENTRY_TYPE;
+        if user.fleet && user.converting && !escrow {
+            // Written as their home, before this agent applied the change: a home's entry.
+        } else if user.fleet {
+            user.converting = false;
             if let Some(reason) = fleet_rule_broken(entry, &mut releases) {
                 return Ok(Some(reason));
             }

@@ -248,6 +248,7 @@ pub async fn set_user(db: &TestDb, user: &str, agent: &str) {
             power_level: Some("balanced".to_owned()),
             monthly_allowance: Some(Credits::ZERO),
             monthly_spend_cap: None,
+            fleet: false,
         },
         &format!("test:{}", Uuid::now_v7()),
         "test",

@@ -36,6 +36,7 @@ async fn wait_for_insert(
             .query_opt(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
                  AND state = 'active' AND (query LIKE 'INSERT INTO credit_transactions%' \
+                 OR query LIKE 'SELECT u.user_id FROM user_credits u%' \
                  OR query LIKE 'SELECT u.user_id, u.home_agent_id%') LIMIT 1",
                 &[],
             )

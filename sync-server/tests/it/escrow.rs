@@ -29,6 +29,7 @@ async fn fleet_user(db: &TestDb, user: &str) {
             power_level: None,
             monthly_allowance: None,
             monthly_spend_cap: None,
+            fleet: false,
         },
         &format!("test:{}", Uuid::now_v7()),
         "test",
@@ -470,5 +471,182 @@ async fn an_agent_speaking_protocol_2_is_refused_grants_and_catches_up_when_it_u
             .any(|b| matches!(b, EventBody::ApiKeyUpsert(k) if k.key_id == key.info.key_id)),
         "{new:?}"
     );
+    server.stop().await;
+}
+
+/// A home user turned fleet user: refused while central credit sent to the home is not back;
+/// then the home's balance becomes its holding, what it wrote before applying the change is
+/// judged as a home's, its release fills the pool, and from its first escrow entry on it is one
+/// fleet agent among others.
+#[tokio::test]
+async fn a_home_user_becomes_a_fleet_user_and_their_balance_returns_to_the_pool() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(db.config()).await;
+    let base = server.url("");
+    let a = enroll(&db.pool, &base, "edge-a").await;
+    enroll(&db.pool, &base, "edge-b").await;
+    home_users(&db.pool, "edge-a", &["hal".to_owned()]).await;
+    let key = tollgate_server::central::api_keys::create(&db.pool, "hal", "laptop", "test")
+        .await
+        .unwrap();
+    let mut chain = Chain::new("a", 1);
+    let first = [
+        chain.entry("hal", "purchase", c("10")),
+        chain.entry("hal", "usage", c("-1")),
+    ];
+    assert_eq!(push(&base, &a, &first).await.status, 200);
+    let bonus = give(&db, "hal", "2").await;
+    let convert = |db: &TestDb| {
+        let pool = db.pool.clone();
+        async move {
+            set_user(
+                &pool,
+                &UserSet {
+                    user_id: "hal".to_owned(),
+                    home_agent: None,
+                    tier: None,
+                    power_level: None,
+                    monthly_allowance: None,
+                    monthly_spend_cap: None,
+                    fleet: true,
+                },
+                &format!("test:{}", Uuid::now_v7()),
+                "test",
+            )
+            .await
+        }
+    };
+    // The bonus is on its way to edge-a: converting now could strand it.
+    let refused = convert(&db).await.unwrap_err();
+    assert!(refused.to_string().contains("not yet back"), "{refused}");
+    let booked = chain.keyed("hal", "bonus", c("2"), &bonus.operation_key);
+    assert_eq!(push(&base, &a, &[booked]).await.status, 200);
+    let converted = convert(&db).await.unwrap().result;
+    assert!(converted.user.fleet);
+    assert_eq!(converted.home_agent, None);
+    assert_eq!(
+        converted.sent_to,
+        vec!["edge-a".to_owned(), "edge-b".to_owned()]
+    );
+    // Her key, until now only on her home, reaches the other agent too.
+    let events = crate::admin_support::inbox(&db, "edge-b").await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, b)| matches!(b, EventBody::ApiKeyUpsert(k) if k.key_id == key.info.key_id)),
+        "{events:?}"
+    );
+    // An entry edge-a wrote as hal's home before it applied the change (a renewal, say): a
+    // home's entry, continuing what it holds.
+    let before_change = chain.entry("hal", "allowance", c("1"));
+    assert_eq!(push(&base, &a, &[before_change]).await.status, 200);
+    // Applying the change, it returns what it holds to the pool.
+    let release = chain.keyed("hal", "escrow", c("-12"), "release:a-convert");
+    assert_eq!(push(&base, &a, &[release]).await.status, 200);
+    assert_eq!(pool_of(&db, "hal").await, Decimal::from(12));
+    let conn = db.pool.get().await.unwrap();
+    let hal = show_user(&conn, "hal").await.unwrap().unwrap();
+    drop(conn);
+    assert!(hal.fleet);
+    assert_eq!(
+        (hal.pool, hal.summary.balance),
+        (Some(c("12")), Credits::ZERO)
+    );
+    reconcile_is_clean(&db).await;
+    // From then on it is one fleet agent among others: credit only as grants.
+    let grant = granted(&ask(&base, &a, "r-1", "hal", "3", "1").await)
+        .grant
+        .unwrap();
+    let entries = [
+        chain.keyed("hal", "escrow", c("3"), &grant.key),
+        chain.entry("hal", "usage", c("-0.5")),
+    ];
+    assert_eq!(push(&base, &a, &entries).await.status, 200);
+    reconcile_is_clean(&db).await;
+    let minted = chain.entry("hal", "allowance", c("1"));
+    let answer = push(&base, &a, &[minted]).await;
+    assert_eq!(answer.status, 409, "{}", answer.body);
+    assert!(
+        answer.error().error.message.contains("only as a grant"),
+        "{}",
+        answer.body
+    );
+    server.stop().await;
+}
+
+/// A push that waited for a user's row while that user was turned into a fleet user is judged by
+/// what it waited for: the lock is taken by a statement of its own, and the user with their
+/// holding read after it. Before, one statement locked the row and joined the holding, and
+/// PostgreSQL re-read the locked row (now a fleet user) but not the joined holding (from before
+/// the change): the former home's next entry was refused as a broken chain and the agent
+/// quarantined. The change is committed by a transaction the test holds open until the push is
+/// seen waiting on the row (pg_stat_activity: a signal, not a sleep).
+#[tokio::test]
+async fn a_push_waiting_on_a_user_turned_fleet_user_sees_the_holding_made_for_it() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(db.config()).await;
+    let base = server.url("");
+    let a = enroll(&db.pool, &base, "edge-a").await;
+    home_users(&db.pool, "edge-a", &["hal".to_owned()]).await;
+    let mut chain = Chain::new("a", 1);
+    let first = chain.entry("hal", "purchase", c("10"));
+    assert_eq!(push(&base, &a, &[first]).await.status, 200);
+
+    // The conversion's writes, holding hal's row.
+    let (mut holder, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tx = holder.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM user_credits WHERE user_id = 'hal' FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "INSERT INTO escrow_holdings (user_id, agent_id, balance, converting) \
+         SELECT user_id, home_agent_id, balance, true FROM user_credits WHERE user_id = 'hal'",
+        &[],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "UPDATE user_credits SET fleet = true, home_agent_id = NULL WHERE user_id = 'hal'",
+        &[],
+    )
+    .await
+    .unwrap();
+    // edge-a's next entry, written before it heard of the change, waits for the row.
+    let usage = chain.entry("hal", "usage", c("-1"));
+    let (base2, a2) = (base.clone(), a.clone());
+    let pushing = tokio::spawn(async move { push(&base2, &a2, &[usage]).await });
+    let watcher = db.pool.get().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND query LIKE 'SELECT u.user_id%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(!pushing.is_finished(), "the push did not wait for the row");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the push never waited"
+        );
+        tokio::task::yield_now().await;
+    }
+    tx.commit().await.unwrap();
+    let answer = pushing.await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(status(&db, "edge-a").await, "active");
+    reconcile_is_clean(&db).await;
     server.stop().await;
 }

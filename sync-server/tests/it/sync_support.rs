@@ -83,6 +83,7 @@ pub async fn home_users(pool: &Pool, agent: &str, users: &[String]) {
                 power_level: None,
                 monthly_allowance: None,
                 monthly_spend_cap: None,
+                fleet: false,
             },
             &format!("test:{}", Uuid::now_v7()),
             "test",

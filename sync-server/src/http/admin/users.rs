@@ -97,6 +97,10 @@ pub struct UserBody {
     pub monthly_allowance: Option<String>,
     /// Exact decimal credits, or "none" to remove the cap.
     pub monthly_spend_cap: Option<String>,
+    /// Make the user a fleet user (a new one, or a home user: see `tollgate-server users set
+    /// --fleet`).
+    #[serde(default)]
+    pub fleet: bool,
     /// Idempotency id: the same id with the same body is applied once.
     pub operation_id: Option<String>,
 }
@@ -111,6 +115,7 @@ pub async fn set(
     let req = UserSet {
         user_id,
         home_agent: body.home_agent,
+        fleet: body.fleet,
         tier: body.tier,
         power_level: body.power_level,
         monthly_allowance: body
