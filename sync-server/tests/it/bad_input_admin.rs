@@ -110,6 +110,11 @@ fn writes() -> Vec<Write> {
                     json!({"home_agent": "a1", "tier": "trial", "power_level": "eco",
                            "operation_id": "a b"}),
                 ),
+                (
+                    "a home and fleet at once",
+                    json!({"home_agent": "a1", "fleet": true}),
+                ),
+                ("fleet as a string", json!({"fleet": "yes"})),
             ],
         ),
         (

@@ -684,6 +684,32 @@ async fn bad_input_is_refused_clearly_and_writes_nothing() {
         enroll_case("enroll: garbage token", enroll_body(1, "garbage", &fresh), Some("application/json"), 401, error_code::UNAUTHORIZED, "enrolment token"),
         enroll_case("enroll: body too large", vec![b' '; tollgate_schema::wire::ENROLL_BODY_BYTES_MAX + 1], Some("application/json"), 413, error_code::TOO_LARGE, "larger than"),
     ]);
+    // --- grant requests (protocol 3)
+    let grant_case = |name, body: serde_json::Value, status, code, mentions| Case {
+        name,
+        method: Method::POST,
+        path: "/v1/escrow/grants".to_owned(),
+        auth: Auth::Agent,
+        content_type: Some("application/json"),
+        body: json(&body),
+        status,
+        code,
+        mentions,
+    };
+    let ask = |request_id: &str, user: &str, want: &str, worst: &str| {
+        serde_json::json!({"protocol_version": tollgate_schema::wire::PROTOCOL_VERSION,
+            "request_id": request_id, "user_id": user, "want": want, "worst_case": worst})
+    };
+    cases.extend([
+        grant_case("grant: request id with a space", ask("r 1", "a1-user0", "1", "1"), 400, error_code::BAD_REQUEST, "request_id"),
+        grant_case("grant: request id too long", ask(&"r".repeat(65), "a1-user0", "1", "1"), 400, error_code::BAD_REQUEST, "request_id"),
+        grant_case("grant: negative want", ask("r-1", "a1-user0", "-1", "1"), 400, error_code::BAD_REQUEST, "want"),
+        grant_case("grant: negative worst case", ask("r-1", "a1-user0", "1", "-1"), 400, error_code::BAD_REQUEST, "worst_case"),
+        grant_case("grant: unknown user", ask("r-1", "nobody", "1", "1"), 404, error_code::NOT_FOUND, "\"nobody\""),
+        grant_case("grant: a home user", ask("r-1", "a1-user0", "1", "1"), 409, error_code::CONFLICT, "not a fleet user"),
+        grant_case("grant: unknown field", serde_json::json!({"protocol_version": 3, "request_id": "r", "user_id": "u", "want": "1", "worst_case": "1", "agent": "x"}), 400, error_code::BAD_REQUEST, "unknown field `agent`"),
+        grant_case("grant: body names another protocol", serde_json::json!({"protocol_version": 2, "request_id": "r", "user_id": "u", "want": "1", "worst_case": "1"}), 400, error_code::UNSUPPORTED_PROTOCOL, "protocol_version 2"),
+    ]);
     // --- wrong methods and paths answer in the same shape
     cases.push(get_case(
         "unknown path",
