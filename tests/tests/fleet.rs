@@ -143,6 +143,8 @@ async fn a_fleet_user_spends_the_pool_across_agents_never_more() {
         c.await.unwrap();
     }
     let ran_for = started.elapsed();
+    // The gateways stop (no escrow loop asks for more meanwhile), then everything is pushed.
+    drop(gateways);
 
     // Everything pushed and applied.
     for agent in &agents {
@@ -284,8 +286,21 @@ async fn a_home_user_becomes_a_fleet_user_served_by_another_agent() {
         (chat(&http, &gateways[1].1, &key, 1).await == 200).then_some(())
     })
     .await;
+    // The gateways stop (their escrow loops would go on topping hal up: a grant in flight is a
+    // reconcile difference until booked), then everything is pushed.
+    drop(gateways);
+    eventually("every agent to be acknowledged", CONVERGE, || async {
+        for agent in &agents {
+            agent.ok(&["sync", "now"]);
+            let status = agent.json(&["sync", "status"]);
+            if status["head_seq"] != status["acked_seq"] {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
     for agent in &agents {
-        agent.ok(&["sync", "now"]);
         agent.ok(&["verify"]);
     }
     let reconcile: Value = serde_json::from_str(&server.ok(&["reconcile", "--json"])).unwrap();

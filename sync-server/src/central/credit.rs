@@ -108,6 +108,10 @@ pub struct CreditResult {
     /// A fleet user's pool after this operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<Credits>,
+    /// Money Stripe returned for a fleet user whose pool no longer held its credit: recorded,
+    /// nothing taken (no debt is booked yet), and listed by reconcile until an admin settles it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncovered: Option<Credits>,
 }
 
 /// The canonical content of an admin credit operation (its fingerprint's input).
@@ -161,6 +165,7 @@ pub async fn credit(pool: &Pool, op: &CreditOp) -> Result<Applied<CreditResult>,
             admin_user_id: Some(&op.actor),
             actor: &op.actor,
             allow_revoked_home: false,
+            record_uncovered: false,
         },
     )
     .await?;
@@ -249,6 +254,7 @@ pub async fn grant_purchase(
             admin_user_id: None,
             actor: "stripe",
             allow_revoked_home: true,
+            record_uncovered: false,
         },
     )
     .await
@@ -286,6 +292,7 @@ pub async fn stripe_adjustment(
             admin_user_id: None,
             actor: "stripe",
             allow_revoked_home: true,
+            record_uncovered: true,
         },
     )
     .await
@@ -303,6 +310,9 @@ struct CreditRequest<'a> {
     admin_user_id: Option<&'a str>,
     actor: &'a str,
     allow_revoked_home: bool,
+    /// Money already returned (Stripe): a fleet user's pool that cannot cover it records the
+    /// operation as uncovered instead of refusing it.
+    record_uncovered: bool,
 }
 
 async fn credit_in_tx(
@@ -376,6 +386,7 @@ async fn credit_in_tx(
         inbox_seq: Some(written.seq),
         event_id: Some(written.event_id),
         pool: None,
+        uncovered: None,
     };
     operation::finish(tx, req.key, Some((agent_id, written.seq)), &result).await?;
     Ok(Applied {
@@ -388,7 +399,8 @@ async fn credit_in_tx(
 /// Books a fleet user's credit on their pool (the row is locked by the caller): no agent holds
 /// it until a grant carves it out. Taking credit away takes it from the pool only: what agents
 /// hold as grants is theirs to spend until they release it, so an amount beyond the pool is
-/// refused (no debt is booked yet).
+/// refused — or, for money Stripe already returned, recorded as uncovered (nothing taken; no
+/// debt is booked yet; reconcile lists it).
 async fn pool_credit(
     tx: &Transaction<'_>,
     req: &CreditRequest<'_>,
@@ -415,6 +427,28 @@ async fn pool_credit(
             )
             .await?
             .get("pool");
+        if req.record_uncovered {
+            let result = CreditResult {
+                operation_key: req.key.to_owned(),
+                user_id: req.user_id.to_owned(),
+                kind: req.kind,
+                amount: req.amount,
+                package: req.package.map(str::to_owned),
+                agent: None,
+                agent_id: None,
+                inbox_seq: None,
+                event_id: None,
+                pool: Some(super::credits_from_db(free)?),
+                uncovered: req.amount.checked_neg(),
+            };
+            tracing::warn!(user = req.user_id, key = req.key, amount = %req.amount, "a fleet user's pool does not cover money returned; recorded as uncovered");
+            operation::finish(tx, req.key, None, &result).await?;
+            return Ok(Applied {
+                result,
+                replayed: false,
+                events_written: 0,
+            });
+        }
         return Err(CentralError::Refused(format!(
             "fleet user {:?}'s pool holds {} credits, less than the {} to take; the rest is \
              held by agents as grants until they release it",
@@ -434,6 +468,7 @@ async fn pool_credit(
         inbox_seq: None,
         event_id: None,
         pool: Some(super::credits_from_db(row.get("pool"))?),
+        uncovered: None,
     };
     operation::finish(tx, req.key, None, &result).await?;
     Ok(Applied {

@@ -592,7 +592,8 @@ pub(super) async fn fleet(
         .query(
             "WITH credits AS ( \
                  SELECT o.user_id, \
-                        coalesce(sum(o.amount) FILTER (WHERE o.agent_id IS NULL), 0) AS credited, \
+                        coalesce(sum(o.amount) FILTER (WHERE o.agent_id IS NULL \
+                                 AND o.result->>'uncovered' IS NULL), 0) AS credited, \
                         coalesce(sum(o.amount) FILTER (WHERE o.operation_key LIKE 'grant:%'), 0) \
                             AS granted \
                  FROM central_operations o JOIN user_credits u ON u.user_id = o.user_id \
@@ -614,6 +615,33 @@ pub(super) async fn fleet(
             &[&limit()],
         )
         .await?;
+    let uncovered = tx
+        .query(
+            "SELECT o.operation_key, o.user_id, o.result->>'uncovered' AS uncovered, \
+                    o.result->>'pool' AS pool \
+             FROM central_operations o \
+             WHERE o.kind = 'credit' AND o.agent_id IS NULL \
+               AND o.result->>'uncovered' IS NOT NULL \
+             ORDER BY o.created_at LIMIT $1",
+            &[&limit()],
+        )
+        .await?;
+    for r in uncovered {
+        let user: String = r.get("user_id");
+        let key: String = r.get("operation_key");
+        let amount: String = r.get("uncovered");
+        let pool: Option<String> = r.get("pool");
+        out.push(
+            kind::CREDIT_UNCOVERED,
+            Some(&user),
+            None,
+            format!(
+                "operation {key} should have taken {amount} credits back from fleet user {user}, \
+                 but the pool held {}: nothing was taken (debt is not booked yet)",
+                pool.unwrap_or_else(|| "?".to_owned())
+            ),
+        );
+    }
     for r in pools {
         let user: String = r.get("user_id");
         let pool: Decimal = r.get("pool");

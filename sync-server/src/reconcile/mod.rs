@@ -81,6 +81,9 @@ pub mod kind {
     /// What an agent holds of a fleet user ≠ the sum of its entries for them, or ≠ the
     /// `balance_after` of its latest one.
     pub const FLEET_HOLDING: &str = "fleet_holding";
+    /// Money Stripe returned for a fleet user whose pool no longer held the credit: recorded,
+    /// nothing taken.
+    pub const CREDIT_UNCOVERED: &str = "credit_uncovered";
     /// An agent is quarantined (it replayed an entry with different content).
     pub const AGENT_QUARANTINED: &str = "agent_quarantined";
     /// More differences of one kind than the report lists.

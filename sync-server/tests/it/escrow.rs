@@ -650,3 +650,55 @@ async fn a_push_waiting_on_a_user_turned_fleet_user_sees_the_holding_made_for_it
     reconcile_is_clean(&db).await;
     server.stop().await;
 }
+
+/// Money Stripe returns for a fleet user whose pool no longer holds it: taken from the pool when
+/// it can be; otherwise recorded as uncovered — nothing taken, the webhook's transaction not
+/// failed (Stripe would retry forever), and reconcile listing it — never a pool below zero.
+#[tokio::test]
+async fn money_returned_beyond_a_fleet_pool_is_recorded_as_uncovered_not_refused() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(db.config()).await;
+    let base = server.url("");
+    let a = enroll(&db.pool, &base, "edge-a").await;
+    fleet_user(&db, "ann").await;
+    give(&db, "ann", "10").await;
+    let grant = granted(&ask(&base, &a, "r-1", "ann", "8", "8").await)
+        .grant
+        .unwrap();
+    let mut chain = Chain::new("a", 1);
+    let booked = chain.keyed("ann", "escrow", c("8"), &grant.key);
+    assert_eq!(push(&base, &a, &[booked]).await.status, 200);
+    let adjust = |amount: &'static str, key: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            let mut conn = pool.get().await.unwrap();
+            let tx = conn.transaction().await.unwrap();
+            let applied = credit::stripe_adjustment(&tx, "ann", c(amount), key, "refund")
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            applied
+        }
+    };
+    // Covered by the pool: taken.
+    let covered = adjust("-1", "stripe:refund:ch_1:100").await.result;
+    assert_eq!((covered.pool, covered.uncovered), (Some(c("1")), None));
+    // Beyond it: recorded, nothing taken; again with the same key: the same record.
+    let beyond = adjust("-5", "stripe:refund:ch_1:600").await;
+    assert_eq!(
+        (beyond.result.pool, beyond.result.uncovered),
+        (Some(c("1")), Some(c("5")))
+    );
+    assert!(adjust("-5", "stripe:refund:ch_1:600").await.replayed);
+    assert_eq!(pool_of(&db, "ann").await, Decimal::ONE);
+    let report = tollgate_server::reconcile::run(&db.pool).await.unwrap();
+    let kinds: Vec<&str> = report.differences.iter().map(|d| d.kind.as_str()).collect();
+    assert_eq!(kinds, vec!["credit_uncovered"], "{report:#?}");
+    assert!(
+        report.differences[0]
+            .detail
+            .contains("stripe:refund:ch_1:600"),
+        "{report:#?}"
+    );
+    server.stop().await;
+}
