@@ -16,6 +16,10 @@
 //!   to what that pays for), or is refused (402) when that is not even its prompt and one output
 //!   token. So one request never takes the balance away from others that could be served, and
 //!   concurrent requests are admitted as their real costs free room.
+//! - Every reservation notes, in memory only, that the user asked and its worst case (the
+//!   escrow loop's `Demand`, `sync/escrow.rs`); a refusal for lack of credit (or of a valid fleet
+//!   grant, a 402 `fleet_credit_unavailable`) wakes that loop. Nothing on the request path
+//!   waits for the server.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

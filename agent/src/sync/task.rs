@@ -1,5 +1,6 @@
-//! The sync task: push the journal to the server and apply its inbox, in the background of
-//! `tollgate serve`, and once on demand (`tollgate sync now`).
+//! The sync task: push the journal to the server, apply its inbox and keep fleet users' grants
+//! topped up, in the background of `tollgate serve`; push and pull once on demand (`tollgate
+//! sync now`).
 //!
 //! Guarantees:
 //! - Off the request path: the task has its own ledger connection (never the gateway's writer),
@@ -9,7 +10,9 @@
 //!   answer stops the fast push cadence: pushes are retried only every [`BACKOFF_MAX`], each
 //!   failure logged as an error, until the server accepts again (an admin cleared it).
 //! - Pushing and pulling are two loops, so a long poll never delays a push; new entries are
-//!   pushed within [`PUSH_INTERVAL`] while the server answers.
+//!   pushed within [`PUSH_INTERVAL`] while the server answers. A third loop keeps fleet users
+//!   supplied with grants (`escrow.rs`); it asks and releases through the same ledger
+//!   connection, and its entries are pushed like any other.
 //! - Failures back off exponentially with jitter, from [`BACKOFF_INITIAL`] to [`BACKOFF_MAX`],
 //!   and each is recorded in `sync_state.last_error`.
 //! - [`Syncer::sync_once`] (the CLI) and [`Syncer::run`] (serve) share the same push and pull
