@@ -28,9 +28,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::Mutex;
-use tollgate_e2e::{Agent, Database, Process, Server, ok, word_with_prefix};
+use tollgate_e2e::{Database, Process, Server, small_chat, word_with_prefix};
 use tollgate_mock_upstream::MockUpstream;
 use tollgate_schema::wire::{
     EnrollRequest, EnrollResponse, GrantRequest, GrantResponse, PROTOCOL_HEADER, PROTOCOL_VERSION,
@@ -222,18 +222,6 @@ struct Spend {
     top_ups: Mutex<Vec<Duration>>,
 }
 
-async fn chat(client: &reqwest::Client, url: &str, key: &str, n: u64) -> u16 {
-    client
-        .post(format!("{url}/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(&json!({"model": "gpt-4o-mini", "max_tokens": 100,
-                      "messages": [{"role": "user", "content": format!("{n} mock:tokens=40")}]}))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
 async fn spend_client(url: String, key: String, spend: Arc<Spend>, go: Arc<AtomicBool>) {
     let client = reqwest::Client::new();
     let mut refused_since: Option<Instant> = None;
@@ -243,7 +231,7 @@ async fn spend_client(url: String, key: String, spend: Arc<Spend>, go: Arc<Atomi
     }
     loop {
         n += 1;
-        match chat(&client, &url, &key, n).await {
+        match small_chat(&client, &url, &key, n).await {
             200 => {
                 spend.served.fetch_add(1, Ordering::Relaxed);
                 if let Some(since) = refused_since.take() {
@@ -271,18 +259,8 @@ async fn spend() {
     let db = Database::create().await;
     let (server, _process, base) = server(&db).await;
     let upstream = MockUpstream::spawn().await.unwrap();
-    let mut agents = Vec::new();
-    let mut gateways = Vec::new();
-    for a in 0..AGENTS {
-        let agent = Agent::init(&format!("edge-{a}"));
-        let token = word_with_prefix(&server.ok(&["agents", "enroll", &agent.name]), "tge_");
-        ok(
-            agent.command(&["enroll", "--server", &base, "--token", "-"]),
-            Some(&token),
-        );
-        gateways.push(agent.serve(&upstream.url()));
-        agents.push(agent);
-    }
+    let (agents, gateways) =
+        tollgate_e2e::enrolled_gateways(&server, &base, &upstream.url(), AGENTS);
     server.ok(&["users", "set", "ann", "--tier", "professional"]);
     let key: Value = serde_json::from_str(&server.ok(&[
         "users", "api-key", "create", "ann", "--name", "bench", "--json",
@@ -299,7 +277,7 @@ async fn spend() {
     ]);
     let client = reqwest::Client::new();
     for (_, url) in &gateways {
-        while chat(&client, url, &key, 0).await == 401 {
+        while small_chat(&client, url, &key, 0).await == 401 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

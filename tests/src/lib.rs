@@ -300,6 +300,45 @@ impl Agent {
     }
 }
 
+/// `n` agents named `edge-0`…, each enrolled with `server` (at `base`) and serving in front of
+/// `upstream`: the agents and their gateways (process, base URL).
+pub fn enrolled_gateways(
+    server: &Server,
+    base: &str,
+    upstream: &str,
+    n: usize,
+) -> (Vec<Agent>, Vec<(Process, String)>) {
+    let mut agents = Vec::with_capacity(n);
+    let mut gateways = Vec::with_capacity(n);
+    for a in 0..n {
+        let agent = Agent::init(&format!("edge-{a}"));
+        let token = word_with_prefix(&server.ok(&["agents", "enroll", &agent.name]), "tge_");
+        ok(
+            agent.command(&["enroll", "--server", base, "--token", "-"]),
+            Some(&token),
+        );
+        gateways.push(agent.serve(upstream));
+        agents.push(agent);
+    }
+    (agents, gateways)
+}
+
+/// One small metered chat (`gpt-4o-mini`, at most 100 tokens out, the mock answers 40) with
+/// `key` at `gateway`: its status, or 0 when the gateway did not answer.
+pub async fn small_chat(client: &reqwest::Client, gateway: &str, key: &str, n: u64) -> u16 {
+    client
+        .post(format!("{gateway}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(
+            &serde_json::json!({"model": "gpt-4o-mini", "max_tokens": 100,
+            "messages": [{"role": "user", "content": format!("{n} mock:tokens=40")}]}),
+        )
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
 // ---------------------------------------------------------------------------------------------
 // A mock Stripe API
 

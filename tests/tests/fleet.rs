@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
-use serde_json::{Value, json};
-use tollgate_e2e::{Agent, Database, Process, Server, eventually, ok, word_with_prefix};
+use serde_json::Value;
+use tollgate_e2e::{Database, Server, eventually, small_chat};
 use tollgate_mock_upstream::MockUpstream;
 
 const AGENTS: usize = 3;
@@ -30,18 +30,6 @@ struct Tally {
     other: AtomicU64,
 }
 
-async fn chat(client: &reqwest::Client, url: &str, key: &str, n: u64) -> u16 {
-    client
-        .post(format!("{url}/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(&json!({"model": "gpt-4o-mini", "max_tokens": 100,
-                      "messages": [{"role": "user", "content": format!("{n} mock:tokens=40")}]}))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
 /// One client of one gateway: requests until refused for [`GIVE_UP_AFTER`] on end.
 async fn client(url: String, key: String, tally: Arc<Tally>) {
     let http = reqwest::Client::new();
@@ -49,7 +37,7 @@ async fn client(url: String, key: String, tally: Arc<Tally>) {
     let mut n = 0;
     loop {
         n += 1;
-        match chat(&http, &url, &key, n).await {
+        match small_chat(&http, &url, &key, n).await {
             200 => {
                 tally.served.fetch_add(1, Ordering::Relaxed);
                 refused_since = None;
@@ -89,18 +77,8 @@ async fn a_fleet_user_spends_the_pool_across_agents_never_more() {
     let base = format!("http://{addr}");
     let upstream = MockUpstream::spawn().await.unwrap();
 
-    let mut agents: Vec<Agent> = Vec::new();
-    let mut gateways: Vec<(Process, String)> = Vec::new();
-    for a in 0..AGENTS {
-        let agent = Agent::init(&format!("edge-{a}"));
-        let token = word_with_prefix(&server.ok(&["agents", "enroll", &agent.name]), "tge_");
-        ok(
-            agent.command(&["enroll", "--server", &base, "--token", "-"]),
-            Some(&token),
-        );
-        gateways.push(agent.serve(&upstream.url()));
-        agents.push(agent);
-    }
+    let (agents, gateways) =
+        tollgate_e2e::enrolled_gateways(&server, &base, &upstream.url(), AGENTS);
 
     // A fleet user, made centrally without a home: every agent is sent her settings and key.
     let made = server.ok(&["users", "set", "ann", "--tier", "professional"]);
@@ -124,7 +102,7 @@ async fn a_fleet_user_spends_the_pool_across_agents_never_more() {
     for (_, url) in &gateways {
         // Known everywhere once her key works (no grant yet may mean 402, never 401).
         eventually("ann's key to reach every agent", CONVERGE, || async {
-            (chat(&http, url, &key, 0).await != 401).then_some(())
+            (small_chat(&http, url, &key, 0).await != 401).then_some(())
         })
         .await;
     }
@@ -243,18 +221,7 @@ async fn a_home_user_becomes_a_fleet_user_served_by_another_agent() {
     let (_server_process, addr) = server.serve("127.0.0.1:0");
     let base = format!("http://{addr}");
     let upstream = MockUpstream::spawn().await.unwrap();
-    let mut agents: Vec<Agent> = Vec::new();
-    let mut gateways: Vec<(Process, String)> = Vec::new();
-    for a in 0..2 {
-        let agent = Agent::init(&format!("edge-{a}"));
-        let token = word_with_prefix(&server.ok(&["agents", "enroll", &agent.name]), "tge_");
-        ok(
-            agent.command(&["enroll", "--server", &base, "--token", "-"]),
-            Some(&token),
-        );
-        gateways.push(agent.serve(&upstream.url()));
-        agents.push(agent);
-    }
+    let (agents, gateways) = tollgate_e2e::enrolled_gateways(&server, &base, &upstream.url(), 2);
     let key = server.user_with_key("hal", "edge-0", "professional");
     server.ok(&[
         "credits",
@@ -266,7 +233,7 @@ async fn a_home_user_becomes_a_fleet_user_served_by_another_agent() {
     ]);
     let http = reqwest::Client::new();
     eventually("hal's credit to reach edge-0", CONVERGE, || async {
-        (chat(&http, &gateways[0].1, &key, 0).await == 200).then_some(())
+        (small_chat(&http, &gateways[0].1, &key, 0).await == 200).then_some(())
     })
     .await;
     // Turned fleet user once the server has what edge-0 did for hal (central credit still on its
@@ -283,7 +250,7 @@ async fn a_home_user_becomes_a_fleet_user_served_by_another_agent() {
     })
     .await;
     eventually("edge-1 to serve hal", CONVERGE, || async {
-        (chat(&http, &gateways[1].1, &key, 1).await == 200).then_some(())
+        (small_chat(&http, &gateways[1].1, &key, 1).await == 200).then_some(())
     })
     .await;
     // The gateways stop (their escrow loops would go on topping hal up: a grant in flight is a

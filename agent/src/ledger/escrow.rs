@@ -14,7 +14,7 @@
 //! - Credit for a fleet user arrives only as a grant: [`refuse_local_credit`] is checked by every
 //!   local add.
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 use time::OffsetDateTime;
 use tollgate_schema::money::Credits;
 use tollgate_schema::wire::{GRANT_KEY_PREFIX, GrantSpec, RELEASE_KEY_PREFIX};
@@ -212,12 +212,12 @@ impl Session<'_> {
 impl Ledger {
     /// Books a grant the server answered with, in a transaction of its own.
     pub fn book_grant(&mut self, grant: &GrantSpec) -> Result<String, LedgerError> {
-        self.in_session(|s| s.book_grant(grant))
+        self.write(|s| s.book_grant(grant))
     }
 
     /// Returns what `user_id` has available here to the pool, in a transaction of its own.
     pub fn release_escrow(&mut self, user_id: &str) -> Result<Option<EntryReceipt>, LedgerError> {
-        self.in_session(|s| s.release_escrow(user_id))
+        self.write(|s| s.release_escrow(user_id))
     }
 
     /// The fleet users the escrow loop must look at (at most [`FLEET_USERS_MAX`]): those in
@@ -273,22 +273,5 @@ impl Ledger {
             });
         }
         Ok((now, out))
-    }
-
-    /// Runs `f` in a session of its own (one immediate transaction, committed if it succeeds).
-    fn in_session<T>(
-        &mut self,
-        f: impl FnOnce(&mut Session<'_>) -> Result<T, LedgerError>,
-    ) -> Result<T, LedgerError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let now = self.clock.now();
-        let value = {
-            let mut session = Session::begin(&tx, now)?;
-            f(&mut session)?
-        };
-        tx.commit()?;
-        Ok(value)
     }
 }

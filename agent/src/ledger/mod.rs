@@ -166,8 +166,9 @@ impl Ledger {
         Ok(Some(results))
     }
 
-    /// Runs one write that is not a batchable operation (user management) in its own transaction.
-    fn write<T>(
+    /// Runs one write that is not a batchable operation (user management, escrow) in its own
+    /// transaction.
+    pub(super) fn write<T>(
         &mut self,
         f: impl FnOnce(&mut Session<'_>) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {

@@ -1,5 +1,6 @@
-//! The escrow task (SYNC.md "Escrow"): keeps this agent supplied with grants of its fleet users'
-//! pools, off the request path, and returns what it no longer needs.
+//! The escrow loop of the sync task (SYNC.md "Escrow"): keeps this agent supplied with grants of
+//! its fleet users' pools, off the request path, and returns what it no longer needs. What it
+//! decides is [`EscrowState::step`] (pure); [`Syncer::escrow_loop`] asks and books.
 //!
 //! Guarantees:
 //! - The request path never waits on it: the gateway only notes, in memory, that a user asked
@@ -22,10 +23,12 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tollgate_schema::money::Credits;
 use tollgate_schema::wire::{GrantRequest, PROTOCOL_VERSION};
 
+use super::SyncError;
+use super::task::{self, Syncer};
 use crate::ledger::escrow::FleetPosition;
 
 /// A user who asked for credit within this long is served ahead of need.
@@ -190,6 +193,85 @@ impl EscrowState {
         let known = |u: &String| users.iter().any(|p| &p.user_id == u);
         self.pending.retain(|u, _| known(u));
         self.retry_at.retain(|u, _| known(u));
+    }
+}
+
+impl Syncer {
+    /// Keeps fleet users supplied with grants and returns lapsed ones (`escrow.rs`).
+    pub(super) async fn escrow_loop(&self, mut stop: watch::Receiver<bool>) {
+        let mut state = EscrowState::default();
+        loop {
+            if let Err(e) = self.escrow_tick(&mut state).await {
+                self.record_failure("escrow", &e).await;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(ESCROW_TICK) => {}
+                () = self.demand.woken() => {}
+                () = task::stopped(&mut stop) => return,
+            }
+        }
+    }
+
+    /// One look at every fleet user: ask for what is needed, release what lapsed.
+    async fn escrow_tick(&self, state: &mut EscrowState) -> Result<(), SyncError> {
+        let window = time::Duration::try_from(RATE_WINDOW).unwrap_or(time::Duration::MINUTE);
+        let demand = self.demand.active();
+        let active: Vec<String> = demand.keys().cloned().collect();
+        let (now, positions) = self
+            .ledger(move |l| l.fleet_positions(window, &active))
+            .await?;
+        state.keep_only(&positions);
+        if positions.is_empty() {
+            return Ok(());
+        }
+        for position in &positions {
+            let user = position.user_id.clone();
+            let worst = demand.get(&user).copied();
+            let step = state.step(position, worst, now, Instant::now());
+            match step {
+                Step::Ask(request) => match self.client.grant(&request).await {
+                    Ok(answer) => {
+                        state.answered(&user, answer.grant.is_none(), Instant::now());
+                        if let Some(grant) = answer.grant {
+                            tracing::info!(user = %user, amount = %grant.amount, key = %grant.key, pool_left = %answer.pool_free, "fleet grant received");
+                            self.ledger(move |l| l.book_grant(&grant)).await?;
+                        } else {
+                            tracing::debug!(user = %user, "the fleet pool is empty");
+                            self.release_if_lapsed(position, now).await?;
+                        }
+                    }
+                    Err(e) => {
+                        state.failed(&user, Instant::now());
+                        tracing::warn!(user = %user, error = %e, "asking for a fleet grant failed; retrying the same request");
+                        self.release_if_lapsed(position, now).await?;
+                    }
+                },
+                Step::Release => self.release(&user).await?,
+                Step::Nothing => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases what `position` has available if its newest grant had lapsed at `now`.
+    async fn release_if_lapsed(
+        &self,
+        position: &FleetPosition,
+        now: time::OffsetDateTime,
+    ) -> Result<(), SyncError> {
+        let lapsed = position.valid_until.is_none_or(|until| until <= now);
+        if lapsed && position.available().is_positive() {
+            self.release(&position.user_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn release(&self, user: &str) -> Result<(), SyncError> {
+        let owned = user.to_owned();
+        if let Some(receipt) = self.ledger(move |l| l.release_escrow(&owned)).await? {
+            tracing::info!(user = %user, amount = %receipt.amount, "lapsed fleet grants returned to the pool");
+        }
+        Ok(())
     }
 }
 

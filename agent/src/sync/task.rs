@@ -30,8 +30,7 @@ use tollgate_schema::wire::{
 use super::SyncError;
 use super::client::{ClientError, ErrorCode, SyncClient};
 use super::config::SyncConfig;
-use super::escrow::{Demand, ESCROW_TICK, EscrowState, RATE_WINDOW, Step};
-use crate::ledger::escrow::FleetPosition;
+use super::escrow::Demand;
 use crate::ledger::{InboxOutcome, Ledger, LedgerError, SnapshotApplied, SyncResult};
 
 /// How often the push loop looks for entries not yet acknowledged.
@@ -108,10 +107,10 @@ pub struct PushState {
 #[derive(Debug, Clone)]
 pub struct Syncer {
     ledger: Arc<Mutex<Ledger>>,
-    client: SyncClient,
+    pub(super) client: SyncClient,
     incarnation: String,
-    /// What the gateway saw users ask for (the escrow loop's input).
-    demand: Arc<Demand>,
+    /// What the gateway saw users ask for (the escrow loop's input, `escrow.rs`).
+    pub(super) demand: Arc<Demand>,
 }
 
 impl Syncer {
@@ -136,7 +135,7 @@ impl Syncer {
     }
 
     /// Runs `f` on the ledger on a blocking thread.
-    async fn ledger<T: Send + 'static>(
+    pub(super) async fn ledger<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Ledger) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, SyncError> {
@@ -439,7 +438,7 @@ impl Syncer {
 
     /// Records a failure in `sync_state` and the log (never fails: a ledger that cannot record
     /// it is logged too).
-    async fn record_failure(&self, what: &'static str, error: &SyncError) {
+    pub(super) async fn record_failure(&self, what: &'static str, error: &SyncError) {
         let text = format!("{what}: {error}");
         tracing::warn!(error = %text, "sync failed");
         let recorded = self
@@ -534,85 +533,6 @@ impl Syncer {
     }
 }
 
-impl Syncer {
-    /// Keeps fleet users supplied with grants and returns lapsed ones (`escrow.rs`).
-    async fn escrow_loop(&self, mut stop: watch::Receiver<bool>) {
-        let mut state = EscrowState::default();
-        loop {
-            if let Err(e) = self.escrow_tick(&mut state).await {
-                self.record_failure("escrow", &e).await;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(ESCROW_TICK) => {}
-                () = self.demand.woken() => {}
-                () = stopped(&mut stop) => return,
-            }
-        }
-    }
-
-    /// One look at every fleet user: ask for what is needed, release what lapsed.
-    async fn escrow_tick(&self, state: &mut EscrowState) -> Result<(), SyncError> {
-        let window = time::Duration::try_from(RATE_WINDOW).unwrap_or(time::Duration::MINUTE);
-        let demand = self.demand.active();
-        let active: Vec<String> = demand.keys().cloned().collect();
-        let (now, positions) = self
-            .ledger(move |l| l.fleet_positions(window, &active))
-            .await?;
-        state.keep_only(&positions);
-        if positions.is_empty() {
-            return Ok(());
-        }
-        for position in &positions {
-            let user = position.user_id.clone();
-            let worst = demand.get(&user).copied();
-            let step = state.step(position, worst, now, Instant::now());
-            match step {
-                Step::Ask(request) => match self.client.grant(&request).await {
-                    Ok(answer) => {
-                        state.answered(&user, answer.grant.is_none(), Instant::now());
-                        if let Some(grant) = answer.grant {
-                            tracing::info!(user = %user, amount = %grant.amount, key = %grant.key, pool_left = %answer.pool_free, "fleet grant received");
-                            self.ledger(move |l| l.book_grant(&grant)).await?;
-                        } else {
-                            tracing::debug!(user = %user, "the fleet pool is empty");
-                            self.release_if_lapsed(position, now).await?;
-                        }
-                    }
-                    Err(e) => {
-                        state.failed(&user, Instant::now());
-                        tracing::warn!(user = %user, error = %e, "asking for a fleet grant failed; retrying the same request");
-                        self.release_if_lapsed(position, now).await?;
-                    }
-                },
-                Step::Release => self.release(&user).await?,
-                Step::Nothing => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Releases what `position` has available if its newest grant had lapsed at `now`.
-    async fn release_if_lapsed(
-        &self,
-        position: &FleetPosition,
-        now: time::OffsetDateTime,
-    ) -> Result<(), SyncError> {
-        let lapsed = position.valid_until.is_none_or(|until| until <= now);
-        if lapsed && position.available().is_positive() {
-            self.release(&position.user_id).await?;
-        }
-        Ok(())
-    }
-
-    async fn release(&self, user: &str) -> Result<(), SyncError> {
-        let owned = user.to_owned();
-        if let Some(receipt) = self.ledger(move |l| l.release_escrow(&owned)).await? {
-            tracing::info!(user = %user, amount = %receipt.amount, "lapsed fleet grants returned to the pool");
-        }
-        Ok(())
-    }
-}
-
 fn server_lost_entries(server_acked: i64, local_acked: i64) {
     tracing::error!(
         server_acked,
@@ -645,7 +565,7 @@ fn fit_body(mut entries: Vec<WireEntry>) -> Result<Vec<WireEntry>, SyncError> {
 }
 
 /// Resolves once `stop` is true or its sender is gone.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 

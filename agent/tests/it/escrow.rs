@@ -49,7 +49,8 @@ fn hold(ledger: &mut Ledger, request: &str, amount: &str) -> Result<Credits, Led
         .map(|h| h.amount)
 }
 
-fn fleet_ledger() -> (tempfile::TempDir, ManualClock, Ledger) {
+/// A ledger in a temp dir on a clock the test moves, enrolled as `agent-a`.
+fn enrolled_ledger() -> (tempfile::TempDir, ManualClock, Ledger) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(datetime!(2026-11-30 09:00 UTC));
     let mut ledger = Ledger::open(
@@ -59,6 +60,12 @@ fn fleet_ledger() -> (tempfile::TempDir, ManualClock, Ledger) {
     )
     .unwrap();
     assert!(ledger.set_agent_id("agent-a").unwrap());
+    (dir, clock, ledger)
+}
+
+/// [`enrolled_ledger`] with `ann`, a fleet user (allowance 50), from the server's settings.
+fn fleet_ledger() -> (tempfile::TempDir, ManualClock, Ledger) {
+    let (dir, clock, mut ledger) = enrolled_ledger();
     let settings = UserSettings {
         user_id: "ann".to_owned(),
         tier: "starter".to_owned(),
@@ -256,15 +263,7 @@ fn the_escrow_loop_reads_only_users_who_asked_and_lapsed_grants_with_credit() {
 
 #[test]
 fn a_user_of_this_agent_turned_fleet_user_returns_what_is_available_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(datetime!(2026-11-30 09:00 UTC));
-    let mut ledger = Ledger::open(
-        &dir.path().join("t.db"),
-        OpenMode::CreateIfMissing,
-        Arc::new(clock.clone()),
-    )
-    .unwrap();
-    assert!(ledger.set_agent_id("agent-a").unwrap());
+    let (_dir, clock, mut ledger) = enrolled_ledger();
     ledger
         .create_user(&tollgate::ledger::NewUser {
             monthly_allowance: c("2"),

@@ -419,43 +419,28 @@ async fn pool_credit(
             &[&req.user_id, &amount, &purchased],
         )
         .await?;
-    let Some(row) = row else {
-        let free: rust_decimal::Decimal = tx
-            .query_one(
-                "SELECT pool FROM user_credits WHERE user_id = $1",
-                &[&req.user_id],
-            )
-            .await?
-            .get("pool");
-        if req.record_uncovered {
-            let result = CreditResult {
-                operation_key: req.key.to_owned(),
-                user_id: req.user_id.to_owned(),
-                kind: req.kind,
-                amount: req.amount,
-                package: req.package.map(str::to_owned),
-                agent: None,
-                agent_id: None,
-                inbox_seq: None,
-                event_id: None,
-                pool: Some(super::credits_from_db(free)?),
-                uncovered: req.amount.checked_neg(),
-            };
+    let (pool, uncovered) = match row {
+        Some(row) => (row.get::<_, rust_decimal::Decimal>("pool"), None),
+        None => {
+            let free: rust_decimal::Decimal = tx
+                .query_one(
+                    "SELECT pool FROM user_credits WHERE user_id = $1",
+                    &[&req.user_id],
+                )
+                .await?
+                .get("pool");
+            if !req.record_uncovered {
+                return Err(CentralError::Refused(format!(
+                    "fleet user {:?}'s pool holds {} credits, less than the {} to take; the \
+                     rest is held by agents as grants until they release it",
+                    req.user_id,
+                    free.normalize(),
+                    req.amount
+                )));
+            }
             tracing::warn!(user = req.user_id, key = req.key, amount = %req.amount, "a fleet user's pool does not cover money returned; recorded as uncovered");
-            operation::finish(tx, req.key, None, &result).await?;
-            return Ok(Applied {
-                result,
-                replayed: false,
-                events_written: 0,
-            });
+            (free, req.amount.checked_neg())
         }
-        return Err(CentralError::Refused(format!(
-            "fleet user {:?}'s pool holds {} credits, less than the {} to take; the rest is \
-             held by agents as grants until they release it",
-            req.user_id,
-            free.normalize(),
-            req.amount
-        )));
     };
     let result = CreditResult {
         operation_key: req.key.to_owned(),
@@ -467,8 +452,8 @@ async fn pool_credit(
         agent_id: None,
         inbox_seq: None,
         event_id: None,
-        pool: Some(super::credits_from_db(row.get("pool"))?),
-        uncovered: None,
+        pool: Some(super::credits_from_db(pool)?),
+        uncovered,
     };
     operation::finish(tx, req.key, None, &result).await?;
     Ok(Applied {

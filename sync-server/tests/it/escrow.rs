@@ -16,7 +16,9 @@ use uuid::Uuid;
 
 use crate::admin_support::c;
 use crate::support::{TestDb, TestServer};
-use crate::sync_support::{Agent, Answer, Chain, enroll, fingerprint, home_users, http, push};
+use crate::sync_support::{
+    Agent, Answer, Chain, agent_status, enroll, fingerprint, home_users, http, push,
+};
 
 /// Makes `user` a fleet user (no home).
 async fn fleet_user(db: &TestDb, user: &str) {
@@ -104,17 +106,6 @@ async fn reconcile_is_clean(db: &TestDb) {
         "{}",
         serde_json::to_string_pretty(&report).unwrap()
     );
-}
-
-async fn status(db: &TestDb, agent: &str) -> String {
-    db.pool
-        .get()
-        .await
-        .unwrap()
-        .query_one("SELECT status FROM agents WHERE name = $1", &[&agent])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 #[tokio::test]
@@ -315,7 +306,11 @@ async fn ingest_refuses_what_an_agent_may_not_write_for_a_fleet_user() {
         let message = answer.error().error.message;
         assert!(message.contains(says), "{name}: {message}");
         assert!(message.contains("seq "), "{name}: {message}");
-        assert_eq!(status(&db, &agent.name).await, "quarantined", "{name}");
+        assert_eq!(
+            agent_status(&db.pool, &agent.name).await,
+            "quarantined",
+            "{name}"
+        );
         let beyond_agents = |f: &str| f.split_once("--\n").unwrap().1.to_owned();
         assert_eq!(
             beyond_agents(&before),
@@ -646,7 +641,7 @@ async fn a_push_waiting_on_a_user_turned_fleet_user_sees_the_holding_made_for_it
     tx.commit().await.unwrap();
     let answer = pushing.await.unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body);
-    assert_eq!(status(&db, "edge-a").await, "active");
+    assert_eq!(agent_status(&db.pool, "edge-a").await, "active");
     reconcile_is_clean(&db).await;
     server.stop().await;
 }

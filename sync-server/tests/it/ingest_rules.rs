@@ -10,19 +10,9 @@ use crate::support::{TestDb, TestServer};
 use tollgate_schema::wire::GENESIS_HASH;
 
 use crate::sync_support::{
-    Chain, central_balance, enroll, fingerprint, hash_of, home_users, http, push, rechain, scalar,
+    Chain, agent_status, central_balance, enroll, fingerprint, hash_of, home_users, http, push,
+    rechain, scalar,
 };
-
-async fn status(db: &TestDb, agent: &str) -> String {
-    db.pool
-        .get()
-        .await
-        .unwrap()
-        .query_one("SELECT status FROM agents WHERE name = $1", &[&agent])
-        .await
-        .unwrap()
-        .get(0)
-}
 
 #[tokio::test]
 async fn an_agent_cannot_write_for_a_user_another_agent_holds() {
@@ -47,7 +37,7 @@ async fn an_agent_cannot_write_for_a_user_another_agent_holds() {
     assert!(error.message.contains("seq 1"), "{}", error.message);
     assert!(error.message.contains("\"dave\""), "{}", error.message);
     assert!(error.message.contains("edge-b"), "{}", error.message);
-    assert_eq!(status(&db, "edge-a").await, "quarantined");
+    assert_eq!(agent_status(&db.pool, "edge-a").await, "quarantined");
     assert_eq!(
         central_balance(&db.pool, "dave").await,
         "10".parse::<rust_decimal::Decimal>().unwrap()
@@ -80,7 +70,7 @@ async fn an_entry_keyed_as_a_central_operation_never_made_is_refused() {
     let message = answer.error().error.message;
     assert!(message.contains("\"admin:op-1\""), "{message}");
     assert!(message.contains("no such operation"), "{message}");
-    assert_eq!(status(&db, "edge-a").await, "quarantined");
+    assert_eq!(agent_status(&db.pool, "edge-a").await, "quarantined");
     let stored = scalar(
         &db.pool,
         "SELECT count(*) FROM credit_transactions WHERE idempotency_key = 'admin:op-1'",

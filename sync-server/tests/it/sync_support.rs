@@ -22,6 +22,17 @@ pub struct Agent {
     pub incarnation: Uuid,
 }
 
+/// An agent's status (`active`, `quarantined`, …) as the server holds it.
+pub async fn agent_status(pool: &Pool, name: &str) -> String {
+    pool.get()
+        .await
+        .unwrap()
+        .query_one("SELECT status FROM agents WHERE name = $1", &[&name])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Registers `name`, and enrols it over HTTP at `base` (a server URL without a path).
 pub async fn enroll(pool: &Pool, base: &str, name: &str) -> Agent {
     enroll_with_users(pool, base, name, &[]).await
