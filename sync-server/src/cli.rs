@@ -154,6 +154,11 @@ pub struct UserSetArgs {
     /// Credits, or "none" for no cap; unless given, unchanged (a new user: no cap).
     #[arg(long)]
     pub monthly_spend_cap: Option<String>,
+    /// A fleet user's overdraft line: credits an agent cut off from the server may spend for
+    /// them beyond its grants (once per grant), booked as their debt; or "none". Unless given,
+    /// unchanged (a new user: none).
+    #[arg(long)]
+    pub overdraft: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

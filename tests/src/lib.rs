@@ -326,7 +326,17 @@ pub fn enrolled_gateways(
 /// One small metered chat (`gpt-4o-mini`, at most 100 tokens out, the mock answers 40) with
 /// `key` at `gateway`: its status, or 0 when the gateway did not answer.
 pub async fn small_chat(client: &reqwest::Client, gateway: &str, key: &str, n: u64) -> u16 {
-    client
+    small_chat_answer(client, gateway, key, n).await.0
+}
+
+/// As [`small_chat`], with the answer's body (JSON; `Null` when there was none).
+pub async fn small_chat_answer(
+    client: &reqwest::Client,
+    gateway: &str,
+    key: &str,
+    n: u64,
+) -> (u16, Value) {
+    let sent = client
         .post(format!("{gateway}/v1/chat/completions"))
         .bearer_auth(key)
         .json(
@@ -334,9 +344,14 @@ pub async fn small_chat(client: &reqwest::Client, gateway: &str, key: &str, n: u
             "messages": [{"role": "user", "content": format!("{n} mock:tokens=40")}]}),
         )
         .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
+        .await;
+    match sent {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

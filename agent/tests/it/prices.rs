@@ -321,7 +321,9 @@ fn a_version_1_database_upgrades_and_keeps_its_books() {
     // Take the file back to schema version 1, as an older tollgate left it.
     let conn = db::open(&path, OpenMode::MustExist).unwrap();
     conn.execute_batch(
-        "ALTER TABLE user_credits DROP COLUMN escrow_valid_until;
+        "ALTER TABLE user_credits DROP COLUMN overdraft_key;
+         ALTER TABLE user_credits DROP COLUMN overdraft_line;
+         ALTER TABLE user_credits DROP COLUMN escrow_valid_until;
          ALTER TABLE user_credits DROP COLUMN fleet;
          ALTER TABLE api_keys DROP COLUMN origin;
          DROP TABLE served_responses; DROP TABLE inbox_events; DROP TABLE sync_state;

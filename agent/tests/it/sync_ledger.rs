@@ -949,7 +949,9 @@ fn a_version_2_database_upgrades_with_its_identity() {
     let conn: Connection = db::open(&path, OpenMode::MustExist).unwrap();
     // Back to version 2: V3's tables gone, and V4's price tables as V2 made them.
     conn.execute_batch(
-        "ALTER TABLE user_credits DROP COLUMN escrow_valid_until;
+        "ALTER TABLE user_credits DROP COLUMN overdraft_key;
+         ALTER TABLE user_credits DROP COLUMN overdraft_line;
+         ALTER TABLE user_credits DROP COLUMN escrow_valid_until;
          ALTER TABLE user_credits DROP COLUMN fleet;
          ALTER TABLE api_keys DROP COLUMN origin;
          DROP TABLE served_responses; DROP TABLE inbox_events; DROP TABLE sync_state;

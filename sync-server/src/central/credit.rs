@@ -14,8 +14,9 @@
 //! - Amounts: grant and refund strictly positive, adjust any non-zero amount (a negative one the
 //!   agent cannot cover is refused by the agent and shows in reconcile); never zero.
 //! - A fleet user's credit is booked on their pool in the same transaction (the operation row
-//!   with no agent; no event): agents get it through grants (`super::escrow`). Taking credit
-//!   away takes it from the pool, never from what agents hold.
+//!   with no agent; no event): agents get it through grants (`super::escrow`). Credit coming in
+//!   pays their debt first. Taking credit away takes it from the pool, never from what agents
+//!   hold; money Stripe returned beyond the pool becomes the user's debt ([`MOVE_POSITION`]).
 //! - A home user must exist centrally with a home agent that is not revoked (a purchase, already
 //!   paid, is recorded even for a revoked home so the payment is never lost; reconcile shows it
 //!   as not applied).
@@ -108,10 +109,10 @@ pub struct CreditResult {
     /// A fleet user's pool after this operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<Credits>,
-    /// Money Stripe returned for a fleet user whose pool no longer held its credit: recorded,
-    /// nothing taken (no debt is booked yet), and listed by reconcile until an admin settles it.
+    /// A fleet user's debt after this operation, when they owe any (money Stripe returned
+    /// beyond their pool, overdrafts not yet repaid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uncovered: Option<Credits>,
+    pub debt: Option<Credits>,
 }
 
 /// The canonical content of an admin credit operation (its fingerprint's input).
@@ -165,7 +166,7 @@ pub async fn credit(pool: &Pool, op: &CreditOp) -> Result<Applied<CreditResult>,
             admin_user_id: Some(&op.actor),
             actor: &op.actor,
             allow_revoked_home: false,
-            record_uncovered: false,
+            may_book_debt: false,
         },
     )
     .await?;
@@ -254,7 +255,7 @@ pub async fn grant_purchase(
             admin_user_id: None,
             actor: "stripe",
             allow_revoked_home: true,
-            record_uncovered: false,
+            may_book_debt: false,
         },
     )
     .await
@@ -264,7 +265,8 @@ pub async fn grant_purchase(
 /// a Stripe refund or dispute, inside the webhook's transaction: an `admin_adjustment` to the
 /// home agent keyed `key` (in the `stripe:` namespace; a second call with the same key returns
 /// the first result). The home agent books it if the balance covers it; if not, it refuses it
-/// and reconcile lists the operation as not applied (see the README: no debt is booked yet).
+/// and reconcile lists the operation as not applied (a home user's debt is not booked: see the
+/// README). A fleet user's pool takes it; what the pool does not cover becomes their debt.
 pub async fn stripe_adjustment(
     tx: &Transaction<'_>,
     user_id: &str,
@@ -292,11 +294,17 @@ pub async fn stripe_adjustment(
             admin_user_id: None,
             actor: "stripe",
             allow_revoked_home: true,
-            record_uncovered: true,
+            may_book_debt: true,
         },
     )
     .await
 }
+
+/// Moves a fleet user's position (pool − debt) by `$2`: the pool is its positive part, the debt
+/// its negative part, so credit pays debt first and what goes out beyond the pool is owed. (One
+/// of the two is always zero: a CHECK.)
+pub(crate) const MOVE_POSITION: &str = "pool = greatest(pool - debt + $2, 0), \
+     debt = greatest(debt - pool - $2, 0)";
 
 /// One credit operation, already validated.
 struct CreditRequest<'a> {
@@ -310,9 +318,9 @@ struct CreditRequest<'a> {
     admin_user_id: Option<&'a str>,
     actor: &'a str,
     allow_revoked_home: bool,
-    /// Money already returned (Stripe): a fleet user's pool that cannot cover it records the
-    /// operation as uncovered instead of refusing it.
-    record_uncovered: bool,
+    /// Money already returned (Stripe): what a fleet user's pool cannot cover becomes their
+    /// debt instead of refusing the operation.
+    may_book_debt: bool,
 }
 
 async fn credit_in_tx(
@@ -386,7 +394,7 @@ async fn credit_in_tx(
         inbox_seq: Some(written.seq),
         event_id: Some(written.event_id),
         pool: None,
-        uncovered: None,
+        debt: None,
     };
     operation::finish(tx, req.key, Some((agent_id, written.seq)), &result).await?;
     Ok(Applied {
@@ -397,10 +405,10 @@ async fn credit_in_tx(
 }
 
 /// Books a fleet user's credit on their pool (the row is locked by the caller): no agent holds
-/// it until a grant carves it out. Taking credit away takes it from the pool only: what agents
-/// hold as grants is theirs to spend until they release it, so an amount beyond the pool is
-/// refused — or, for money Stripe already returned, recorded as uncovered (nothing taken; no
-/// debt is booked yet; reconcile lists it).
+/// it until a grant carves it out. Credit coming in pays the user's debt first. Taking credit
+/// away takes it from the pool only: what agents hold as grants is theirs to spend until they
+/// release it, so an admin's amount beyond the pool is refused — while money Stripe already
+/// returned is taken in full, what the pool does not cover becoming the user's debt.
 async fn pool_credit(
     tx: &Transaction<'_>,
     req: &CreditRequest<'_>,
@@ -411,37 +419,37 @@ async fn pool_credit(
     } else {
         rust_decimal::Decimal::ZERO
     };
+    let (pool_before, debt_before): (rust_decimal::Decimal, rust_decimal::Decimal) = tx
+        .query_one(
+            "SELECT pool, debt FROM user_credits WHERE user_id = $1",
+            &[&req.user_id],
+        )
+        .await
+        .map(|r| (r.get("pool"), r.get("debt")))?;
+    if pool_before + amount < rust_decimal::Decimal::ZERO && !req.may_book_debt {
+        return Err(CentralError::Refused(format!(
+            "fleet user {:?}'s pool holds {} credits, less than the {} to take; the rest is \
+             held by agents as grants until they release it",
+            req.user_id,
+            pool_before.normalize(),
+            req.amount.checked_neg().unwrap_or(req.amount)
+        )));
+    }
     let row = tx
-        .query_opt(
-            "UPDATE user_credits SET pool = pool + $2, \
-                 lifetime_credits_purchased = lifetime_credits_purchased + $3 \
-             WHERE user_id = $1 AND pool + $2 >= 0 RETURNING pool",
+        .query_one(
+            &format!(
+                "UPDATE user_credits SET {MOVE_POSITION}, \
+                     lifetime_credits_purchased = lifetime_credits_purchased + $3 \
+                 WHERE user_id = $1 RETURNING pool, debt"
+            ),
             &[&req.user_id, &amount, &purchased],
         )
         .await?;
-    let (pool, uncovered) = match row {
-        Some(row) => (row.get::<_, rust_decimal::Decimal>("pool"), None),
-        None => {
-            let free: rust_decimal::Decimal = tx
-                .query_one(
-                    "SELECT pool FROM user_credits WHERE user_id = $1",
-                    &[&req.user_id],
-                )
-                .await?
-                .get("pool");
-            if !req.record_uncovered {
-                return Err(CentralError::Refused(format!(
-                    "fleet user {:?}'s pool holds {} credits, less than the {} to take; the \
-                     rest is held by agents as grants until they release it",
-                    req.user_id,
-                    free.normalize(),
-                    req.amount
-                )));
-            }
-            tracing::warn!(user = req.user_id, key = req.key, amount = %req.amount, "a fleet user's pool does not cover money returned; recorded as uncovered");
-            (free, req.amount.checked_neg())
-        }
-    };
+    let (pool, debt): (rust_decimal::Decimal, rust_decimal::Decimal) =
+        (row.get("pool"), row.get("debt"));
+    if debt > debt_before {
+        tracing::warn!(user = req.user_id, key = req.key, debt = %debt.normalize(), "money returned beyond a fleet user's pool is booked as their debt");
+    }
     let result = CreditResult {
         operation_key: req.key.to_owned(),
         user_id: req.user_id.to_owned(),
@@ -453,7 +461,7 @@ async fn pool_credit(
         inbox_seq: None,
         event_id: None,
         pool: Some(super::credits_from_db(pool)?),
-        uncovered,
+        debt: Some(super::credits_from_db(debt)?).filter(|d| d.is_positive()),
     };
     operation::finish(tx, req.key, None, &result).await?;
     Ok(Applied {
