@@ -20,9 +20,14 @@ use crate::cli::Cli;
 /// Prints `shell`'s completion script for `tollgate`.
 pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
     let mut command = Cli::command();
+    // Rendered first, then written: clap_complete panics on a write error, and a closed pipe
+    // (`| head`) is not an error here.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "tollgate", &mut script);
     let mut out = std::io::stdout().lock();
-    clap_complete::generate(shell, &mut command, "tollgate", &mut out);
-    out.flush().context("writing the completion script")?;
+    out.write_all(&script)
+        .and_then(|()| out.flush())
+        .context("writing the completion script")?;
     Ok(ExitCode::SUCCESS)
 }
 
