@@ -199,9 +199,10 @@ impl Server {
         made["key"].as_str().unwrap().to_owned()
     }
 
-    /// `serve --listen ADDR`, waiting for its "listening on" line.
+    /// `serve --listen ADDR` (its admin listener on port 0: several servers run at once),
+    /// waiting for its "listening on" line.
     pub fn serve(&self, listen: &str) -> (Process, SocketAddr) {
-        let mut cmd = self.command(&["serve", "--listen", listen]);
+        let mut cmd = self.command(&["serve", "--listen", listen, "--admin-listen", "127.0.0.1:0"]);
         cmd.env("TOLLGATE_SERVER_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -272,8 +273,16 @@ impl Agent {
 
     /// As [`Agent::serve`], with more environment (a clock skew, say).
     pub fn serve_with(&self, upstream: &str, envs: &[(&str, &str)]) -> (Process, String) {
+        let gateway = self.start_gateway(upstream, envs);
+        (gateway.process, gateway.url)
+    }
+
+    /// `tollgate serve` with its API and admin listeners on port 0 (many gateways run at once
+    /// on one machine), in front of `upstream`; waits for the line that names both addresses.
+    pub fn start_gateway(&self, upstream: &str, envs: &[(&str, &str)]) -> Gateway {
         let mut child = self
             .command(&["serve", "--listen", "127.0.0.1:0", "--upstream", upstream])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .envs(envs.iter().copied())
             .env("TOLLGATE_UPSTREAM_KEY", "sk-litellm-e2e")
             .env("TOLLGATE_LOG_FORMAT", "json")
@@ -284,7 +293,7 @@ impl Agent {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
+        let (addr, admin) = loop {
             let line = lines
                 .next()
                 .expect("serve exited before listening")
@@ -292,12 +301,27 @@ impl Agent {
             if let Ok(log) = serde_json::from_str::<Value>(&line)
                 && let Some(listen) = log["fields"]["listen"].as_str()
             {
-                break listen.to_owned();
+                let admin = log["fields"]["admin_listen"].as_str().unwrap();
+                break (listen.to_owned(), admin.to_owned());
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        (Process(child), format!("http://{addr}"))
+        Gateway {
+            process: Process(child),
+            url: format!("http://{addr}"),
+            admin_url: format!("http://{admin}"),
+        }
     }
+}
+
+/// A running `tollgate serve`.
+#[derive(Debug)]
+pub struct Gateway {
+    pub process: Process,
+    /// The API listener's base URL (clients).
+    pub url: String,
+    /// The admin listener's base URL (`/metrics`, `/readyz`, `/healthz`).
+    pub admin_url: String,
 }
 
 /// `n` agents named `edge-0`…, each enrolled with `server` (at `base`) and serving in front of

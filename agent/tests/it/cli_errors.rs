@@ -289,6 +289,10 @@ const CASES: &[(&[&str], &str)] = &[
         "invalid listen: \"nowhere\" is not an address",
     ),
     (
+        &["serve", "--admin-listen", "localhost"],
+        "invalid admin_listen: \"localhost\" is not an address like 127.0.0.1:4101",
+    ),
+    (
         &["serve", "--upstream", "ftp://litellm"],
         "invalid upstream.url: \"ftp://litellm\": use http or https",
     ),

@@ -30,6 +30,7 @@ fn serve(agent: &Agent, upstream: &str) -> (Serve, String) {
         .arg("--data-dir")
         .arg(agent.data_dir())
         .args(["serve", "--listen", "127.0.0.1:0", "--upstream", upstream])
+        .args(["--admin-listen", "127.0.0.1:0"])
         .env("TOLLGATE_UPSTREAM_KEY", "sk-litellm-crash")
         .env("TOLLGATE_LOG_FORMAT", "json")
         .env_remove("TOLLGATE_CONFIG")

@@ -9,6 +9,7 @@ mod gateway;
 mod gateway_crash;
 mod gateway_edges;
 mod gateway_hardening;
+mod gateway_ops;
 mod gateway_support;
 mod keys_cli;
 mod ledger_model;

@@ -620,6 +620,8 @@ async fn serve_syncs_in_the_background_and_stops_on_sigterm() {
             "127.0.0.1:0",
             "--upstream",
             "http://127.0.0.1:9",
+            "--admin-listen",
+            "127.0.0.1:0",
         ])
         .env("TOLLGATE_UPSTREAM_KEY", "sk-unused")
         .env("TOLLGATE_LOG_FORMAT", "json")

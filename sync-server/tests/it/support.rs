@@ -115,33 +115,48 @@ impl Drop for TestServer {
 pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/readyz`, `/healthz`).
+    pub admin_addr: SocketAddr,
 }
 
 impl ServerProcess {
-    /// Starts `tollgate-server serve --listen 127.0.0.1:0` and waits for its "listening on" line.
+    /// Starts `tollgate-server serve` with both listeners on port 0 and waits for the lines that
+    /// name their addresses.
     pub fn spawn(database_url: &str, envs: &[(&str, &str)]) -> ServerProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate-server"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .env("DATABASE_URL", database_url)
-            .env("TOLLGATE_SERVER_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env("DATABASE_URL", database_url)
+        .env("TOLLGATE_SERVER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         for (k, v) in envs {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawns tollgate-server");
         let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("reads the listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("tollgate-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("an address");
-        ServerProcess { child, addr }
+        let mut stdout = BufReader::new(stdout);
+        let mut read_addr = |prefix: &str| -> SocketAddr {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("reads a listening line");
+            line.trim()
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+                .parse()
+                .expect("an address")
+        };
+        let addr = read_addr("tollgate-server listening on ");
+        let admin_addr = read_addr("tollgate-server admin listening on ");
+        ServerProcess {
+            child,
+            addr,
+            admin_addr,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
