@@ -144,6 +144,19 @@ pub fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Starts `cmd` with its output piped and `input` written to its stdin, which is then closed
+/// (inputs here are small: they fit the pipe before the child has to be read).
+pub fn spawn_with_stdin(mut cmd: Command, input: &[u8]) -> Child {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child
+}
+
 /// Runs a command that must succeed; returns its stdout.
 pub fn ok(cmd: Command, stdin: Option<&str>) -> String {
     let what = format!("{cmd:?}");
@@ -202,6 +215,13 @@ impl Server {
     /// `serve --listen ADDR` (its admin listener on port 0: several servers run at once),
     /// waiting for its "listening on" line.
     pub fn serve(&self, listen: &str) -> (Process, SocketAddr) {
+        let started = self.start(listen);
+        (started.process, started.addr)
+    }
+
+    /// `serve --listen ADDR --admin-listen 127.0.0.1:0`, waiting for the two lines that name the
+    /// listeners' addresses.
+    pub fn start(&self, listen: &str) -> ServerProcess {
         let mut cmd = self.command(&["serve", "--listen", listen, "--admin-listen", "127.0.0.1:0"]);
         cmd.env("TOLLGATE_SERVER_LOG", "warn")
             .stdin(Stdio::null())
@@ -210,17 +230,44 @@ impl Server {
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .unwrap();
-        let addr = line
-            .strip_prefix("tollgate-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
+        let mut read_addr = |prefix: &str| -> SocketAddr {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .unwrap();
+            line.strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+                .parse()
+                .unwrap()
+        };
+        let addr = read_addr("tollgate-server listening on ");
+        let admin_addr = read_addr("tollgate-server admin listening on ");
         std::thread::spawn(move || for _ in lines {});
-        (Process(child), addr)
+        ServerProcess {
+            process: Process(child),
+            addr,
+            admin_addr,
+        }
+    }
+}
+
+/// A running `tollgate-server serve` (killed on drop) and its two listeners.
+#[derive(Debug)]
+pub struct ServerProcess {
+    pub process: Process,
+    pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/readyz`, `/healthz`).
+    pub admin_addr: SocketAddr,
+}
+
+impl ServerProcess {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// kill -9, and reap.
+    pub fn kill(&mut self) {
+        self.process.kill();
     }
 }
 
@@ -245,18 +292,46 @@ impl Agent {
         self.dir.path()
     }
 
+    /// A command ready to run against this data dir, with no inherited tollgate environment
+    /// (data dir, config file, master keys) and stdin closed unless the caller sets it.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(binary("tollgate"));
         cmd.arg("--data-dir")
             .arg(self.data_dir())
             .args(args)
             .env_remove("TOLLGATE_CONFIG")
-            .env_remove("TOLLGATE_DATA_DIR");
+            .env_remove("TOLLGATE_DATA_DIR")
+            .env_remove("TOLLGATE_MASTER_KEY")
+            .env_remove("TOLLGATE_NEW_MASTER_KEY")
+            .stdin(Stdio::null());
         cmd
     }
 
+    /// Runs `tollgate ARGS` to completion, whatever its exit status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        run(self.command(args), None)
+    }
+
+    /// Runs `tollgate ARGS`, which must succeed; its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         ok(self.command(args), None)
+    }
+
+    /// `tollgate verify --json`, asserting the books are clean; the report.
+    pub fn assert_verified(&self) -> Value {
+        let out = self.run(&["--json", "verify"]);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(out.status.success(), "verify failed: {report:#}");
+        assert_eq!(report["violations"], serde_json::json!([]));
+        report
+    }
+
+    /// `user`'s balance as `credits balance` prints it.
+    pub fn balance(&self, user: &str) -> String {
+        self.json(&["credits", "balance", user])["balance"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     pub fn json(&self, args: &[&str]) -> Value {

@@ -515,7 +515,7 @@ async fn health_readiness_and_metrics_answer_on_the_admin_listener_only() {
 
 #[test]
 fn the_demo_runs_requests_through_the_gateway_and_its_books_balance() {
-    let output = std::process::Command::new(crate::support::binary())
+    let output = std::process::Command::new(tollgate_e2e::binary("tollgate"))
         .args(["demo", "--json"])
         .env_remove("TOLLGATE_DATA_DIR")
         .output()

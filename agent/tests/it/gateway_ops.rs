@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tollgate_mock_upstream::MockUpstream;
 
-use super::support::{Agent, spawn_with_stdin};
+use tollgate_e2e::{Agent, spawn_with_stdin};
 
 const UPSTREAM_KEY: &str = "sk-litellm-ops-test-6f1c2a";
 const BYOK_KEY: &str = "sk-bob-own-openai-key-93d1e7";
@@ -117,7 +117,7 @@ fn request_id(r: &reqwest::Response) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_splits_its_listeners_and_logs_each_request_without_a_key() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     agent.ok(&["users", "add", "alice", "--tier", "professional"]);
     agent.ok(&["credits", "add", "alice", "10", "--type", "bonus"]);
     agent.ok(&["users", "add", "bob", "--tier", "professional"]);

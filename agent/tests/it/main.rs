@@ -21,7 +21,6 @@ mod python;
 mod race;
 mod requests;
 mod schema;
-mod support;
 mod sync_http;
 mod sync_ledger;
 mod typed_apis;

@@ -24,7 +24,7 @@ use tollgate_schema::wire::{
     PUSH_ENTRIES_MAX, PackageSpec, PowerLevelSpec, Snapshot, UserSettings, encode_hash,
 };
 
-use super::support::Agent;
+use tollgate_e2e::Agent;
 
 fn c(text: &str) -> Credits {
     text.parse().unwrap()
@@ -630,7 +630,7 @@ fn a_user_upsert_creates_then_changes_a_user() {
 
 #[test]
 fn package_and_power_level_upserts_show_in_the_catalog() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     let mut ledger = Ledger::open(
         &agent.data_dir().join("tollgate.db"),
         OpenMode::MustExist,
@@ -977,7 +977,7 @@ fn a_version_2_database_upgrades_with_its_identity() {
 
 #[test]
 fn sync_status_says_when_the_agent_is_not_enrolled() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     let out = agent.ok(&["sync", "status"]);
     assert!(out.contains("enrolled:"), "{out}");
     assert!(out.contains("no: this agent is not enrolled"), "{out}");
@@ -1002,7 +1002,7 @@ fn sync_status_says_when_the_agent_is_not_enrolled() {
 #[test]
 fn the_credential_file_is_private_and_refused_when_readable_by_others() {
     use std::os::unix::fs::PermissionsExt;
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     let path = agent.data_dir().join("sync.toml");
     SyncConfig::new(
         "http://127.0.0.1:9",
@@ -1047,7 +1047,7 @@ fn the_credential_file_is_private_and_refused_when_readable_by_others() {
 
 #[test]
 fn verify_stays_clean_after_inbox_applications() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     let mut ledger = Ledger::open(
         &agent.data_dir().join("tollgate.db"),
         OpenMode::MustExist,
@@ -1086,7 +1086,7 @@ fn verify_stays_clean_after_inbox_applications() {
 
 #[test]
 fn enroll_refuses_bad_input_before_any_network_call() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     // Port 9 (discard) is never a sync server: each case must fail before connecting.
     let cases: &[(&[&str], &str)] = &[
         (

@@ -2,13 +2,13 @@
 //! admin API, webhook, `/healthz`, `/readyz` for a load balancer) serves no `/metrics`; the
 //! admin listener serves `/metrics`, `/readyz` and `/healthz`, and nothing of the API.
 
-use crate::support::{ServerProcess, TestDb};
+use crate::support::{TestDb, spawn_server};
 use crate::sync_support::http;
 
 #[tokio::test]
 async fn metrics_are_on_the_admin_listener_only() {
     let db = TestDb::new().await;
-    let server = ServerProcess::spawn(&db.url, &[]);
+    let server = spawn_server(&db.url);
     assert_ne!(server.addr, server.admin_addr);
     let get = |url: String| async move { http().get(url).send().await.unwrap() };
     let api = |path: &str| format!("http://{}{path}", server.addr);
