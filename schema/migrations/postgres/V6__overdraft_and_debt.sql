@@ -1,4 +1,4 @@
--- tollgate central database, version 6: overdraft lines and debt for fleet users.
+-- tollgate central database, version 6: overdraft lines for fleet users, and debt.
 --
 -- * `overdraft`: a line an admin may give a fleet user. Each grant made to an agent speaking
 --   protocol 4 carries it; an agent that cannot reach the server when it needs more of the
@@ -10,14 +10,16 @@
 --   debt first, and what goes out beyond the pool becomes debt — so one of the two is always
 --   zero.
 -- * So for a fleet user: pool − debt = pool credits − grants + releases − overdrafts.
+-- * A home user owes what money Stripe returned took beyond the balance their home could still
+--   cover; their next credit repays it before the rest is sent to the home. Each operation's
+--   result says how much it booked (`debt_booked`) or repaid (`debt_repaid`).
 
 ALTER TABLE user_credits
     ADD COLUMN debt numeric(38,9) NOT NULL DEFAULT 0 CHECK (debt >= 0),
     ADD COLUMN overdraft numeric(38,9) CHECK (overdraft > 0),
     ADD CONSTRAINT user_credits_pool_or_debt CHECK (pool = 0 OR debt = 0),
-    ADD CONSTRAINT user_credits_debt_is_fleet CHECK (fleet OR debt = 0),
     ADD CONSTRAINT user_credits_overdraft_is_fleet CHECK (fleet OR overdraft IS NULL);
-COMMENT ON COLUMN user_credits.debt IS 'A fleet user''s debt: overdrafts drawn and money returned beyond the pool, less what later credit repaid. Zero whenever pool > 0.';
+COMMENT ON COLUMN user_credits.debt IS 'What the user owes: overdrafts drawn and money Stripe returned beyond their pool (fleet) or home balance, less what later credit repaid. Zero whenever pool > 0.';
 COMMENT ON COLUMN user_credits.overdraft IS 'A fleet user''s overdraft line, carried by each grant (protocol 4); NULL: none.';
 
 -- An overdraft key, like a grant's, is applied by exactly one entry.

@@ -109,10 +109,16 @@ pub struct CreditResult {
     /// A fleet user's pool after this operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<Credits>,
-    /// A fleet user's debt after this operation, when they owe any (money Stripe returned
-    /// beyond their pool, overdrafts not yet repaid).
+    /// The user's debt after this operation, when they owe any (money Stripe returned beyond
+    /// their balance or pool, overdrafts not yet repaid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debt: Option<Credits>,
+    /// A home user: the part of money returned their home could not cover, owed instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debt_booked: Option<Credits>,
+    /// A home user: the part of this credit that repaid their debt instead of reaching the home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debt_repaid: Option<Credits>,
 }
 
 /// The canonical content of an admin credit operation (its fingerprint's input).
@@ -373,12 +379,48 @@ async fn credit_in_tx(
             req.user_id
         )));
     }
+    let debt = home_debt(tx, req, agent_id).await?;
+    let Some(amount) = debt.sent else {
+        // Nothing for the home to book: money returned that its balance no longer covers, or
+        // credit that all went to repay the user's debt.
+        let result = CreditResult {
+            operation_key: req.key.to_owned(),
+            user_id: req.user_id.to_owned(),
+            kind: req.kind,
+            amount: req.amount,
+            package: None,
+            agent: None,
+            agent_id: None,
+            inbox_seq: None,
+            event_id: None,
+            pool: None,
+            debt: debt.after,
+            debt_booked: debt.booked,
+            debt_repaid: debt.repaid,
+        };
+        operation::finish(tx, req.key, None, &result).await?;
+        return Ok(Applied {
+            result,
+            replayed: false,
+            events_written: 0,
+        });
+    };
+    if amount != req.amount {
+        // What the home books is what its entry must match.
+        tx.execute(
+            "UPDATE central_operations SET amount = $2 WHERE operation_key = $1",
+            &[&req.key, &amount.to_decimal()],
+        )
+        .await?;
+    }
+    // A package is named only when its whole credit reaches the agent.
+    let package = req.package.filter(|_| amount == req.amount);
     let event = CreditEvent {
         user_id: req.user_id.to_owned(),
         kind: req.kind,
-        amount: req.amount,
+        amount,
         idempotency_key: req.key.to_owned(),
-        package: req.package.map(str::to_owned),
+        package: package.map(str::to_owned),
         note: req.note.map(str::to_owned),
         admin_user_id: req.admin_user_id.map(str::to_owned),
     };
@@ -387,20 +429,107 @@ async fn credit_in_tx(
         operation_key: req.key.to_owned(),
         user_id: req.user_id.to_owned(),
         kind: req.kind,
-        amount: req.amount,
-        package: req.package.map(str::to_owned),
+        amount,
+        package: package.map(str::to_owned),
         agent: Some(agent),
         agent_id: Some(agent_id),
         inbox_seq: Some(written.seq),
         event_id: Some(written.event_id),
         pool: None,
-        debt: None,
+        debt: debt.after,
+        debt_booked: debt.booked,
+        debt_repaid: debt.repaid,
     };
     operation::finish(tx, req.key, Some((agent_id, written.seq)), &result).await?;
     Ok(Applied {
         result,
         replayed: false,
         events_written: 1,
+    })
+}
+
+/// What a credit operation for a home user sends to the home, and what it does to their debt.
+struct HomeDebt {
+    /// The amount sent to the home agent (`None`: nothing).
+    sent: Option<Credits>,
+    booked: Option<Credits>,
+    repaid: Option<Credits>,
+    /// The user's debt after the operation, when they owe any.
+    after: Option<Credits>,
+}
+
+/// Splits a home user's credit operation (the user row is locked by the caller):
+/// - credit in pays their debt first; the rest is sent to the home;
+/// - money Stripe returned takes what the home can still cover — its balance as last pushed,
+///   with what operations already sent to it and not yet booked add or take — and the rest
+///   becomes the user's debt (the webhook never fails on it);
+/// - anything else is sent whole (an admin's negative adjustment the home cannot cover is
+///   refused by the home, and reconcile lists it).
+///
+/// The balance the server sees lags the agent's spending by a push, so a clawback sent can
+/// still find the balance spent; the home refuses it then and reconcile lists it as not applied.
+async fn home_debt(
+    tx: &Transaction<'_>,
+    req: &CreditRequest<'_>,
+    agent_id: Uuid,
+) -> Result<HomeDebt, CentralError> {
+    let row = tx
+        .query_one(
+            "SELECT u.balance, u.debt, \
+                    coalesce((SELECT sum(o.amount) FROM central_operations o \
+                              WHERE o.kind = 'credit' AND o.user_id = u.user_id \
+                                AND o.agent_id = $2 \
+                                AND o.operation_key <> $3 \
+                                AND NOT EXISTS (SELECT 1 FROM credit_transactions ct \
+                                                WHERE ct.idempotency_key = o.operation_key)), \
+                             0) AS pending \
+             FROM user_credits u WHERE u.user_id = $1",
+            &[&req.user_id, &agent_id, &req.key],
+        )
+        .await?;
+    let balance = super::credits_from_db(row.get("balance"))?;
+    let debt = super::credits_from_db(row.get("debt"))?;
+    let pending = super::credits_from_db(row.get("pending"))?;
+    let amount = req.amount;
+    let (sent, booked, repaid) = if amount.is_positive() && debt.is_positive() {
+        let repaid = amount.min(debt);
+        let rest = amount.checked_sub(repaid).unwrap_or(Credits::ZERO);
+        (rest, None, Some(repaid))
+    } else if amount.is_negative() && req.may_book_debt {
+        let wanted = amount.checked_neg().unwrap_or(Credits::MAX);
+        let coverable = balance
+            .checked_add(pending)
+            .filter(|c| c.is_positive())
+            .unwrap_or(Credits::ZERO);
+        let covered = wanted.min(coverable);
+        let owed = wanted.checked_sub(covered).unwrap_or(Credits::ZERO);
+        (
+            covered.checked_neg().unwrap_or(Credits::ZERO),
+            Some(owed).filter(|o| o.is_positive()),
+            None,
+        )
+    } else {
+        (amount, None, None)
+    };
+    let after = debt
+        .checked_add(booked.unwrap_or(Credits::ZERO))
+        .and_then(|d| d.checked_sub(repaid.unwrap_or(Credits::ZERO)))
+        .ok_or_else(|| CentralError::invalid("amount", "the user's debt would leave the range"))?;
+    if after != debt {
+        tx.execute(
+            "UPDATE user_credits SET debt = $2 WHERE user_id = $1",
+            &[&req.user_id, &after.to_decimal()],
+        )
+        .await?;
+        if booked.is_some() {
+            tracing::warn!(user = req.user_id, key = req.key, debt = %after, "money returned beyond a home user's balance is booked as their debt");
+        }
+    }
+    Ok(HomeDebt {
+        sent: Some(sent).filter(|s| *s != Credits::ZERO),
+        booked,
+        repaid,
+        after: Some(after).filter(|d| d.is_positive()),
     })
 }
 
@@ -462,6 +591,8 @@ async fn pool_credit(
         event_id: None,
         pool: Some(super::credits_from_db(pool)?),
         debt: Some(super::credits_from_db(debt)?).filter(|d| d.is_positive()),
+        debt_booked: None,
+        debt_repaid: None,
     };
     operation::finish(tx, req.key, None, &result).await?;
     Ok(Applied {

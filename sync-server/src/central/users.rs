@@ -388,6 +388,20 @@ async fn convert_to_fleet(
              return their balance to a pool"
         )));
     }
+    let debt: Decimal = tx
+        .query_one(
+            "SELECT debt FROM user_credits WHERE user_id = $1",
+            &[&user_id],
+        )
+        .await?
+        .get("debt");
+    if debt > Decimal::ZERO {
+        return Err(CentralError::Refused(format!(
+            "user {user_id:?} owes {} credits (money returned beyond their balance); their next \
+             credit repays it — make them a fleet user once it is repaid",
+            debt.normalize()
+        )));
+    }
     if protocol < super::fleet::FLEET_PROTOCOL {
         return Err(CentralError::Refused(format!(
             "user {user_id:?}'s home agent {home_name:?} speaks sync protocol {protocol}; it must \

@@ -585,6 +585,50 @@ pub(super) async fn orphan_central_keys(
     Ok(())
 }
 
+/// Home users' debt: what their operations booked as owed less what later credit repaid.
+pub(super) async fn home_debts(
+    tx: &Transaction<'_>,
+    out: &mut Collector,
+) -> Result<(), CentralError> {
+    let rows = tx
+        .query(
+            "WITH ops AS ( \
+                 SELECT o.user_id, \
+                        coalesce(sum((o.result->>'debt_booked')::numeric), 0) AS booked, \
+                        coalesce(sum((o.result->>'debt_repaid')::numeric), 0) AS repaid \
+                 FROM central_operations o JOIN user_credits u ON u.user_id = o.user_id \
+                 WHERE NOT u.fleet AND o.kind = 'credit' GROUP BY o.user_id \
+             ) \
+             SELECT u.user_id, u.debt, coalesce(ops.booked, 0) AS booked, \
+                    coalesce(ops.repaid, 0) AS repaid \
+             FROM user_credits u LEFT JOIN ops ON ops.user_id = u.user_id \
+             WHERE NOT u.fleet \
+               AND u.debt <> coalesce(ops.booked, 0) - coalesce(ops.repaid, 0) \
+             ORDER BY u.user_id LIMIT $1",
+            &[&limit()],
+        )
+        .await?;
+    for r in rows {
+        let user: String = r.get("user_id");
+        let debt: Decimal = r.get("debt");
+        let booked: Decimal = r.get("booked");
+        let repaid: Decimal = r.get("repaid");
+        out.push(
+            kind::DEBT,
+            Some(&user),
+            None,
+            format!(
+                "debt {} ≠ booked {} − repaid {} = {}",
+                show(debt),
+                show(booked),
+                show(repaid),
+                show(booked - repaid)
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// Fleet users: each position (pool − debt) equals its credits less its grants plus the releases
 /// less the overdrafts booked; what each
 /// agent holds of a user (`escrow_holdings`) equals the sum of that agent's entries for them and
