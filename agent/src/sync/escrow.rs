@@ -52,8 +52,8 @@ pub const VALIDITY_REFRESH: Duration = Duration::from_secs(20);
 /// After an empty pool or a failed request, wait this long before asking for that user again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// What the gateway saw users ask for, shared with the escrow task; and whether that task can
-/// reach the server (so a refusal can say why).
+/// What the gateway saw users ask for, shared with the escrow task; and whether the sync task
+/// can reach the server (its grant requests and long polls say so), so a refusal can say why.
 #[derive(Debug, Default)]
 pub struct Demand {
     users: Mutex<HashMap<String, Seen>>,
@@ -112,7 +112,7 @@ impl Demand {
         self.wake.notified().await;
     }
 
-    /// Since when the escrow task has not reached the server (no answer, or a 5xx) — `None`
+    /// Since when the sync task has not reached the server (no answer, or a 5xx) — `None`
     /// while its last request was answered.
     pub fn unreachable_for(&self) -> Option<Duration> {
         self.unreachable_since
