@@ -516,9 +516,17 @@ async fn home_debt(
         .and_then(|d| d.checked_sub(repaid.unwrap_or(Credits::ZERO)))
         .ok_or_else(|| CentralError::invalid("amount", "the user's debt would leave the range"))?;
     if after != debt {
+        // A purchase that repays debt was still bought: its repaid part counts as purchased
+        // here (the part sent counts when the home's entry arrives).
+        let purchased = match (req.kind, repaid) {
+            (CreditEventKind::Purchase, Some(r)) => r,
+            _ => Credits::ZERO,
+        };
         tx.execute(
-            "UPDATE user_credits SET debt = $2 WHERE user_id = $1",
-            &[&req.user_id, &after.to_decimal()],
+            "UPDATE user_credits SET debt = $2, \
+                 lifetime_credits_purchased = lifetime_credits_purchased + $3 \
+             WHERE user_id = $1",
+            &[&req.user_id, &after.to_decimal(), &purchased.to_decimal()],
         )
         .await?;
         if booked.is_some() {

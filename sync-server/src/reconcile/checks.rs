@@ -90,8 +90,12 @@ pub(super) async fn users(
                  JOIN agent_streams s ON s.agent_id = ct.agent_id AND s.incarnation = ct.incarnation \
                  ORDER BY ct.user_id, s.created_at DESC, ct.incarnation DESC, ct.seq DESC \
              ), pool_purchases AS ( \
-                 SELECT user_id, sum(amount) AS purchased FROM central_operations \
-                 WHERE kind = 'credit' AND agent_id IS NULL AND result->>'kind' = 'purchase' \
+                 SELECT user_id, \
+                        coalesce(sum(amount) FILTER (WHERE agent_id IS NULL \
+                                                     AND result->>'debt_repaid' IS NULL), 0) \
+                        + coalesce(sum((result->>'debt_repaid')::numeric), 0) AS purchased \
+                 FROM central_operations \
+                 WHERE kind = 'credit' AND result->>'kind' = 'purchase' \
                  GROUP BY user_id \
              ) \
              SELECT u.user_id, u.balance, u.lifetime_credits_purchased, u.fleet, \

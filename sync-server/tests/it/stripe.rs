@@ -1137,4 +1137,23 @@ async fn money_returned_beyond_a_home_users_balance_becomes_debt_that_their_next
         .await;
     assert_eq!(status, 409, "{refused}");
     assert!(refused.to_string().contains("owes 500"), "{refused}");
+    // A purchase that all goes to the debt reaches no agent, and still counts as bought.
+    let third = shop.checkout("Value Pack").await;
+    let before = shop.credit_events().await.len();
+    assert_eq!(
+        outcome_of(&shop, &paid_with_intent("evt_p3", &third, "pi_3")).await,
+        "granted"
+    );
+    assert_eq!(shop.credit_events().await.len(), before);
+    reconciled(&shop).await;
+    let (_, user) = shop.api.get("/admin/v1/users/alice").await;
+    assert_eq!(
+        (
+            user["balance"].as_str(),
+            user.get("debt"),
+            user["lifetime_credits_purchased"].as_str()
+        ),
+        (Some("0"), None, Some("1500")),
+        "{user}"
+    );
 }
