@@ -28,12 +28,13 @@ pub mod sqlite {
     //! (`V5__served_responses.sql`); 6 — API keys made centrally (`V6__central_api_keys.sql`);
     //! 7 — escrow for fleet users: the `escrow` entry type and lot kind, fleet users and their
     //! grants' validity (`V7__escrow.sql`); 8 — a fleet user's overdraft line, carried by their
-    //! newest grant until drawn (`V8__overdraft.sql`).
+    //! newest grant until drawn (`V8__overdraft.sql`); 9 — the threshold alerts raised, once per
+    //! user, kind, threshold and billing period (`V9__alerts_sent.sql`).
 
     refinery::embed_migrations!("migrations/sqlite");
 
     /// The newest migration version embedded in this build.
-    pub const LATEST_VERSION: i32 = 8;
+    pub const LATEST_VERSION: i32 = 9;
 
     /// refinery's history table, which records the applied versions.
     pub const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -901,6 +901,7 @@ impl Model {
                 entry: u.entry.clone(),
                 charged: cr(u.charged),
                 overage: cr(u.overage),
+                quota: None,
             })));
         };
         if hold.user != name {
