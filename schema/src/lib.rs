@@ -61,12 +61,13 @@ pub mod postgres {
     //! centrally and each agent's protocol version (`V3__central_api_keys.sql`); 4 — Stripe
     //! refunds and disputes take credit back (`V4__stripe_refunds_and_disputes.sql`); 5 — escrow
     //! for fleet users: pools, grants and releases (`V5__escrow.sql`); 6 — overdraft lines and
-    //! debt for fleet users (`V6__overdraft_and_debt.sql`).
+    //! debt for fleet users (`V6__overdraft_and_debt.sql`); 7 — threshold alerts for fleet users,
+    //! an outbox the alert task sends from (`V7__user_alerts.sql`).
 
     refinery::embed_migrations!("migrations/postgres");
 
     /// The newest migration version embedded in this build.
-    pub const LATEST_VERSION: i32 = 6;
+    pub const LATEST_VERSION: i32 = 7;
 
     #[cfg(test)]
     mod tests {

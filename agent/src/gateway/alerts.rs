@@ -97,7 +97,11 @@ impl Alert {
                 allowance,
             } => {
                 body["threshold"] = json!(percent.to_string());
-                body["value"] = json!(quota_usage_percent(*used, *allowance).to_string());
+                body["value"] = json!(
+                    quota_usage_percent(*used, *allowance)
+                        .normalize()
+                        .to_string()
+                );
                 body["used"] = json!(used.to_string());
                 body["allowance"] = json!(allowance.to_string());
             }
