@@ -446,8 +446,8 @@ async fn the_server_alerts_a_fleet_user_once_per_threshold() {
     );
 
     // More usage in the same period: no new alert is even recorded.
-    for n in 0..2 {
-        served(&http, &gateways[n].1, &key).await;
+    for (_, url) in &gateways {
+        served(&http, url, &key).await;
     }
     push_all().await;
     let rows: i64 = pg
