@@ -28,12 +28,13 @@ pub mod sqlite {
     //! (`V5__served_responses.sql`); 6 — API keys made centrally (`V6__central_api_keys.sql`);
     //! 7 — escrow for fleet users: the `escrow` entry type and lot kind, fleet users and their
     //! grants' validity (`V7__escrow.sql`); 8 — a fleet user's overdraft line, carried by their
-    //! newest grant until drawn (`V8__overdraft.sql`).
+    //! newest grant until drawn (`V8__overdraft.sql`); 9 — the threshold alerts raised, once per
+    //! user, kind, threshold and billing period (`V9__alerts_sent.sql`).
 
     refinery::embed_migrations!("migrations/sqlite");
 
     /// The newest migration version embedded in this build.
-    pub const LATEST_VERSION: i32 = 8;
+    pub const LATEST_VERSION: i32 = 9;
 
     /// refinery's history table, which records the applied versions.
     pub const HISTORY_TABLE: &str = "refinery_schema_history";
@@ -60,12 +61,13 @@ pub mod postgres {
     //! centrally and each agent's protocol version (`V3__central_api_keys.sql`); 4 — Stripe
     //! refunds and disputes take credit back (`V4__stripe_refunds_and_disputes.sql`); 5 — escrow
     //! for fleet users: pools, grants and releases (`V5__escrow.sql`); 6 — overdraft lines and
-    //! debt for fleet users (`V6__overdraft_and_debt.sql`).
+    //! debt for fleet users (`V6__overdraft_and_debt.sql`); 7 — threshold alerts for fleet users,
+    //! an outbox the alert task sends from (`V7__user_alerts.sql`).
 
     refinery::embed_migrations!("migrations/postgres");
 
     /// The newest migration version embedded in this build.
-    pub const LATEST_VERSION: i32 = 6;
+    pub const LATEST_VERSION: i32 = 7;
 
     #[cfg(test)]
     mod tests {

@@ -45,6 +45,132 @@ pub struct ServerConfig {
     pub long_poll_max: Duration,
     /// The limits every connection and request lives under.
     pub limits: Limits,
+    /// Fleet users' threshold alerts; `None` when no webhook is configured.
+    pub alerts: Option<AlertsConfig>,
+}
+
+/// Most allowance thresholds one may configure.
+pub const ALLOWANCE_THRESHOLDS_MAX: usize = 16;
+
+/// Fleet users' threshold alerts (`TOLLGATE_SERVER_ALERT_*`; see `crate::alerts`).
+#[derive(Clone)]
+pub struct AlertsConfig {
+    /// `TOLLGATE_SERVER_ALERT_WEBHOOK_URL` (may hold a secret: never printed).
+    pub webhook_url: Zeroizing<String>,
+    /// `TOLLGATE_SERVER_ALERT_ALLOWANCE_THRESHOLDS`: percentages, comma-separated (`none`: off).
+    pub allowance_thresholds: Vec<u32>,
+    /// `TOLLGATE_SERVER_ALERT_LOW_BALANCE`: credits; unset: off.
+    pub low_balance_threshold: Option<tollgate_schema::money::Credits>,
+    /// `TOLLGATE_SERVER_ALERT_ATTEMPTS_MAX`.
+    pub attempts_max: u32,
+    /// `TOLLGATE_SERVER_ALERT_BACKOFF_INITIAL_MS`: the first retry's delay, doubling after.
+    pub backoff_initial: Duration,
+    /// `TOLLGATE_SERVER_ALERT_POLL_MS`: how often each replica looks for alerts to send.
+    pub poll_interval: Duration,
+}
+
+impl fmt::Debug for AlertsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlertsConfig")
+            .field("webhook_url", &"<redacted>")
+            .field("allowance_thresholds", &self.allowance_thresholds)
+            .field("low_balance_threshold", &self.low_balance_threshold)
+            .field("attempts_max", &self.attempts_max)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
+}
+
+impl AlertsConfig {
+    /// From the environment; `None` without `TOLLGATE_SERVER_ALERT_WEBHOOK_URL`.
+    fn load(env: EnvReader<'_>) -> anyhow::Result<Option<AlertsConfig>> {
+        let Some(url) = env("TOLLGATE_SERVER_ALERT_WEBHOOK_URL") else {
+            return Ok(None);
+        };
+        let url = Zeroizing::new(url);
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(anyhow!(
+                "TOLLGATE_SERVER_ALERT_WEBHOOK_URL is not an http:// or https:// URL"
+            ));
+        }
+        let allowance_thresholds = match env("TOLLGATE_SERVER_ALERT_ALLOWANCE_THRESHOLDS") {
+            None => vec![50, 80, 100],
+            Some(text) if text.trim() == "none" => Vec::new(),
+            Some(text) => {
+                let parsed: Option<Vec<u32>> = text
+                    .split(',')
+                    .map(|p| {
+                        p.trim()
+                            .parse::<u32>()
+                            .ok()
+                            .filter(|p| (1..=1_000).contains(p))
+                    })
+                    .collect();
+                let list = parsed.filter(|l| {
+                    l.len() <= ALLOWANCE_THRESHOLDS_MAX && l.windows(2).all(|w| w[0] < w[1])
+                });
+                list.ok_or_else(|| {
+                    anyhow!(
+                        "TOLLGATE_SERVER_ALERT_ALLOWANCE_THRESHOLDS {text:?} is not a list of \
+                         percentages from 1 to 1000, increasing, at most \
+                         {ALLOWANCE_THRESHOLDS_MAX} (like 50,80,100), or none"
+                    )
+                })?
+            }
+        };
+        let low_balance_threshold = match env("TOLLGATE_SERVER_ALERT_LOW_BALANCE") {
+            None => None,
+            Some(text) => Some(
+                text.parse::<tollgate_schema::money::Credits>()
+                    .ok()
+                    .filter(|c| c.is_positive())
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "TOLLGATE_SERVER_ALERT_LOW_BALANCE {text:?} is not a positive amount \
+                             of credits"
+                        )
+                    })?,
+            ),
+        };
+        if allowance_thresholds.is_empty() && low_balance_threshold.is_none() {
+            return Err(anyhow!(
+                "TOLLGATE_SERVER_ALERT_WEBHOOK_URL is set but nothing would be sent: set \
+                 TOLLGATE_SERVER_ALERT_LOW_BALANCE or allowance thresholds"
+            ));
+        }
+        let number =
+            |name: &str, default: u64, range: std::ops::RangeInclusive<u64>| match env(name) {
+                None => Ok(default),
+                Some(text) => text
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| range.contains(n))
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "{name} {text:?} is not a number from {} to {}",
+                            range.start(),
+                            range.end()
+                        )
+                    }),
+            };
+        Ok(Some(AlertsConfig {
+            webhook_url: url,
+            allowance_thresholds,
+            low_balance_threshold,
+            attempts_max: u32::try_from(number("TOLLGATE_SERVER_ALERT_ATTEMPTS_MAX", 6, 1..=100)?)?,
+            backoff_initial: Duration::from_millis(number(
+                "TOLLGATE_SERVER_ALERT_BACKOFF_INITIAL_MS",
+                500,
+                1..=3_600_000,
+            )?),
+            poll_interval: Duration::from_millis(number(
+                "TOLLGATE_SERVER_ALERT_POLL_MS",
+                1_000,
+                10..=600_000,
+            )?),
+        }))
+    }
 }
 
 /// The limits every connection and request lives under (`TOLLGATE_SERVER_*`).
@@ -152,6 +278,7 @@ impl fmt::Debug for ServerConfig {
             .field("stripe", &self.stripe)
             .field("long_poll_max", &self.long_poll_max)
             .field("limits", &self.limits)
+            .field("alerts", &self.alerts)
             .finish()
     }
 }
@@ -254,6 +381,7 @@ impl ServerConfig {
             stripe,
             long_poll_max: Duration::from_millis(tollgate_schema::wire::LONG_POLL_MAX_MS),
             limits: Limits::load(env)?,
+            alerts: AlertsConfig::load(env)?,
         })
     }
 }
@@ -264,6 +392,69 @@ mod tests {
 
     fn config() -> ServerConfig {
         ServerConfig::load(Some("postgres://h/db".into()), None, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn alerts_are_off_without_a_webhook_and_bad_values_name_the_setting() {
+        assert!(config().alerts.is_none());
+        let with = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            ServerConfig::load(Some("postgres://h/db".into()), None, &move |name| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            })
+        };
+        let url = (
+            "TOLLGATE_SERVER_ALERT_WEBHOOK_URL",
+            "http://hooks/secret-path",
+        );
+        let on = with(&[url]).unwrap();
+        let alerts = on.alerts.as_ref().unwrap();
+        assert_eq!(alerts.allowance_thresholds, [50, 80, 100]);
+        assert_eq!(alerts.low_balance_threshold, None);
+        assert!(
+            !format!("{on:?}").contains("secret-path"),
+            "the URL is redacted"
+        );
+        let set = with(&[
+            url,
+            ("TOLLGATE_SERVER_ALERT_ALLOWANCE_THRESHOLDS", "75, 90"),
+            ("TOLLGATE_SERVER_ALERT_LOW_BALANCE", "2.5"),
+        ])
+        .unwrap();
+        let alerts = set.alerts.unwrap();
+        assert_eq!(alerts.allowance_thresholds, [75, 90]);
+        assert_eq!(alerts.low_balance_threshold.unwrap().to_string(), "2.5");
+        for (bad, says) in [
+            (
+                ("TOLLGATE_SERVER_ALERT_ALLOWANCE_THRESHOLDS", "80,50"),
+                "increasing",
+            ),
+            (
+                ("TOLLGATE_SERVER_ALERT_ALLOWANCE_THRESHOLDS", "0"),
+                "from 1 to 1000",
+            ),
+            (
+                ("TOLLGATE_SERVER_ALERT_ALLOWANCE_THRESHOLDS", "none"),
+                "nothing would be sent",
+            ),
+            (
+                ("TOLLGATE_SERVER_ALERT_LOW_BALANCE", "-1"),
+                "positive amount",
+            ),
+            (("TOLLGATE_SERVER_ALERT_ATTEMPTS_MAX", "0"), "from 1 to 100"),
+        ] {
+            let err = with(&[url, bad]).unwrap_err().to_string();
+            assert!(err.contains(bad.0) || err.contains("WEBHOOK_URL"), "{err}");
+            assert!(err.contains(says), "{err}");
+        }
+        let err = with(&[("TOLLGATE_SERVER_ALERT_WEBHOOK_URL", "ftp://x")]).unwrap_err();
+        assert!(err.to_string().contains("not an http"), "{err}");
     }
 
     #[test]

@@ -14,8 +14,10 @@
 //! - [`central`]: central operations (credit, users, catalog) → inbox events, idempotent;
 //! - [`reconcile`]: recompute and compare the books;
 //! - [`stripe`]: Checkout Sessions and the signed webhook;
+//! - [`alerts`]: fleet users' threshold alerts (raised by ingest, sent by a task);
 //! - [`tokens`]: secrets (credentials, enrolment and admin tokens): generation and hashing.
 
+pub mod alerts;
 pub mod central;
 pub mod cli;
 pub mod commands;

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub long_polls_waiting: Gauge,
     /// Stripe webhook deliveries by outcome (granted, duplicate, ignored, bad_signature, ...).
     pub stripe_events: Family<OutcomeLabels, Counter>,
+    /// Fleet users' threshold alert attempts by outcome: sent, retried, dropped.
+    pub alerts: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -99,8 +101,15 @@ impl Metrics {
             "Stripe webhook deliveries by outcome",
             stripe_events.clone(),
         );
+        let alerts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "alerts",
+            "Threshold alert attempts for fleet users by outcome (sent, retried, dropped)",
+            alerts.clone(),
+        );
         Metrics {
             registry,
+            alerts,
             requests,
             entries_ingested,
             pushes,

@@ -29,6 +29,8 @@ pub const ENV_ADMIN_LISTEN: &str = "TOLLGATE_ADMIN_LISTEN";
 pub const ENV_UPSTREAM: &str = "TOLLGATE_UPSTREAM";
 pub const ENV_UPSTREAM_KEY: &str = "TOLLGATE_UPSTREAM_KEY";
 pub const ENV_ALERT_WEBHOOK: &str = "TOLLGATE_ALERT_WEBHOOK_URL";
+/// Most allowance thresholds one may configure.
+pub const ALLOWANCE_THRESHOLDS_MAX: usize = 16;
 pub const ENV_LOG: &str = "TOLLGATE_LOG";
 pub const ENV_LOG_FORMAT: &str = "TOLLGATE_LOG_FORMAT";
 
@@ -165,8 +167,11 @@ pub struct ProviderConfig {
 pub struct AlertsConfig {
     /// Where low-balance alerts are POSTed (none: no alerts).
     pub webhook_url: Option<String>,
-    /// A user's balance crossing below this (in credits) sends one alert.
+    /// A user's balance falling below this (in credits) sends one alert per billing period.
     pub low_balance_threshold: Option<Credits>,
+    /// Percentages of the monthly allowance (1 to 1,000) whose use sends one alert each per
+    /// billing period (users with an allowance only); empty: none.
+    pub allowance_thresholds: Vec<u32>,
     /// Attempts per alert before it is dropped (logged).
     pub attempts_max: u32,
     /// First retry delay; each next one doubles.
@@ -246,6 +251,7 @@ impl Default for AlertsConfig {
         AlertsConfig {
             webhook_url: None,
             low_balance_threshold: None,
+            allowance_thresholds: vec![50, 80, 100],
             attempts_max: 6,
             backoff_initial_ms: 500,
             queue_max: 1_000,
@@ -424,12 +430,33 @@ impl GatewayConfig {
         }
         if let Some(url) = &self.alerts.webhook_url {
             check_url("alerts.webhook_url", url)?;
-            if self.alerts.low_balance_threshold.is_none() {
+            if self.alerts.low_balance_threshold.is_none()
+                && self.alerts.allowance_thresholds.is_empty()
+            {
                 return Err(invalid(
                     "alerts.low_balance_threshold",
-                    "a webhook needs a threshold to alert at",
+                    "a webhook needs a threshold to alert at (this, or alerts.allowance_thresholds)",
                 ));
             }
+        }
+        let thresholds = &self.alerts.allowance_thresholds;
+        if thresholds.len() > ALLOWANCE_THRESHOLDS_MAX {
+            return Err(invalid(
+                "alerts.allowance_thresholds",
+                format!("at most {ALLOWANCE_THRESHOLDS_MAX} thresholds"),
+            ));
+        }
+        if let Some(t) = thresholds.iter().find(|t| !(1..=1_000).contains(*t)) {
+            return Err(invalid(
+                "alerts.allowance_thresholds",
+                format!("{t} is not a percentage from 1 to 1000"),
+            ));
+        }
+        if thresholds.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(invalid(
+                "alerts.allowance_thresholds",
+                "list each percentage once, in increasing order",
+            ));
         }
         if let Some(t) = self.alerts.low_balance_threshold
             && !t.is_positive()
@@ -779,8 +806,16 @@ mod tests {
                 "pricing.tier_markup.gold",
             ),
             (
-                "[alerts]\nwebhook_url = \"http://h/x\"",
+                "[alerts]\nwebhook_url = \"http://h/x\"\nallowance_thresholds = []",
                 "alerts.low_balance_threshold",
+            ),
+            (
+                "[alerts]\nallowance_thresholds = [0, 50]",
+                "alerts.allowance_thresholds: 0 is not a percentage",
+            ),
+            (
+                "[alerts]\nallowance_thresholds = [80, 50]",
+                "alerts.allowance_thresholds: list each percentage once",
             ),
             ("[limits]\nbody_bytes_max = 0", "limits.body_bytes_max"),
             ("[log]\nformat = \"xml\"", "log.format"),

@@ -109,7 +109,7 @@ impl Metrics {
         let alerts_dropped = Counter::default();
         registry.register(
             "alerts_dropped",
-            "Low-balance alerts dropped (queue full or every attempt failed)",
+            "Threshold alerts dropped (queue full or every attempt failed)",
             alerts_dropped.clone(),
         );
         Metrics {

@@ -16,7 +16,7 @@
 //! hold as a value, admission), [`exchange`] (an admitted request and how it ends),
 //! [`upstream`] (forwarding), [`usage`] and [`sse`] (reading answers and streams, pure),
 //! [`proxy`] (the request path), [`answer`] (a JSON answer), [`stream`] (the metered SSE
-//! body), [`count`] (Anthropic's free token count), [`models`] (the model list), [`health`] (latency and provider health), [`alerts`] (low-balance webhooks),
+//! body), [`count`] (Anthropic's free token count), [`models`] (the model list), [`health`] (latency and provider health), [`alerts`] (threshold webhooks),
 //! [`metrics`] (Prometheus).
 //!
 //! Guarantees: no route forwards anything unmetered (unknown routes get a 404 in OpenAI's
@@ -247,7 +247,12 @@ pub async fn serve(
         .connect_timeout(config.connect_timeout())
         .pool_idle_timeout(Duration::from_secs(90))
         .build()?;
-    let alerts = alerts::start(&config.alerts, http.clone(), metrics.clone());
+    let alerts = alerts::start(
+        &config.alerts,
+        http.clone(),
+        metrics.clone(),
+        writer.clone(),
+    );
     let gateway = Arc::new(Gateway {
         auth_cache: auth::AuthCache::new(config.auth_cache_ttl()),
         admission: money::Admission::new(config.admission_wait()),

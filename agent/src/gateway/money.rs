@@ -262,7 +262,7 @@ impl Ticket {
         let settled = match receipt {
             Receipt::Settle(s) => match s.entry {
                 Some(entry) => {
-                    after_charge(&inner, entry.balance_after, s.charged);
+                    after_charge(&inner, entry.balance_after, s.charged, s.quota.as_ref());
                     Settled {
                         charged: s.charged,
                         balance: entry.balance_after,
@@ -433,25 +433,28 @@ async fn balance(inner: &Inner) -> Credits {
         .unwrap_or(Credits::ZERO)
 }
 
-/// Counts the charge and sends a low-balance alert if this charge crossed the threshold.
-fn after_charge(inner: &Inner, balance_after: Credits, charged: Credits) {
+/// Counts the charge and queues the threshold alerts it crossed (see `alerts`).
+fn after_charge(
+    inner: &Inner,
+    balance_after: Credits,
+    charged: Credits,
+    quota: Option<&crate::ledger::QuotaState>,
+) {
     let gw = &inner.gw;
     gw.metrics
         .credits_charged_nanos
         .inc_by(u64::try_from(charged.nanos()).unwrap_or(0));
-    let Some(threshold) = gw.config.alerts.low_balance_threshold else {
+    let (Some(alerts), Some(quota)) = (&gw.alerts, quota) else {
         return;
     };
-    let before = balance_after.checked_add(charged).unwrap_or(Credits::MAX);
-    if before >= threshold
-        && balance_after < threshold
-        && let Some(alerts) = &gw.alerts
-    {
-        alerts.send(super::alerts::Alert {
-            user_id: inner.user_id.clone(),
-            balance: balance_after,
-            threshold,
-            request_id: inner.request_id.clone(),
-        });
+    for alert in super::alerts::crossed(
+        &gw.config.alerts,
+        &inner.user_id,
+        &inner.request_id,
+        charged,
+        balance_after,
+        quota,
+    ) {
+        alerts.send(alert);
     }
 }

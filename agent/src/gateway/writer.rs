@@ -7,7 +7,8 @@
 //! synchronous=FULL), except a batch of holds only, which is fsync'd with the next settle's
 //! commit (`Ledger::apply_with`); an operation's result is its own (the ledger isolates failures within a
 //! batch); a full queue is refused at once ([`WriterError::Overloaded`]) instead of growing;
-//! reads (`read`) run on the same thread between batches, never inside a write transaction.
+//! reads (`read`) run on the same thread between batches, never inside a write transaction (the
+//! alert task's claims run there too: one small write each, a few per user and month).
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -26,8 +26,8 @@ use super::rules;
 use super::session::{Session, UserRow};
 use super::sql;
 use super::types::{
-    EntryReceipt, EntryType, HoldReceipt, HoldRequest, HoldStatus, Release, ReleaseReceipt, Settle,
-    SettleReceipt, UsageRecord,
+    EntryReceipt, EntryType, HoldReceipt, HoldRequest, HoldStatus, QuotaState, Release,
+    ReleaseReceipt, Settle, SettleReceipt, UsageRecord,
 };
 
 /// Open holds one user may have at once: more means a runaway client or a leak.
@@ -247,12 +247,20 @@ impl Session<'_> {
         };
         self.insert_usage(&req.request_id, &user.user_id, &req.usage, charged, overage)?;
         self.save_user(&mut user)?;
+        let quota = QuotaState {
+            used_this_month: user.used_this_month,
+            monthly_allowance: user.monthly_allowance,
+            cycle_start: user.cycle_start.clone(),
+            cycle_end: user.cycle_end.clone(),
+            fleet: user.fleet,
+        };
         Ok(SettleReceipt {
             request_id: req.request_id.clone(),
             user_id: user.user_id,
             entry,
             charged,
             overage,
+            quota: Some(quota),
         })
     }
 
@@ -386,6 +394,7 @@ impl Session<'_> {
             entry,
             charged,
             overage,
+            quota: None,
         })
     }
 

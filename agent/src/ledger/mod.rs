@@ -18,6 +18,7 @@
 //! head (forward only, never past the local head); [`inbox`] applies the server's events, each
 //! with its inbox cursor in one transaction.
 
+pub mod alerts;
 pub mod api_keys;
 pub mod catalog;
 pub mod clock;

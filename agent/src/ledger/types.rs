@@ -282,6 +282,23 @@ pub struct SettleReceipt {
     pub charged: Credits,
     /// Metered cost the hold could not cover, booked on the usage row, not charged.
     pub overage: Credits,
+    /// Where the user stands after this charge, for threshold alerts; `None` on a replayed
+    /// settle (the first one already reported it).
+    #[serde(skip)]
+    pub quota: Option<QuotaState>,
+}
+
+/// A user's billing-cycle counters after a charge (what threshold alerts are judged on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaState {
+    /// Usage in the current cycle, this charge included.
+    pub used_this_month: Credits,
+    pub monthly_allowance: Credits,
+    /// The current billing cycle, `[cycle_start, cycle_end)`, as stored (RFC 3339).
+    pub cycle_start: String,
+    pub cycle_end: String,
+    /// A fleet user: their thresholds are the server's, not an agent's.
+    pub fleet: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

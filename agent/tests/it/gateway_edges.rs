@@ -278,11 +278,15 @@ async fn webhook() -> Webhook {
 }
 
 #[tokio::test]
-async fn a_low_balance_alert_is_sent_once_per_crossing_and_retried() {
+async fn a_low_balance_alert_is_sent_once_per_period_and_retried() {
     let mut hook = webhook().await;
     let url = hook.url.clone();
     let (gw, keys) = Gateway::start(
-        &[User::new("alice", "10"), User::new("bob", "10")],
+        &[
+            User::new("alice", "10"),
+            User::new("bob", "10"),
+            User::new("carol", "10"),
+        ],
         |config| {
             config.alerts.webhook_url = Some(url);
             config.alerts.low_balance_threshold = Some(c("9.99995"));
@@ -319,19 +323,35 @@ async fn a_low_balance_alert_is_sent_once_per_crossing_and_retried() {
     assert_eq!(bodies[0]["event"], "low_balance");
     assert_eq!(bodies[0]["balance"], "9.999901");
     assert_eq!(bodies[0]["threshold"], "9.99995");
-    // Topped up above the threshold, alice crosses again on her next charge: a new alert.
+    // Topped up above the threshold, alice crosses again on her next charge, in the same
+    // billing period: no second alert. carol crosses after her; once carol's alert is in, a
+    // second one of alice's would have been too.
     gw.ledger()
         .add_credits(AddCredits::new("alice", c("0.0003"), CreditKind::Bonus))
         .unwrap();
-    gw.chat(&keys[0], chat_body("gpt-4o-mini", "hello there"))
+    let r = gw
+        .chat(&keys[0], chat_body("gpt-4o-mini", "hello there"))
         .await;
+    assert_eq!(r.status(), 200);
+    assert!(gw.balance("alice") < c("9.99995"), "alice crossed again");
+    let r = gw
+        .chat(&keys[2], chat_body("gpt-4o-mini", "hello there"))
+        .await;
+    assert_eq!(r.status(), 200);
     tokio::time::timeout(
         Duration::from_secs(10),
         hook.delivered.wait_for(|d| *d >= 3),
     )
     .await
-    .expect("the second crossing was not alerted")
+    .expect("carol's alert was not delivered")
     .unwrap();
+    let bodies = hook.bodies.lock().unwrap().clone();
+    let users: Vec<&str> = bodies
+        .iter()
+        .map(|b| b["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["alice", "alice", "bob", "carol"]);
+    assert_eq!(gw.ledger().alerts_claimed("alice").unwrap().len(), 1);
     gw.stop().await;
 }
 

@@ -901,6 +901,7 @@ impl Model {
                 entry: u.entry.clone(),
                 charged: cr(u.charged),
                 overage: cr(u.overage),
+                quota: None,
             })));
         };
         if hold.user != name {
@@ -2873,7 +2874,25 @@ fn late_settle_after_the_hold_expired_charges_at_most_the_hold_and_what_is_left(
         panic!("not a settle")
     };
     assert_eq!((s.charged, s.overage), (credits(50), credits(30)));
-    assert_eq!(h.ok(settle("u0", "r1", 80)), first);
+    // A replay answers the same receipt, but for the user's cycle counters (`quota`, what
+    // threshold alerts read): the first settle raised its alerts, a replay raises none.
+    let without_quota = |r: Receipt| match r {
+        Receipt::Settle(mut s) => {
+            s.quota = None;
+            Receipt::Settle(s)
+        }
+        other => other,
+    };
+    let replay = h.ok(settle("u0", "r1", 80));
+    let Receipt::Settle(r) = &replay else {
+        panic!("not a settle")
+    };
+    assert!(r.quota.is_none(), "a replay reports no quota");
+    assert!(
+        s.quota.is_some(),
+        "the first settle reports the cycle's counters"
+    );
+    assert_eq!(without_quota(replay), without_quota(first.clone()));
     assert!(matches!(
         h.run(settle("u0", "r1", 70)),
         Err(LedgerError::SettleConflict { .. })

@@ -326,6 +326,7 @@ fn a_version_1_database_upgrades_and_keeps_its_books() {
          ALTER TABLE user_credits DROP COLUMN escrow_valid_until;
          ALTER TABLE user_credits DROP COLUMN fleet;
          ALTER TABLE api_keys DROP COLUMN origin;
+         DROP TABLE alerts_sent;
          DROP TABLE served_responses; DROP TABLE inbox_events; DROP TABLE sync_state;
          DROP TABLE price_aliases;
          DROP TABLE model_prices; DROP TABLE price_tables;

@@ -1,5 +1,5 @@
 //! `tollgate-server serve`: check the schema, bind the API and admin listeners, and serve both
-//! until Ctrl-C or SIGTERM. Two plain lines on stdout name the bound addresses, the API's first
+//! until Ctrl-C or SIGTERM (with the alert task, when a webhook is configured). Two plain lines on stdout name the bound addresses, the API's first
 //! (`tollgate-server listening on ADDR`, then `tollgate-server admin listening on ADDR`).
 
 use std::process::ExitCode;
@@ -42,6 +42,15 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<ExitCode> {
         admin,
         until_stopped(stopped.clone()),
     ));
+    // Fleet users' threshold alerts: sent by every replica (each row taken by one).
+    let alerts = state.config.alerts.clone().map(|config| {
+        tokio::spawn(crate::alerts::run(
+            state.pool.clone(),
+            config,
+            state.http.clone(),
+            state.metrics.clone(),
+        ))
+    });
     let signal = tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
@@ -52,6 +61,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<ExitCode> {
     signal.abort();
     if let Ok(Err(e)) = admin_task.await {
         tracing::warn!(error = %format!("{e:#}"), "the admin listener failed");
+    }
+    if let Some(task) = alerts {
+        task.abort();
     }
     served?;
     tracing::info!("tollgate-server stopped");

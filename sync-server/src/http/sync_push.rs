@@ -66,7 +66,7 @@ async fn push(
         .into());
     }
     let started = std::time::Instant::now();
-    let result = ingest::ingest(&state.pool, agent, &batch).await;
+    let result = ingest::ingest(&state.pool, agent, &batch, state.config.alerts.as_ref()).await;
     state
         .metrics
         .push_seconds

@@ -21,7 +21,8 @@
 //!   (`escrow_holdings`) moves by the same delta, and what its releases return goes back to the
 //!   user's pool (paying their debt first) while the overdrafts it drew are taken from the pool
 //!   or, beyond it, owed — in the same transaction. The stream's head, hash and the agent's incarnation move in the
-//!   same transaction. Nothing is visible until it commits; a crash before commit leaves the
+//!   same transaction. Fleet users' threshold alerts reached are inserted there too
+//!   (`crate::alerts`: rows only, sent later by a task). Nothing is visible until it commits; a crash before commit leaves the
 //!   stream exactly as it was.
 //! - Every refusal is an [`IngestError`] carrying the stream's acknowledged head, so the agent
 //!   resends from there; only `http/` maps it to a status and a wire code.
@@ -38,6 +39,7 @@ use uuid::Uuid;
 
 use super::push::Batch;
 use super::rules;
+use crate::config::AlertsConfig;
 use crate::http::auth::AgentAuth;
 
 /// What an accepted push did.
@@ -233,6 +235,7 @@ pub(crate) async fn ingest(
     pool: &Pool,
     agent: &AgentAuth,
     batch: &Batch,
+    alerts: Option<&AlertsConfig>,
 ) -> Result<Outcome, IngestError> {
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
@@ -296,7 +299,9 @@ pub(crate) async fn ingest(
         drop(tx);
         return Err(quarantine_alone(pool, agent, head.acked, reason).await);
     }
-    if let Some(reason) = move_balances(&tx, agent.agent_id, &new, batch.incarnation).await? {
+    if let Some(reason) =
+        move_balances(&tx, agent.agent_id, &new, batch.incarnation, alerts).await?
+    {
         drop(tx);
         return Err(quarantine_alone(pool, agent, head.acked, reason).await);
     }
@@ -568,12 +573,14 @@ async fn store(
 
 /// Moves each user's balance once by its net delta (`add_credits` / `debit_credits`, which
 /// refuse to overdraw: a reason to quarantine), what this agent holds of each fleet user, and
-/// the fleet pools by what was released; bumps the purchase and usage counters.
+/// the fleet pools by what was released; bumps the purchase and usage counters, and raises the
+/// threshold alerts fleet users reached (`crate::alerts::raise`, when alerts are configured).
 async fn move_balances(
     tx: &Transaction<'_>,
     agent_id: Uuid,
     new: &New<'_>,
     incarnation: Uuid,
+    alerts: Option<&AlertsConfig>,
 ) -> Result<Option<String>, IngestError> {
     let effects = Effects::of(new.entries)?;
     if !effects.balance_users.is_empty() {
@@ -621,6 +628,9 @@ async fn move_balances(
             &[&effects.counter_users, &effects.purchased, &effects.used],
         )
         .await?;
+        if let Some(alerts) = alerts {
+            crate::alerts::raise(tx, alerts, &effects.counter_users).await?;
+        }
     }
     Ok(None)
 }

@@ -4,6 +4,7 @@
 
 mod admin;
 mod admin_support;
+mod alerts;
 mod bad_input_admin;
 mod bad_input_sync;
 mod central;
