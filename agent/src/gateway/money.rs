@@ -443,10 +443,11 @@ fn after_charge(inner: &Inner, balance_after: Credits, charged: Credits) {
         return;
     };
     let before = balance_after.checked_add(charged).unwrap_or(Credits::MAX);
-    if before >= threshold
-        && balance_after < threshold
-        && let Some(alerts) = &gw.alerts
-    {
+    if before < threshold || balance_after >= threshold {
+        return;
+    }
+    gw.metrics.low_balance_crossings.inc();
+    if let Some(alerts) = &gw.alerts {
         alerts.send(super::alerts::Alert {
             user_id: inner.user_id.clone(),
             balance: balance_after,
