@@ -159,6 +159,9 @@ impl Metrics {
             stripe_events.clone(),
         );
         let grants = Family::<OutcomeLabels, Counter>::default();
+        for outcome in ["granted", "pool_empty"] {
+            grants.get_or_create(&OutcomeLabels { outcome }).inc_by(0);
+        }
         registry.register(
             "grants",
             "Fleet grant requests answered, by outcome (granted, pool_empty)",
@@ -188,6 +191,9 @@ impl Metrics {
             reconcile_last_run.clone(),
         );
         let reconcile_runs = Family::<OutcomeLabels, Counter>::default();
+        for outcome in ["ok", "differences", "failed"] {
+            reconcile_runs.get_or_create(&OutcomeLabels { outcome }).inc_by(0);
+        }
         registry.register(
             "reconcile_runs",
             "Reconciles this replica ran, by outcome (ok, differences, failed)",

@@ -18,6 +18,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 
 pub mod cluster;
+pub mod promtool;
 pub mod proxy;
 use serde_json::Value;
 

@@ -189,6 +189,22 @@ impl SyncMetrics {
         for name in LOOPS {
             metrics.succeeded(name);
         }
+        // Every series of a fixed label set exists from the start, at 0: `rate()` and
+        // `increase()` then see the first failure, and alerts resolve.
+        for r#loop in ["push", "pull", "escrow"] {
+            for kind in ["unreachable", "refused", "other"] {
+                metrics
+                    .errors
+                    .get_or_create(&ErrorLabels { r#loop, kind })
+                    .inc_by(0);
+            }
+        }
+        for outcome in ["granted", "pool_empty", "failed"] {
+            metrics
+                .grant_requests
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(0);
+        }
         metrics
     }
 
