@@ -96,7 +96,7 @@ pub struct DbGauges {
     pub agent_lag: Family<AgentLabels, Gauge>,
     pub agent_inbox_backlog: Family<AgentLabels, Gauge>,
     pub agent_last_seen_age: Family<AgentLabels, Gauge<f64, AtomicU64>>,
-    /// 1 per quarantined agent (so an alert can name it).
+    /// Per agent not revoked: 1 while it is quarantined, else 0 (so an alert can name it).
     pub agent_quarantined: Family<AgentLabels, Gauge>,
     /// Fleet users, those whose pool is empty, and the pools' and debts' sums (nano-credits).
     pub fleet_users: Gauge,
@@ -192,7 +192,9 @@ impl Metrics {
         );
         let reconcile_runs = Family::<OutcomeLabels, Counter>::default();
         for outcome in ["ok", "differences", "failed"] {
-            reconcile_runs.get_or_create(&OutcomeLabels { outcome }).inc_by(0);
+            reconcile_runs
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(0);
         }
         registry.register(
             "reconcile_runs",
@@ -282,7 +284,7 @@ impl DbGauges {
         );
         registry.register(
             "agent_quarantined",
-            "1 for each quarantined agent (its pushes are refused until released)",
+            "1 while the agent is quarantined (its pushes are refused until released), else 0",
             self.agent_quarantined.clone(),
         );
         registry.register(

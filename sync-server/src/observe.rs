@@ -75,9 +75,9 @@ pub async fn refresh(pool: &Pool, metrics: &Metrics) {
                 .get_or_create(&labels)
                 .set((now - seen).as_seconds_f64().max(0.0));
         }
-        if agent.status == "quarantined" {
-            db.agent_quarantined.get_or_create(&labels).set(1);
-        }
+        db.agent_quarantined
+            .get_or_create(&labels)
+            .set(i64::from(agent.status == "quarantined"));
     }
     db.fleet_users.set(fleet.users);
     db.fleet_pools_empty.set(fleet.empty);

@@ -203,6 +203,13 @@ impl Server {
     /// `serve --listen ADDR` (its admin listener on port 0: several servers run at once),
     /// waiting for its "listening on" line.
     pub fn serve(&self, listen: &str) -> (Process, SocketAddr) {
+        let (process, addr, _) = self.serve_with_admin(listen);
+        (process, addr)
+    }
+
+    /// As [`Server::serve`], also returning the admin listener's address (`/metrics`), from
+    /// its second line.
+    pub fn serve_with_admin(&self, listen: &str) -> (Process, SocketAddr, SocketAddr) {
         let mut cmd = self.command(&["serve", "--listen", listen, "--admin-listen", "127.0.0.1:0"]);
         cmd.env("TOLLGATE_SERVER_LOG", "warn")
             .stdin(Stdio::null())
@@ -220,8 +227,17 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .unwrap();
+        let line = lines
+            .next()
+            .expect("server exited before its admin listener")
+            .unwrap();
+        let admin = line
+            .strip_prefix("tollgate-server admin listening on ")
+            .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
+            .parse()
+            .unwrap();
         std::thread::spawn(move || for _ in lines {});
-        (Process(child), addr)
+        (Process(child), addr, admin)
     }
 }
 
