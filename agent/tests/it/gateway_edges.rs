@@ -332,6 +332,22 @@ async fn a_low_balance_alert_is_sent_once_per_crossing_and_retried() {
     .await
     .expect("the second crossing was not alerted")
     .unwrap();
+    // Each crossing is counted on /metrics too (alice twice, bob once), not each delivery.
+    let metrics = gw
+        .http
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tollgate_low_balance_crossings_total 3"),
+        "{metrics}"
+    );
     gw.stop().await;
 }
 
