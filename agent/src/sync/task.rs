@@ -13,6 +13,9 @@
 //!   pushed within [`PUSH_INTERVAL`] while the server answers. A third loop keeps fleet users
 //!   supplied with grants (`escrow.rs`); it asks and releases through the same ledger
 //!   connection, and its entries are pushed like any other.
+//! - A fourth loop re-reads the sync gauges every [`REFRESH_INTERVAL`] (`metrics.rs`); the
+//!   loops count their failures and mark their successes there. None of it is on the request
+//!   path.
 //! - Failures back off exponentially with jitter, from [`BACKOFF_INITIAL`] to [`BACKOFF_MAX`],
 //!   and each is recorded in `sync_state.last_error`.
 //! - [`Syncer::sync_once`] (the CLI) and [`Syncer::run`] (serve) share the same push and pull
