@@ -190,6 +190,9 @@ pub struct Limits {
     /// `TOLLGATE_SERVER_READ_ONLY_RECONCILE_INTERVAL_SECS`: a read-only token's reconciles are
     /// at least this far apart (a 429 with `Retry-After` otherwise).
     pub read_only_reconcile_interval: Duration,
+    /// `TOLLGATE_SERVER_RECONCILE_INTERVAL_SECS`: run reconcile every this long on this replica
+    /// and show its differences on `/metrics` (0, the default: never).
+    pub reconcile_interval: Duration,
 }
 
 impl Default for Limits {
@@ -201,6 +204,7 @@ impl Default for Limits {
             pool_wait: POOL_WAIT_DEFAULT,
             long_polls_per_agent: LONG_POLLS_PER_AGENT_DEFAULT,
             read_only_reconcile_interval: READ_ONLY_RECONCILE_INTERVAL_DEFAULT,
+            reconcile_interval: Duration::ZERO,
         }
     }
 }
@@ -254,6 +258,11 @@ impl Limits {
                 "TOLLGATE_SERVER_READ_ONLY_RECONCILE_INTERVAL_SECS",
                 d.read_only_reconcile_interval.as_secs(),
                 0..=86_400,
+            )?),
+            reconcile_interval: Duration::from_secs(number(
+                "TOLLGATE_SERVER_RECONCILE_INTERVAL_SECS",
+                d.reconcile_interval.as_secs(),
+                0..=604_800,
             )?),
         })
     }

@@ -13,6 +13,8 @@
 //! - [`sync`]: enrolment, push (ingest), pull (inbox, long poll, snapshot);
 //! - [`central`]: central operations (credit, users, catalog) → inbox events, idempotent;
 //! - [`reconcile`]: recompute and compare the books;
+//! - [`metrics`] and [`observe`]: `/metrics`, the central state read when scraped, the periodic
+//!   reconcile;
 //! - [`stripe`]: Checkout Sessions and the signed webhook;
 //! - [`alerts`]: fleet users' threshold alerts (raised by ingest, sent by a task);
 //! - [`tokens`]: secrets (credentials, enrolment and admin tokens): generation and hashing.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod metrics;
+pub mod observe;
 pub mod reconcile;
 pub mod stripe;
 pub mod sync;

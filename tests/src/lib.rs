@@ -18,6 +18,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 
 pub mod cluster;
+pub mod promtool;
 pub mod proxy;
 use serde_json::Value;
 
@@ -217,6 +218,12 @@ impl Server {
     pub fn serve(&self, listen: &str) -> (Process, SocketAddr) {
         let started = self.start(listen);
         (started.process, started.addr)
+    }
+
+    /// As [`Server::serve`], also returning the admin listener's address (`/metrics`).
+    pub fn serve_with_admin(&self, listen: &str) -> (Process, SocketAddr, SocketAddr) {
+        let started = self.start(listen);
+        (started.process, started.addr, started.admin_addr)
     }
 
     /// `serve --listen ADDR --admin-listen 127.0.0.1:0`, waiting for the two lines that name the

@@ -118,6 +118,7 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
                 ledger,
                 master: None,
                 demand: Default::default(),
+                sync_metrics: None,
             },
             gateway::Listeners {
                 api: listener,

@@ -43,7 +43,13 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let master = load_master(ctx, &ledger)?;
     // What users ask for, noted by the gateway for the escrow loop of the sync task.
     let demand = Arc::new(crate::sync::escrow::Demand::default());
-    let syncer = start_sync(ctx, clock)?.map(|s| s.with_demand(demand.clone()));
+    // The sync task's state, on the admin listener's `/metrics` when enrolled.
+    let sync_metrics = Arc::new(crate::sync::metrics::SyncMetrics::new());
+    let syncer = start_sync(ctx, clock)?.map(|s| {
+        s.with_demand(demand.clone())
+            .with_metrics(sync_metrics.clone())
+    });
+    let sync_metrics = syncer.as_ref().map(|_| sync_metrics);
     let addr = config.listen_addr()?;
     let admin_addr = config.admin_listen_addr()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -81,6 +87,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 ledger,
                 master,
                 demand,
+                sync_metrics,
             },
             gateway::Listeners { api, admin },
             shutdown,

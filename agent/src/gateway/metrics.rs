@@ -52,6 +52,7 @@ pub struct Metrics {
     pub ledger_batch_ops: Histogram,
     pub open_holds: Gauge,
     pub alerts_dropped: Counter,
+    pub low_balance_crossings: Counter,
 }
 
 impl Metrics {
@@ -112,6 +113,12 @@ impl Metrics {
             "Threshold alerts dropped (queue full or every attempt failed)",
             alerts_dropped.clone(),
         );
+        let low_balance_crossings = Counter::default();
+        registry.register(
+            "low_balance_crossings",
+            "Charges that took a user's balance below alerts.low_balance_threshold (0 when unset)",
+            low_balance_crossings.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -123,7 +130,13 @@ impl Metrics {
             ledger_batch_ops,
             open_holds,
             alerts_dropped,
+            low_balance_crossings,
         }
+    }
+
+    /// Adds the sync task's metrics (an enrolled agent; see `sync::metrics`).
+    pub fn register_sync(&mut self, sync: &crate::sync::metrics::SyncMetrics) {
+        sync.register(&mut self.registry);
     }
 
     /// The text exposition of every metric.

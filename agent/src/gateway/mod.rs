@@ -199,6 +199,8 @@ pub struct ServeParts {
     /// Where requests' demand for credit is noted for the escrow task (shared with the sync
     /// task when enrolled; otherwise nobody reads it).
     pub demand: Arc<Demand>,
+    /// The sync task's metrics, shown on `/metrics` (an enrolled agent; `None` standalone).
+    pub sync_metrics: Option<Arc<crate::sync::metrics::SyncMetrics>>,
 }
 
 /// Loads the catalog through the ledger: the latest imported price table, else the built-in one.
@@ -233,7 +235,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let catalog = load_catalog(&parts.ledger)?;
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    if let Some(sync) = &parts.sync_metrics {
+        metrics.register_sync(sync);
+    }
+    let metrics = Arc::new(metrics);
     let observer = {
         let metrics = metrics.clone();
         Arc::new(move |ops: usize, took: Duration| {

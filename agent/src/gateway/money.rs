@@ -444,6 +444,13 @@ fn after_charge(
     gw.metrics
         .credits_charged_nanos
         .inc_by(u64::try_from(charged.nanos()).unwrap_or(0));
+    // Counted on every agent with a threshold, webhook or not (a dashboard and a rule read it).
+    if let Some(threshold) = gw.config.alerts.low_balance_threshold {
+        let before = balance_after.checked_add(charged).unwrap_or(Credits::MAX);
+        if before >= threshold && balance_after < threshold {
+            gw.metrics.low_balance_crossings.inc();
+        }
+    }
     let (Some(alerts), Some(quota)) = (&gw.alerts, quota) else {
         return;
     };

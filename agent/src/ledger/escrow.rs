@@ -364,4 +364,16 @@ impl Ledger {
         }
         Ok((now, out))
     }
+
+    /// How many fleet users this agent knows, and the credit their grants left here (for the
+    /// sync task's gauges): one read of `user_credits`.
+    pub fn fleet_holdings(&self) -> Result<(i64, Credits), LedgerError> {
+        let (users, held) = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*), coalesce(sum(balance), 0) FROM user_credits WHERE fleet = 1",
+            )?
+            .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        Ok((users, Credits::from_nanos(held)))
+    }
 }

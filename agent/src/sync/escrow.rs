@@ -265,6 +265,12 @@ impl Syncer {
                     Ok(answer) => {
                         self.demand.server_reached(true);
                         state.answered(&user, answer.grant.is_none(), Instant::now());
+                        match &answer.grant {
+                            Some(grant) => {
+                                self.metrics.grant_answered("granted", grant.amount.nanos())
+                            }
+                            None => self.metrics.grant_answered("pool_empty", 0),
+                        }
                         if let Some(grant) = answer.grant {
                             tracing::info!(user = %user, amount = %grant.amount, key = %grant.key, pool_left = %answer.pool_free, "fleet grant received");
                             self.ledger(move |l| l.book_grant(&grant)).await?;
@@ -275,6 +281,7 @@ impl Syncer {
                     }
                     Err(e) => {
                         state.failed(&user, Instant::now());
+                        self.metrics.grant_answered("failed", 0);
                         tracing::warn!(user = %user, error = %e, "asking for a fleet grant failed; retrying the same request");
                         if e.unreachable() {
                             self.demand.server_reached(false);
@@ -309,6 +316,7 @@ impl Syncer {
     async fn draw_overdraft(&self, user: &str) -> Result<(), SyncError> {
         let owned = user.to_owned();
         if let Some(receipt) = self.ledger(move |l| l.draw_overdraft(&owned)).await? {
+            self.metrics.overdrafts_drawn.inc();
             tracing::warn!(user = %user, amount = %receipt.amount, "the sync server is unreachable: drew the fleet user's overdraft line (booked as their debt)");
         }
         Ok(())
@@ -317,6 +325,7 @@ impl Syncer {
     async fn release(&self, user: &str) -> Result<(), SyncError> {
         let owned = user.to_owned();
         if let Some(receipt) = self.ledger(move |l| l.release_escrow(&owned)).await? {
+            self.metrics.releases.inc();
             tracing::info!(user = %user, amount = %receipt.amount, "lapsed fleet grants returned to the pool");
         }
         Ok(())

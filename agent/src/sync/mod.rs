@@ -7,6 +7,8 @@
 //!   one cycle `tollgate sync now` runs.
 //! - [`escrow`]: what the gateway tells the escrow loop (demand), and how that loop decides when
 //!   to ask for a grant of a fleet user's pool and when to return what is left.
+//! - [`metrics`]: the sync state on the gateway's `/metrics` (unacknowledged entries and their
+//!   age, the inbox cursor, failures, fleet grants held), kept by the task, never the request path.
 //!
 //! What is pushed and applied, and the acknowledged head and inbox cursor, live in the ledger
 //! (`ledger/sync.rs`, `ledger/inbox.rs`), moved in the same SQLite transactions as what they
@@ -15,6 +17,7 @@
 pub mod client;
 pub mod config;
 pub mod escrow;
+pub mod metrics;
 pub mod task;
 
 pub use client::{ClientError, ErrorCode, SyncClient};

@@ -13,6 +13,9 @@
 //!   pushed within [`PUSH_INTERVAL`] while the server answers. A third loop keeps fleet users
 //!   supplied with grants (`escrow.rs`); it asks and releases through the same ledger
 //!   connection, and its entries are pushed like any other.
+//! - A fourth loop re-reads the sync gauges every [`REFRESH_INTERVAL`] (`metrics.rs`); the
+//!   loops count their failures and mark their successes there. None of it is on the request
+//!   path.
 //! - Failures back off exponentially with jitter, from [`BACKOFF_INITIAL`] to [`BACKOFF_MAX`],
 //!   and each is recorded in `sync_state.last_error`.
 //! - [`Syncer::sync_once`] (the CLI) and [`Syncer::run`] (serve) share the same push and pull
@@ -31,6 +34,7 @@ use super::SyncError;
 use super::client::{ClientError, ErrorCode, SyncClient};
 use super::config::SyncConfig;
 use super::escrow::Demand;
+use super::metrics::{REFRESH_INTERVAL, SyncGauges, SyncMetrics};
 use crate::ledger::{InboxOutcome, Ledger, LedgerError, SnapshotApplied, SyncResult};
 
 /// How often the push loop looks for entries not yet acknowledged.
@@ -111,6 +115,8 @@ pub struct Syncer {
     incarnation: String,
     /// What the gateway saw users ask for (the escrow loop's input, `escrow.rs`).
     pub(super) demand: Arc<Demand>,
+    /// The sync state as metrics (`metrics.rs`), shown on the gateway's `/metrics`.
+    pub(super) metrics: Arc<SyncMetrics>,
 }
 
 impl Syncer {
@@ -125,7 +131,14 @@ impl Syncer {
             client: SyncClient::new(config)?,
             incarnation,
             demand: Arc::new(Demand::default()),
+            metrics: Arc::new(SyncMetrics::new()),
         })
+    }
+
+    /// Keeps the sync state in `metrics` (registered on the gateway's `/metrics`).
+    pub fn with_metrics(mut self, metrics: Arc<SyncMetrics>) -> Syncer {
+        self.metrics = metrics;
+        self
     }
 
     /// Shares `demand` with the gateway, so the escrow loop sees what users ask for.
@@ -439,6 +452,7 @@ impl Syncer {
     /// Records a failure in `sync_state` and the log (never fails: a ledger that cannot record
     /// it is logged too).
     pub(super) async fn record_failure(&self, what: &'static str, error: &SyncError) {
+        self.metrics.failed(what, error);
         let text = format!("{what}: {error}");
         tracing::warn!(error = %text, "sync failed");
         let recorded = self
@@ -455,7 +469,8 @@ impl Syncer {
         tokio::join!(
             self.push_loop(stop.clone()),
             self.pull_loop(stop.clone()),
-            self.escrow_loop(stop)
+            self.escrow_loop(stop.clone()),
+            self.metrics_loop(stop)
         );
         tracing::info!("sync stopped");
     }
@@ -478,8 +493,12 @@ impl Syncer {
                     pushed = self.push_until_caught_up(&mut state) => pushed,
                     () = stopped(&mut stop) => return,
                 };
+                self.metrics
+                    .push_blocked
+                    .set(i64::from(state.blocked.is_some()));
                 match pushed {
                     Ok(_) => {
+                        self.metrics.succeeded("push");
                         backoff.reset();
                         last_push = Some(Instant::now());
                     }
@@ -513,6 +532,7 @@ impl Syncer {
             };
             let delay = match pulled {
                 Ok(report) => {
+                    self.metrics.succeeded("pull");
                     backoff.reset();
                     self.demand.server_reached(true);
                     let brought = report.applied + report.refused + report.already_applied;
@@ -535,6 +555,44 @@ impl Syncer {
             }
         }
     }
+}
+
+impl Syncer {
+    /// Re-reads the ledger's side of the sync metrics every [`REFRESH_INTERVAL`] (one short
+    /// read on the task's own connection; a failure leaves the last values and is logged at
+    /// debug: the push and pull loops report the ledger's failures).
+    async fn metrics_loop(&self, mut stop: watch::Receiver<bool>) {
+        loop {
+            match self.ledger(read_gauges).await {
+                Ok(gauges) => self.metrics.refresh(&gauges),
+                Err(e) => tracing::debug!(error = %e, "could not read the sync gauges"),
+            }
+            if sleep_or_stop(&mut stop, REFRESH_INTERVAL).await {
+                return;
+            }
+        }
+    }
+}
+
+/// The sync gauges' values, read from `ledger`.
+fn read_gauges(ledger: &mut Ledger) -> Result<SyncGauges, LedgerError> {
+    let status = ledger.sync_status()?;
+    let (fleet_users, fleet_held) = ledger.fleet_holdings()?;
+    let now = ledger.clock().now();
+    let oldest_unacked_age = status
+        .oldest_unacked_at
+        .as_deref()
+        .and_then(|at| crate::ledger::clock::from_text(at).ok())
+        .map(|at| Duration::try_from(now - at).unwrap_or(Duration::ZERO));
+    Ok(SyncGauges {
+        head_seq: status.head_seq,
+        acked_seq: status.acked_seq,
+        oldest_unacked_age,
+        inbox_cursor: status.inbox_cursor,
+        server_inbox_head: status.server_inbox_head,
+        fleet_users,
+        fleet_held_nanos: fleet_held.nanos(),
+    })
 }
 
 fn server_lost_entries(server_acked: i64, local_acked: i64) {

@@ -352,6 +352,22 @@ async fn a_low_balance_alert_is_sent_once_per_period_and_retried() {
         .collect();
     assert_eq!(users, ["alice", "alice", "bob", "carol"]);
     assert_eq!(gw.ledger().alerts_claimed("alice").unwrap().len(), 1);
+    // Each crossing is counted on /metrics (alice twice, bob and carol once), alerted or not.
+    let metrics = gw
+        .http
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tollgate_low_balance_crossings_total 4"),
+        "{metrics}"
+    );
     gw.stop().await;
 }
 

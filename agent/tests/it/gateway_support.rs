@@ -124,6 +124,7 @@ impl Gateway {
                 ledger,
                 master,
                 demand: Default::default(),
+                sync_metrics: None,
             },
             gateway::Listeners {
                 api: listener,

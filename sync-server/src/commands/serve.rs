@@ -25,6 +25,14 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<ExitCode> {
     let admin = tokio::net::TcpListener::bind(admin_addr)
         .await
         .with_context(|| format!("binding --admin-listen {admin_addr}"))?;
+    let interval = state.config.limits.reconcile_interval;
+    if !interval.is_zero() {
+        tokio::spawn(crate::observe::reconcile_every(
+            state.pool.clone(),
+            state.metrics.clone(),
+            interval,
+        ));
+    }
     let bound = listener.local_addr()?;
     let admin_bound = admin.local_addr()?;
     tracing::info!(listen = %bound, admin_listen = %admin_bound, "tollgate-server serving");

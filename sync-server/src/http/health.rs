@@ -32,7 +32,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
     }
 }
 
+/// The replica's counters and the central state read now (`crate::observe`).
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let _one_at_a_time = state.metrics.scrape.lock().await;
+    crate::observe::refresh(&state.pool, &state.metrics).await;
     (
         StatusCode::OK,
         [(

@@ -61,7 +61,21 @@ pub async fn grant(
         want: request.want,
         worst_case: request.worst_case,
     };
-    let response = match escrow::grant(&state.pool, &ask).await? {
+    let granted = escrow::grant(&state.pool, &ask).await?;
+    let (outcome, nanos) = match &granted {
+        Granted::Grant(result) => ("granted", result.grant.amount.nanos()),
+        Granted::PoolEmpty => ("pool_empty", 0),
+    };
+    state
+        .metrics
+        .grants
+        .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+        .inc();
+    state
+        .metrics
+        .granted_nanos
+        .inc_by(u64::try_from(nanos).unwrap_or(0));
+    let response = match granted {
         Granted::Grant(result) => GrantResponse {
             protocol_version: PROTOCOL_VERSION.min(agent.protocol),
             pool_free: result.pool_free,

@@ -87,6 +87,30 @@ pub mod kind {
     pub const AGENT_QUARANTINED: &str = "agent_quarantined";
     /// More differences of one kind than the report lists.
     pub const TRUNCATED: &str = "truncated";
+
+    /// Every kind (the metrics report each, 0 included).
+    pub const ALL: [&str; 20] = [
+        BALANCE_CACHE,
+        BALANCE_AGENT,
+        LIFETIME_PURCHASED,
+        NOT_HOME_AGENT,
+        BALANCE_CHAIN,
+        STREAM_GAP,
+        BEYOND_ACKED,
+        HEAD_HASH,
+        HASH_CHAIN,
+        HASH_MISMATCH,
+        UNREADABLE_ENTRY,
+        DUPLICATE_USAGE,
+        CREDIT_NOT_APPLIED,
+        CREDIT_DUPLICATED,
+        CREDIT_MISMATCH,
+        ENTRY_WITHOUT_OPERATION,
+        FLEET_POOL,
+        FLEET_HOLDING,
+        AGENT_QUARANTINED,
+        TRUNCATED,
+    ];
 }
 
 /// One difference between what the books should say and what they say.

@@ -27,5 +27,7 @@ pub async fn report(
             .retry_after(wait.as_secs().max(1)));
         }
     }
-    Ok(Json(reconcile::run(&state.pool).await?))
+    let report = reconcile::run(&state.pool).await;
+    state.metrics.record_reconcile(report.as_ref().ok());
+    Ok(Json(report?))
 }
