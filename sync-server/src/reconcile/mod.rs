@@ -89,7 +89,7 @@ pub mod kind {
     pub const TRUNCATED: &str = "truncated";
 
     /// Every kind (the metrics report each, 0 included).
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         BALANCE_CACHE,
         BALANCE_AGENT,
         LIFETIME_PURCHASED,
@@ -108,6 +108,7 @@ pub mod kind {
         ENTRY_WITHOUT_OPERATION,
         FLEET_POOL,
         FLEET_HOLDING,
+        DEBT,
         AGENT_QUARANTINED,
         TRUNCATED,
     ];
