@@ -58,12 +58,13 @@ pub mod postgres {
     //! recorded before Stripe is called (`V2__checkout_before_call.sql`); 3 — API keys made
     //! centrally and each agent's protocol version (`V3__central_api_keys.sql`); 4 — Stripe
     //! refunds and disputes take credit back (`V4__stripe_refunds_and_disputes.sql`); 5 — escrow
-    //! for fleet users: pools, grants and releases (`V5__escrow.sql`).
+    //! for fleet users: pools, grants and releases (`V5__escrow.sql`); 6 — the browser
+    //! console's sessions and its read indexes (`V6__console.sql`).
 
     refinery::embed_migrations!("migrations/postgres");
 
     /// The newest migration version embedded in this build.
-    pub const LATEST_VERSION: i32 = 5;
+    pub const LATEST_VERSION: i32 = 6;
 
     #[cfg(test)]
     mod tests {

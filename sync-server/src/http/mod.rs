@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod gates;
 pub mod health;
@@ -95,6 +96,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/checkout", post(admin::checkout::create))
         // Stripe.
         .route("/stripe/webhook", post(stripe_webhook::handle))
+        // The browser console (HTML pages, session cookies).
+        .merge(console::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -150,7 +153,12 @@ fn route_label(matched: Option<&str>) -> &'static str {
         "/stripe/webhook",
     ];
     matched
-        .and_then(|m| ROUTES.iter().find(|r| **r == m).copied())
+        .and_then(|m| {
+            ROUTES.iter().find(|r| **r == m).copied().or_else(|| {
+                // Console pages are counted together.
+                (m == "/console" || m.starts_with("/console/")).then_some("/console")
+            })
+        })
         .unwrap_or("other")
 }
 
