@@ -7,6 +7,8 @@ mod admin_support;
 mod bad_input_admin;
 mod bad_input_sync;
 mod central;
+mod console;
+mod console_support;
 mod crash;
 mod enroll;
 mod escrow;

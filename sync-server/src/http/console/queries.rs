@@ -50,6 +50,19 @@ fn prefix_end(prefix: &str) -> Option<String> {
     None
 }
 
+/// The users page: `$1` the prefix (or ''), `$2` the first id past it (or NULL), `$3` the last
+/// id of the previous page (or NULL), `$4` the page size. Public so a test can check its plan
+/// walks `idx_user_credits_user_id_bytes`.
+pub const USERS_PAGE_SQL: &str = "SELECT u.user_id, a.name AS home_agent, u.fleet, u.balance, u.pool, \
+                    u.credits_used_this_month, u.subscription_tier, u.power_level, \
+                    (SELECT ct.created_at FROM credit_transactions ct \
+                     WHERE ct.user_id = u.user_id ORDER BY ct.id DESC LIMIT 1) AS last_entry_at \
+             FROM user_credits u LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
+             WHERE (u.user_id COLLATE \"C\") >= $1 \
+               AND ($2::text IS NULL OR (u.user_id COLLATE \"C\") < $2) \
+               AND ($3::text IS NULL OR (u.user_id COLLATE \"C\") > $3) \
+             ORDER BY (u.user_id COLLATE \"C\") LIMIT $4";
+
 /// Users whose id starts with `prefix` (all when empty), in byte order, after `after`, at most
 /// `limit`. A prefix that cannot start a user id is refused, naming the search field.
 pub async fn users_page(
@@ -64,15 +77,7 @@ pub async fn users_page(
     let end = prefix_end(prefix);
     let rows = client
         .query(
-            "SELECT u.user_id, a.name AS home_agent, u.fleet, u.balance, u.pool, \
-                    u.credits_used_this_month, u.subscription_tier, u.power_level, \
-                    (SELECT ct.created_at FROM credit_transactions ct \
-                     WHERE ct.user_id = u.user_id ORDER BY ct.id DESC LIMIT 1) AS last_entry_at \
-             FROM user_credits u LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
-             WHERE (u.user_id COLLATE \"C\") >= $1 \
-               AND ($2::text IS NULL OR (u.user_id COLLATE \"C\") < $2) \
-               AND ($3::text IS NULL OR (u.user_id COLLATE \"C\") > $3) \
-             ORDER BY (u.user_id COLLATE \"C\") LIMIT $4",
+            USERS_PAGE_SQL,
             &[&prefix, &end, &after, &limit.clamp(1, USERS_PAGE * 4)],
         )
         .await?;
