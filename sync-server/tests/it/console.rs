@@ -706,3 +706,73 @@ async fn console_read_only_reconciles_are_spaced_and_differences_listed() {
         assert_eq!(full.get("/console/reconcile?run=1").await.status, 200);
     }
 }
+
+#[tokio::test]
+async fn console_checkout_links_come_from_stripe_and_refusals_are_named() {
+    let db = TestDb::new().await;
+    let _agent = FakeAgent::new(&db, "edge-1").await;
+    set_user(&db, "alice", "edge-1").await;
+    let token = add_token(&db, "ops", "full").await;
+
+    let plain = TestServer::start(db.config()).await;
+    let console = Console::signed_in(&plain, &token).await;
+    let csrf = console.csrf().await;
+    let off = console
+        .post(
+            "/console/users/alice/checkout",
+            &[("csrf", &csrf), ("package", "Starter Pack")],
+        )
+        .await;
+    assert_eq!(off.status, 503);
+    assert!(
+        off.body.contains("Stripe is not configured on this server"),
+        "{}",
+        off.body
+    );
+
+    let (api_base, received) = crate::stripe::mock_stripe().await;
+    let mut config = db.config();
+    config.stripe = Some(tollgate_server::config::StripeConfig {
+        api_base,
+        secret_key: zeroize::Zeroizing::new("sk_test_console".to_owned()),
+        webhook_secret: zeroize::Zeroizing::new("whsec_console".to_owned()),
+        success_url: "https://shop.test/ok".to_owned(),
+        cancel_url: "https://shop.test/cancel".to_owned(),
+    });
+    let shop = TestServer::start(config).await;
+    let console = Console::signed_in(&shop, &token).await;
+    let csrf = console.csrf().await;
+    let unknown = console
+        .post(
+            "/console/users/alice/checkout",
+            &[("csrf", &csrf), ("package", "Gold Pack")],
+        )
+        .await;
+    assert_eq!(unknown.status, 400, "{}", unknown.body);
+    assert!(
+        unknown
+            .body
+            .contains("package: no package is named &quot;Gold Pack&quot;")
+    );
+    assert!(received.lock().unwrap().is_empty(), "Stripe not called");
+    let made = console
+        .post(
+            "/console/users/alice/checkout",
+            &[("csrf", &csrf), ("package", "Value Pack")],
+        )
+        .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    assert!(
+        made.body.contains(
+            r#"<a href="https://checkout.stripe.test/c/pay/cs_test_1" id="checkout-link""#
+        )
+    );
+    assert!(
+        made.body
+            .contains("Checkout for Value Pack (500 credits, $45.00)")
+    );
+    assert_eq!(
+        count(&db, "checkout_sessions WHERE user_id = 'alice'").await,
+        1
+    );
+}
