@@ -270,7 +270,7 @@ fn main() {
             for target in order {
                 let counters = |rt: &tokio::runtime::Runtime| {
                     (target.side == Side::Tollgate)
-                        .then(|| rt.block_on(scrape_ledger(&target.client, &gateway.addr)))
+                        .then(|| rt.block_on(scrape_ledger(&target.client, &gateway.admin_addr)))
                 };
                 let ledger_before = counters(&runtime);
                 let run = match mode {
@@ -645,19 +645,23 @@ impl MockProcess {
 struct GatewayProcess {
     child: Guard,
     addr: String,
+    /// The admin listener (`/metrics`, `/readyz`).
+    admin_addr: String,
     log: PathBuf,
 }
 
 impl GatewayProcess {
     fn start(data_dir: &Path, log: &Path, upstream: &str) -> GatewayProcess {
-        // A free port: bind port 0, read it, release it for the gateway.
-        let addr = {
+        // Free ports: bind port 0, read it, release it for the gateway.
+        let free_port = || {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().to_string()
         };
+        let (addr, admin_addr) = (free_port(), free_port());
         let log_file = std::fs::File::create(log).unwrap();
         let child = tollgate_command(data_dir)
             .args(["serve", "--listen", &addr, "--upstream", upstream])
+            .args(["--admin-listen", &admin_addr])
             .env("TOLLGATE_UPSTREAM_KEY", UPSTREAM_KEY)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -667,6 +671,7 @@ impl GatewayProcess {
         GatewayProcess {
             child: Guard { child },
             addr,
+            admin_addr,
             log: log.to_path_buf(),
         }
     }
@@ -696,7 +701,7 @@ impl GatewayProcess {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let ready = client
-            .get(format!("http://{}/readyz", self.addr))
+            .get(format!("http://{}/readyz", self.admin_addr))
             .send()
             .await
             .unwrap();

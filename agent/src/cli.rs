@@ -60,6 +60,18 @@ pub enum Command {
     /// Sync with the server: its status, or one push and pull now.
     #[command(subcommand)]
     Sync(SyncCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page tollgate(1) to stdout, or with --out-dir write it and one page per
+    /// subcommand there.
+    Man {
+        /// Write tollgate.1, tollgate-serve.1, … into DIR (created if missing) instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -96,9 +108,14 @@ pub struct ServeArgs {
     /// The gateway's configuration file (TOML; see tollgate.example.toml) [env: TOLLGATE_CONFIG].
     #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:4100] [env: TOLLGATE_LISTEN].
+    /// Address to listen on: the API and /healthz [default: 127.0.0.1:4100] [env:
+    /// TOLLGATE_LISTEN].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Address of the admin listener: /metrics, /readyz and /healthz [default: 127.0.0.1:4101]
+    /// [env: TOLLGATE_ADMIN_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
     /// LiteLLM's base URL [default: http://127.0.0.1:4000] [env: TOLLGATE_UPSTREAM]. The upstream
     /// key comes from the config file or TOLLGATE_UPSTREAM_KEY, never from a flag.
     #[arg(long, value_name = "URL")]

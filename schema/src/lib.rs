@@ -27,12 +27,13 @@ pub mod sqlite {
     //! versions (`V4__price_dimensions.sql`); 5 — the Responses API responses served
     //! (`V5__served_responses.sql`); 6 — API keys made centrally (`V6__central_api_keys.sql`);
     //! 7 — escrow for fleet users: the `escrow` entry type and lot kind, fleet users and their
-    //! grants' validity (`V7__escrow.sql`).
+    //! grants' validity (`V7__escrow.sql`); 8 — a fleet user's overdraft line, carried by their
+    //! newest grant until drawn (`V8__overdraft.sql`).
 
     refinery::embed_migrations!("migrations/sqlite");
 
     /// The newest migration version embedded in this build.
-    pub const LATEST_VERSION: i32 = 7;
+    pub const LATEST_VERSION: i32 = 8;
 
     /// refinery's history table, which records the applied versions.
     pub const HISTORY_TABLE: &str = "refinery_schema_history";
@@ -58,13 +59,14 @@ pub mod postgres {
     //! recorded before Stripe is called (`V2__checkout_before_call.sql`); 3 — API keys made
     //! centrally and each agent's protocol version (`V3__central_api_keys.sql`); 4 — Stripe
     //! refunds and disputes take credit back (`V4__stripe_refunds_and_disputes.sql`); 5 — escrow
-    //! for fleet users: pools, grants and releases (`V5__escrow.sql`); 6 — the browser
-    //! console's sessions and its read indexes (`V6__console.sql`).
+    //! for fleet users: pools, grants and releases (`V5__escrow.sql`); 6 — overdraft lines and
+    //! debt for fleet users (`V6__overdraft_and_debt.sql`); 7 — the browser console's sessions
+    //! and its read indexes (`V7__console.sql`).
 
     refinery::embed_migrations!("migrations/postgres");
 
     /// The newest migration version embedded in this build.
-    pub const LATEST_VERSION: i32 = 6;
+    pub const LATEST_VERSION: i32 = 7;
 
     #[cfg(test)]
     mod tests {

@@ -31,7 +31,8 @@ use crate::money::Credits;
 /// The protocol spoken by this build. History: 1 — enrolment, push, pull, snapshot; 2 — central
 /// API keys ([`EventBody::ApiKeyUpsert`], [`Snapshot::api_keys`]) and the [`PROTOCOL_HEADER`];
 /// 3 — escrow for fleet users ([`UserSettings::fleet`], `POST /v1/escrow/grants` with
-/// [`GrantRequest`] / [`GrantResponse`], [`EventBody::EscrowGrant`]).
+/// [`GrantRequest`] / [`GrantResponse`], [`EventBody::EscrowGrant`]); 4 — overdraft lines on
+/// grants ([`GrantSpec::overdraft`], booked with an [`OVERDRAFT_KEY_PREFIX`] key).
 ///
 /// Negotiation (ARCHITECTURE.md "Protocol versions"): an agent names its version in every
 /// request — in the body of an enrolment or push and, from version 2, in the
@@ -40,7 +41,7 @@ use crate::money::Credits;
 /// message or an event its version does not know. A version it does not speak is refused (HTTP
 /// 400, [`error_code::UNSUPPORTED_PROTOCOL`]). So a fleet upgrades the server first, then its
 /// agents one host at a time.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The oldest protocol this build's server still speaks: an agent one version behind keeps
 /// syncing.
 pub const PROTOCOL_VERSION_MIN: u32 = 1;
@@ -449,6 +450,7 @@ impl EventBody {
             | EventBody::PackageUpsert(_)
             | EventBody::PowerLevelUpsert(_) => 1,
             EventBody::ApiKeyUpsert(_) => 2,
+            EventBody::EscrowGrant(grant) if grant.overdraft.is_some() => 4,
             EventBody::EscrowGrant(_) => 3,
         }
     }
@@ -533,6 +535,13 @@ pub struct GrantSpec {
     pub user_id: String,
     pub amount: Credits,
     pub valid_for_ms: u64,
+    /// Since protocol 4: the user's overdraft line, when an admin set one. If this agent cannot
+    /// reach the server when it needs more of the user's credit, it may book once, as an `escrow`
+    /// entry keyed [`OVERDRAFT_KEY_PREFIX`] + `key`, up to this much more: credit the user does
+    /// not have yet, which the server books as their debt (repaid by their next credit). Left
+    /// out when there is no line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdraft: Option<Credits>,
 }
 
 /// Longest grant request id.
@@ -541,7 +550,10 @@ pub const GRANT_REQUEST_ID_LEN_MAX: usize = 64;
 pub const GRANT_KEY_PREFIX: &str = "grant:";
 /// The prefix of the key of an agent's entry returning what is left of its grants to the pool.
 pub const RELEASE_KEY_PREFIX: &str = "release:";
-/// The journal entry type of grants (positive) and releases (negative).
+/// The prefix of the key of an agent's entry drawing a grant's overdraft line
+/// ([`GrantSpec::overdraft`]): `overdraft:` followed by the grant's key.
+pub const OVERDRAFT_KEY_PREFIX: &str = "overdraft:";
+/// The journal entry type of grants and overdrafts (positive) and releases (negative).
 pub const ESCROW_ENTRY_TYPE: &str = "escrow";
 
 /// Kinds of central credit movement.

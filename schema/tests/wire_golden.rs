@@ -2,7 +2,7 @@
 //! hash. A change that alters any message's JSON, or the bytes an entry's hash covers, fails here;
 //! such a change needs a new protocol version, not a fixture edit — except an additive, optional
 //! field (absent means what it meant before, and it is left out when empty), which gets a fixture
-//! of its own beside the unchanged one. The previous version's fixtures (`v1/`) are never edited:
+//! of its own beside the unchanged one. The previous versions' fixtures (`v1/` … `v3/`) are never edited:
 //! this build must read them and write them out byte for byte. To write the fixtures of a new
 //! message once: `TOLLGATE_WRITE_GOLDEN=1 cargo test -p tollgate-schema --test wire_golden`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -295,7 +295,7 @@ fn previous_version_messages_read_back_and_write_out_byte_for_byte() {
             "{version} {name} does not write out as it was"
         );
     }
-    for version in ["v1", "v2"] {
+    for version in ["v1", "v2", "v3"] {
         same::<EnrollRequest>(version, "enroll_request");
         same::<EnrollRequest>(version, "enroll_request_with_users");
         same::<EnrollResponse>(version, "enroll_response");
@@ -304,6 +304,13 @@ fn previous_version_messages_read_back_and_write_out_byte_for_byte() {
         same::<ErrorBody>(version, "error_gap");
         same::<InboxPage>(version, "inbox_page");
         same::<Snapshot>(version, "snapshot");
+        let mut expected = 8;
+        if version == "v3" {
+            same::<GrantRequest>(version, "grant_request");
+            same::<GrantResponse>(version, "grant_response");
+            same::<InboxPage>(version, "inbox_page_escrow");
+            expected += 3;
+        }
         let files = std::fs::read_dir(
             PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fixtures/wire")
@@ -311,7 +318,7 @@ fn previous_version_messages_read_back_and_write_out_byte_for_byte() {
         )
         .expect("the fixtures")
         .count();
-        assert_eq!(files, 8, "every {version} fixture is checked above");
+        assert_eq!(files, expected, "every {version} fixture is checked above");
     }
 }
 
@@ -321,6 +328,7 @@ fn grant() -> GrantSpec {
         user_id: "fleet-ann".to_owned(),
         amount: credits("2.5"),
         valid_for_ms: 60_000,
+        overdraft: None,
     }
 }
 
@@ -342,6 +350,17 @@ fn escrow_messages() {
             protocol_version: PROTOCOL_VERSION,
             grant: Some(grant()),
             pool_free: credits("97.5"),
+        },
+    );
+    golden(
+        "grant_response_overdraft",
+        &GrantResponse {
+            protocol_version: PROTOCOL_VERSION,
+            grant: Some(GrantSpec {
+                overdraft: Some(credits("5")),
+                ..grant()
+            }),
+            pool_free: credits("0"),
         },
     );
     golden(
@@ -377,6 +396,11 @@ fn every_event_names_the_version_that_added_it() {
     assert_eq!(EventBody::PackageUpsert(package()).since_version(), 1);
     assert_eq!(EventBody::ApiKeyUpsert(api_key()).since_version(), 2);
     assert_eq!(EventBody::EscrowGrant(grant()).since_version(), 3);
+    let with_line = GrantSpec {
+        overdraft: Some(credits("5")),
+        ..grant()
+    };
+    assert_eq!(EventBody::EscrowGrant(with_line).since_version(), 4);
     let fleet = UserSettings {
         fleet: true,
         ..settings()

@@ -28,7 +28,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server (sync endpoints, admin API, Stripe webhook, health and metrics).
+    /// Run the server: sync endpoints, admin API, Stripe webhook and health on --listen;
+    /// metrics and readiness on --admin-listen.
     Serve(ServeArgs),
     /// Apply the database migrations (safe to run again, and from several replicas at once).
     Migrate,
@@ -54,6 +55,18 @@ pub enum Command {
     /// Recompute every balance from the central journal, compare with the agents, check the
     /// chains and the exactly-once invariants; list every difference. Exit 1 on any difference.
     Reconcile,
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page tollgate-server(1) to stdout, or with --out-dir write it and one page
+    /// per subcommand there.
+    Man {
+        /// Write tollgate-server.1, tollgate-server-serve.1, … into DIR (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +74,10 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:4200] [env: TOLLGATE_SERVER_LISTEN].
     #[arg(long, env = "TOLLGATE_SERVER_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Address of the admin listener: /metrics, /readyz and /healthz [default: 127.0.0.1:4201]
+    /// [env: TOLLGATE_SERVER_ADMIN_LISTEN].
+    #[arg(long, env = "TOLLGATE_SERVER_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,6 +171,11 @@ pub struct UserSetArgs {
     /// Credits, or "none" for no cap; unless given, unchanged (a new user: no cap).
     #[arg(long)]
     pub monthly_spend_cap: Option<String>,
+    /// A fleet user's overdraft line: credits an agent cut off from the server may spend for
+    /// them beyond its grants (once per grant), booked as their debt; or "none". Unless given,
+    /// unchanged (a new user: none).
+    #[arg(long)]
+    pub overdraft: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

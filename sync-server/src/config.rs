@@ -11,6 +11,9 @@ use zeroize::Zeroizing;
 
 /// Where the server listens unless told otherwise.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:4200";
+/// Where the admin listener (`/metrics`, `/readyz`, `/healthz`) listens unless told otherwise:
+/// loopback, for a local Prometheus or an operator's tunnel.
+pub const ADMIN_LISTEN_DEFAULT: &str = "127.0.0.1:4201";
 /// Connections in each replica's pool.
 pub const POOL_SIZE_DEFAULT: usize = 16;
 /// Stripe's API, unless `TOLLGATE_STRIPE_API_BASE` points elsewhere (a local mock in tests).
@@ -32,6 +35,8 @@ pub const READ_ONLY_RECONCILE_INTERVAL_DEFAULT: Duration = Duration::from_secs(6
 #[derive(Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// The admin listener: `/metrics` (only here), `/readyz` and `/healthz`.
+    pub admin_listen: SocketAddr,
     pub database_url: Zeroizing<String>,
     pub pool_size: usize,
     /// Stripe purchases; `None` when no secret key is configured (the endpoints then answer 503).
@@ -143,6 +148,7 @@ impl fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerConfig")
             .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
             .field("database_url", &"<redacted>")
             .field("pool_size", &self.pool_size)
             .field("stripe", &self.stripe)
@@ -162,6 +168,30 @@ impl fmt::Debug for StripeConfig {
             .field("success_url", &self.success_url)
             .field("cancel_url", &self.cancel_url)
             .finish()
+    }
+}
+
+impl ServerConfig {
+    /// Sets the admin listener's address from `--admin-listen` / `TOLLGATE_SERVER_ADMIN_LISTEN`
+    /// (`None`: [`ADMIN_LISTEN_DEFAULT`]); an address that is not one, or is the API's own, is an
+    /// error naming the setting.
+    pub fn with_admin_listen(mut self, admin_listen: Option<String>) -> anyhow::Result<Self> {
+        if let Some(text) = admin_listen {
+            self.admin_listen = text.parse().with_context(|| {
+                format!(
+                    "--admin-listen (TOLLGATE_SERVER_ADMIN_LISTEN) {text:?} is not an address \
+                     like {ADMIN_LISTEN_DEFAULT}"
+                )
+            })?;
+        }
+        if self.admin_listen == self.listen && self.listen.port() != 0 {
+            return Err(anyhow!(
+                "--admin-listen (TOLLGATE_SERVER_ADMIN_LISTEN) {} is also the listen address: \
+                 the admin listener needs its own port",
+                self.admin_listen
+            ));
+        }
+        Ok(self)
     }
 }
 
@@ -217,8 +247,12 @@ impl ServerConfig {
                 ));
             }
         };
+        let admin_listen = ADMIN_LISTEN_DEFAULT
+            .parse()
+            .context("the default admin listen address")?;
         Ok(ServerConfig {
             listen,
+            admin_listen,
             database_url,
             pool_size,
             stripe,
@@ -226,5 +260,38 @@ impl ServerConfig {
             limits: Limits::load(env)?,
             console: crate::http::console::settings::ConsoleConfig::load(env)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ServerConfig {
+        ServerConfig::load(Some("postgres://h/db".into()), None, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn the_admin_listener_defaults_to_loopback_and_bad_values_name_the_setting() {
+        let c = config().with_admin_listen(None).unwrap();
+        assert_eq!(c.admin_listen.to_string(), ADMIN_LISTEN_DEFAULT);
+        let c = config()
+            .with_admin_listen(Some("10.0.0.5:9201".into()))
+            .unwrap();
+        assert_eq!(c.admin_listen.to_string(), "10.0.0.5:9201");
+        for (bad, says) in [
+            ("4201", "is not an address like 127.0.0.1:4201"),
+            (LISTEN_DEFAULT, "is also the listen address"),
+        ] {
+            let err = config()
+                .with_admin_listen(Some(bad.into()))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("--admin-listen (TOLLGATE_SERVER_ADMIN_LISTEN)"),
+                "{err}"
+            );
+            assert!(err.contains(says), "{err}");
+        }
     }
 }

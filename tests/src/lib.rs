@@ -144,6 +144,19 @@ pub fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Starts `cmd` with its output piped and `input` written to its stdin, which is then closed
+/// (inputs here are small: they fit the pipe before the child has to be read).
+pub fn spawn_with_stdin(mut cmd: Command, input: &[u8]) -> Child {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child
+}
+
 /// Runs a command that must succeed; returns its stdout.
 pub fn ok(cmd: Command, stdin: Option<&str>) -> String {
     let what = format!("{cmd:?}");
@@ -199,9 +212,17 @@ impl Server {
         made["key"].as_str().unwrap().to_owned()
     }
 
-    /// `serve --listen ADDR`, waiting for its "listening on" line.
+    /// `serve --listen ADDR` (its admin listener on port 0: several servers run at once),
+    /// waiting for its "listening on" line.
     pub fn serve(&self, listen: &str) -> (Process, SocketAddr) {
-        let mut cmd = self.command(&["serve", "--listen", listen]);
+        let started = self.start(listen);
+        (started.process, started.addr)
+    }
+
+    /// `serve --listen ADDR --admin-listen 127.0.0.1:0`, waiting for the two lines that name the
+    /// listeners' addresses.
+    pub fn start(&self, listen: &str) -> ServerProcess {
+        let mut cmd = self.command(&["serve", "--listen", listen, "--admin-listen", "127.0.0.1:0"]);
         cmd.env("TOLLGATE_SERVER_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -209,17 +230,44 @@ impl Server {
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .unwrap();
-        let addr = line
-            .strip_prefix("tollgate-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
+        let mut read_addr = |prefix: &str| -> SocketAddr {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .unwrap();
+            line.strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+                .parse()
+                .unwrap()
+        };
+        let addr = read_addr("tollgate-server listening on ");
+        let admin_addr = read_addr("tollgate-server admin listening on ");
         std::thread::spawn(move || for _ in lines {});
-        (Process(child), addr)
+        ServerProcess {
+            process: Process(child),
+            addr,
+            admin_addr,
+        }
+    }
+}
+
+/// A running `tollgate-server serve` (killed on drop) and its two listeners.
+#[derive(Debug)]
+pub struct ServerProcess {
+    pub process: Process,
+    pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/readyz`, `/healthz`).
+    pub admin_addr: SocketAddr,
+}
+
+impl ServerProcess {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// kill -9, and reap.
+    pub fn kill(&mut self) {
+        self.process.kill();
     }
 }
 
@@ -244,18 +292,46 @@ impl Agent {
         self.dir.path()
     }
 
+    /// A command ready to run against this data dir, with no inherited tollgate environment
+    /// (data dir, config file, master keys) and stdin closed unless the caller sets it.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(binary("tollgate"));
         cmd.arg("--data-dir")
             .arg(self.data_dir())
             .args(args)
             .env_remove("TOLLGATE_CONFIG")
-            .env_remove("TOLLGATE_DATA_DIR");
+            .env_remove("TOLLGATE_DATA_DIR")
+            .env_remove("TOLLGATE_MASTER_KEY")
+            .env_remove("TOLLGATE_NEW_MASTER_KEY")
+            .stdin(Stdio::null());
         cmd
     }
 
+    /// Runs `tollgate ARGS` to completion, whatever its exit status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        run(self.command(args), None)
+    }
+
+    /// Runs `tollgate ARGS`, which must succeed; its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         ok(self.command(args), None)
+    }
+
+    /// `tollgate verify --json`, asserting the books are clean; the report.
+    pub fn assert_verified(&self) -> Value {
+        let out = self.run(&["--json", "verify"]);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(out.status.success(), "verify failed: {report:#}");
+        assert_eq!(report["violations"], serde_json::json!([]));
+        report
+    }
+
+    /// `user`'s balance as `credits balance` prints it.
+    pub fn balance(&self, user: &str) -> String {
+        self.json(&["credits", "balance", user])["balance"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     pub fn json(&self, args: &[&str]) -> Value {
@@ -272,8 +348,16 @@ impl Agent {
 
     /// As [`Agent::serve`], with more environment (a clock skew, say).
     pub fn serve_with(&self, upstream: &str, envs: &[(&str, &str)]) -> (Process, String) {
+        let gateway = self.start_gateway(upstream, envs);
+        (gateway.process, gateway.url)
+    }
+
+    /// `tollgate serve` with its API and admin listeners on port 0 (many gateways run at once
+    /// on one machine), in front of `upstream`; waits for the line that names both addresses.
+    pub fn start_gateway(&self, upstream: &str, envs: &[(&str, &str)]) -> Gateway {
         let mut child = self
             .command(&["serve", "--listen", "127.0.0.1:0", "--upstream", upstream])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .envs(envs.iter().copied())
             .env("TOLLGATE_UPSTREAM_KEY", "sk-litellm-e2e")
             .env("TOLLGATE_LOG_FORMAT", "json")
@@ -284,7 +368,7 @@ impl Agent {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
+        let (addr, admin) = loop {
             let line = lines
                 .next()
                 .expect("serve exited before listening")
@@ -292,12 +376,27 @@ impl Agent {
             if let Ok(log) = serde_json::from_str::<Value>(&line)
                 && let Some(listen) = log["fields"]["listen"].as_str()
             {
-                break listen.to_owned();
+                let admin = log["fields"]["admin_listen"].as_str().unwrap();
+                break (listen.to_owned(), admin.to_owned());
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        (Process(child), format!("http://{addr}"))
+        Gateway {
+            process: Process(child),
+            url: format!("http://{addr}"),
+            admin_url: format!("http://{admin}"),
+        }
     }
+}
+
+/// A running `tollgate serve`.
+#[derive(Debug)]
+pub struct Gateway {
+    pub process: Process,
+    /// The API listener's base URL (clients).
+    pub url: String,
+    /// The admin listener's base URL (`/metrics`, `/readyz`, `/healthz`).
+    pub admin_url: String,
 }
 
 /// `n` agents named `edge-0`…, each enrolled with `server` (at `base`) and serving in front of
@@ -326,7 +425,17 @@ pub fn enrolled_gateways(
 /// One small metered chat (`gpt-4o-mini`, at most 100 tokens out, the mock answers 40) with
 /// `key` at `gateway`: its status, or 0 when the gateway did not answer.
 pub async fn small_chat(client: &reqwest::Client, gateway: &str, key: &str, n: u64) -> u16 {
-    client
+    small_chat_answer(client, gateway, key, n).await.0
+}
+
+/// As [`small_chat`], with the answer's body (JSON; `Null` when there was none).
+pub async fn small_chat_answer(
+    client: &reqwest::Client,
+    gateway: &str,
+    key: &str,
+    n: u64,
+) -> (u16, Value) {
+    let sent = client
         .post(format!("{gateway}/v1/chat/completions"))
         .bearer_auth(key)
         .json(
@@ -334,9 +443,14 @@ pub async fn small_chat(client: &reqwest::Client, gateway: &str, key: &str, n: u
             "messages": [{"role": "user", "content": format!("{n} mock:tokens=40")}]}),
         )
         .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
+        .await;
+    match sent {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@
 //! (its gateway restarted minutes ahead or behind), and makes central grants (each twice, as a
 //! retrying admin would). After healing and draining, the invariants of SYNC.md must hold:
 //! conservation (reconcile, `tollgate verify`; the fleet user's pool + what agents hold + spent =
-//! given), no overspend (no balance or holding below zero, one debit per request), exactly once
+//! given + debt, the debt no more than the overdraft lines agents cut off drew, each exactly the
+//! line), no overspend (no balance or holding below zero, one debit per request), exactly once
 //! (every agent entry on the server once with its hash; every grant once), and convergence (each
 //! agent's balances equal the server's). It prints requests served and refused, credit spent,
 //! stranded and left, and the time to converge.
@@ -38,6 +39,8 @@ const USERS_PER_AGENT: usize = 2;
 const AFFORDABLE: u32 = 150;
 /// Requests the fleet user's pool pays for, across every agent.
 const FLEET_AFFORDABLE: u32 = 200;
+/// Requests the fleet user's overdraft line pays for, on an agent cut off from the server.
+const FLEET_LINE_REQUESTS: u32 = 20;
 /// The fleet user, served by every agent.
 const FLEET_USER: &str = "fleet-ann";
 /// Time between two faults.
@@ -323,6 +326,14 @@ async fn the_books_hold_through_kills_restarts_and_partitions() {
         }
     }
     let fleet_given = cost * Decimal::from(FLEET_AFFORDABLE);
+    let fleet_line = cost * Decimal::from(FLEET_LINE_REQUESTS);
+    server.ok(&[
+        "users",
+        "set",
+        FLEET_USER,
+        "--overdraft",
+        &fleet_line.to_string(),
+    ]);
     grant(&server, FLEET_USER, &fleet_given.to_string(), "fund-fleet").await;
     let url = cluster.url();
     eventually("the funding to reach the agents", CONVERGE, || {
@@ -571,10 +582,41 @@ async fn the_books_hold_through_kills_restarts_and_partitions() {
         .await
         .unwrap()
         .get(0);
+    // Overdraft lines drawn by agents cut off: each exactly the line; what the pool did not
+    // cover is owed.
+    let (debt, drawn): (Decimal, Vec<Decimal>) = {
+        let debt: Decimal = pg
+            .query_one(
+                "SELECT debt FROM user_credits WHERE user_id = $1",
+                &[&FLEET_USER],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let drawn = pg
+            .query(
+                "SELECT amount FROM credit_transactions \
+                 WHERE user_id = $1 AND idempotency_key LIKE 'overdraft:%'",
+                &[&FLEET_USER],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        (debt, drawn)
+    };
+    assert!(drawn.iter().all(|d| *d == fleet_line), "{drawn:?}");
+    let overdrawn: Decimal = drawn.iter().copied().sum();
+    assert!(
+        debt <= overdrawn,
+        "debt {debt} beyond the lines drawn {overdrawn}"
+    );
+    assert!(pool.is_zero() || debt.is_zero(), "pool {pool}, debt {debt}");
     assert_eq!(
         pool + fleet_held + fleet_spent,
-        fleet_given,
-        "the fleet user: pool + held + spent = given"
+        fleet_given + debt,
+        "the fleet user: pool + held + spent = given + debt"
     );
     left += pool + fleet_held;
     let out = run(server.command(&["reconcile", "--json"]), None);
@@ -594,7 +636,8 @@ async fn the_books_hold_through_kills_restarts_and_partitions() {
         .await
         .unwrap()
         .get(0);
-    let granted: Decimal = expected_grants.values().map(|(_, a)| *a).sum::<Decimal>() + fleet_given;
+    let granted: Decimal =
+        expected_grants.values().map(|(_, a)| *a).sum::<Decimal>() + fleet_given + debt;
     assert_eq!(
         spent + left,
         granted,
@@ -605,13 +648,15 @@ async fn the_books_hold_through_kills_restarts_and_partitions() {
     println!(
         "served {served}, refused (402) {refused}, gateway down {}, other {} {:?}; credit \
          granted {granted}, spent {spent}, left {left}; fleet user: given {fleet_given}, spent \
-         {fleet_spent} ({:.1} %), stranded {} (pool {pool}, agents {fleet_held}); converged \
+         {fleet_spent} ({:.1} %), stranded {} (pool {pool}, agents {fleet_held}), {} overdraft \
+         line(s) drawn, debt {debt}; converged \
          {converge_time:?} after the traffic stopped ({ran_out:?} after healing)",
         tally.unavailable.load(Ordering::Relaxed),
         tally.other.load(Ordering::Relaxed),
         others.lock().unwrap(),
         fleet_spent / fleet_given * Decimal::from(100),
         pool + fleet_held,
+        drawn.len(),
     );
     assert!(served > 0, "some requests were served");
     assert!(

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 use serde_json::Value;
-use tollgate_e2e::{Database, Server, eventually, small_chat};
+use tollgate_e2e::proxy::TcpProxy;
+use tollgate_e2e::{
+    Agent, Database, Server, eventually, ok, small_chat, small_chat_answer, word_with_prefix,
+};
 use tollgate_mock_upstream::MockUpstream;
 
 const AGENTS: usize = 3;
@@ -272,4 +275,129 @@ async fn a_home_user_becomes_a_fleet_user_served_by_another_agent() {
     }
     let reconcile: Value = serde_json::from_str(&server.ok(&["reconcile", "--json"])).unwrap();
     assert_eq!(reconcile["ok"], true, "{reconcile}");
+}
+
+/// An agent cut off from the server (a TCP proxy the test cuts): it spends what it was granted,
+/// then the overdraft line its grant carries — once — then refuses with a 402 that says it
+/// cannot reach the server. Healed and drained: the user owes what the pool did not cover, and
+/// the books agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_agent_spends_its_grant_then_the_overdraft_line_then_says_why() {
+    const LINE: &str = "0.01";
+    /// Less than the line: what the line lets the agent spend beyond it is owed.
+    const FUNDED: &str = "0.002";
+    let db = Database::create().await;
+    let server = Server {
+        database_url: db.url.clone(),
+        envs: Vec::new(),
+    };
+    server.ok(&["migrate"]);
+    let (_server_process, addr) = server.serve("127.0.0.1:0");
+    let proxy = TcpProxy::start(vec![addr]).await;
+    let upstream = MockUpstream::spawn().await.unwrap();
+    let agent = Agent::init("edge-0");
+    let token = word_with_prefix(&server.ok(&["agents", "enroll", &agent.name]), "tge_");
+    ok(
+        agent.command(&["enroll", "--server", &proxy.url(), "--token", "-"]),
+        Some(&token),
+    );
+    let (gateway, url) = agent.serve(&upstream.url());
+    server.ok(&[
+        "users",
+        "set",
+        "ann",
+        "--tier",
+        "professional",
+        "--overdraft",
+        LINE,
+    ]);
+    let key: Value = serde_json::from_str(
+        &server.ok(&["users", "api-key", "create", "ann", "--name", "k", "--json"]),
+    )
+    .unwrap();
+    let key = key["key"].as_str().unwrap().to_owned();
+    server.ok(&["credits", "grant", "ann", FUNDED, "--operation-id", "fund"]);
+    let http = reqwest::Client::new();
+    eventually("ann to be served", CONVERGE, || async {
+        (small_chat(&http, &url, &key, 0).await == 200).then_some(())
+    })
+    .await;
+
+    // Cut off: served while grant and line last, then refused, saying why.
+    proxy.partition();
+    let (mut served, mut n) = (0_u64, 1_u64);
+    let refusal = loop {
+        n += 1;
+        let (status, body) = small_chat_answer(&http, &url, &key, n).await;
+        match status {
+            200 => served += 1,
+            402 => {
+                let message = body["error"]["message"].as_str().unwrap_or("").to_owned();
+                // Refused for good only once the line is drawn (the agent's journal says so).
+                let drawn = agent
+                    .json(&["credits", "history", "ann", "--limit", "1000"])
+                    .to_string()
+                    .contains("overdraft:grant:");
+                if drawn && message.contains("cannot reach the sync server") {
+                    break body;
+                }
+                // Not a spin: the escrow loop asks the server meanwhile.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            other => panic!("request {n}: {other} {body}"),
+        }
+    };
+    assert_eq!(
+        refusal["error"]["code"], "fleet_credit_unavailable",
+        "{refusal}"
+    );
+    assert!(served > 0, "nothing was served while cut off");
+
+    // Healed and drained: the overdraft is the user's debt, or repaid from the pool.
+    proxy.heal();
+    drop(gateway);
+    eventually("the agent to be acknowledged", CONVERGE, || async {
+        agent.ok(&["sync", "now"]);
+        let status = agent.json(&["sync", "status"]);
+        (status["head_seq"] == status["acked_seq"]).then_some(())
+    })
+    .await;
+    agent.ok(&["verify"]);
+    let shown: Value =
+        serde_json::from_str(&server.ok(&["users", "show", "ann", "--json"])).unwrap();
+    let pool = dec(&shown["pool"]);
+    let debt = shown.get("debt").map_or(Decimal::ZERO, dec);
+    let held = dec(&shown["balance"]);
+    let spent = dec(&shown["credits_used_this_month"]);
+    let given: Decimal = FUNDED.parse().unwrap();
+    // What was given, plus what is owed, is what was spent, held and left in the pool.
+    assert_eq!(given + debt, spent + held + pool, "{shown}");
+    assert!(
+        pool.is_zero() && debt.is_sign_positive() && !debt.is_zero(),
+        "{shown}"
+    );
+    assert_eq!(dec(&shown["overdraft"]), LINE.parse::<Decimal>().unwrap());
+    let pg = db.client().await;
+    let drawn: Vec<Decimal> = pg
+        .query(
+            "SELECT amount FROM credit_transactions \
+             WHERE user_id = 'ann' AND idempotency_key LIKE 'overdraft:%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        drawn,
+        vec![LINE.parse::<Decimal>().unwrap()],
+        "the line, once"
+    );
+    let reconcile: Value = serde_json::from_str(&server.ok(&["reconcile", "--json"])).unwrap();
+    assert_eq!(reconcile["ok"], true, "{reconcile}");
+    println!(
+        "partitioned: {served} served on grant and line, then refused; debt {debt}, pool {pool}, \
+         spent {spent}"
+    );
 }

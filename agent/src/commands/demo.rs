@@ -109,6 +109,7 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
         config.upstream.url = mock.url();
         config.upstream.api_key = Some(Secret::new("sk-demo-upstream".into()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(gateway::serve(
@@ -118,7 +119,10 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
                 master: None,
                 demand: Default::default(),
             },
-            listener,
+            gateway::Listeners {
+                api: listener,
+                admin,
+            },
             async move {
                 let _ = stopped.await;
             },

@@ -4,6 +4,7 @@
 mod catalog;
 mod credits;
 mod demo;
+mod generate;
 mod init;
 mod keys;
 pub mod output;
@@ -45,6 +46,12 @@ impl Ctx {
 
 /// Runs one parsed command line. `Ok(code)` is the exit code; errors are printed by `main`.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // These describe the binary, not a data dir: they need none.
+    match &cli.command {
+        Command::Completions { shell } => return generate::completions(*shell),
+        Command::Man { out_dir } => return generate::man(out_dir.as_deref()),
+        _ => {}
+    }
     let ctx = Ctx {
         data_dir: DataDir::resolve(cli.data_dir)?,
         json: cli.json,
@@ -63,6 +70,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Usage(cmd) => usage::run(&ctx, cmd),
         Command::Enroll(args) => sync::enroll(&ctx, args),
         Command::Sync(cmd) => sync::run(&ctx, cmd),
+        // Answered above; the same answer here keeps the match whole.
+        Command::Completions { shell } => generate::completions(shell),
+        Command::Man { out_dir } => generate::man(out_dir.as_deref()),
     }
 }
 

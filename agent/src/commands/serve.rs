@@ -1,5 +1,8 @@
 //! `tollgate serve`: load the layered config, open the ledger and (if BYOK keys exist or a master
-//! key is set) the vault's master key, bind, and run the gateway until Ctrl-C or SIGTERM. With
+//! key is set) the vault's master key, bind the API and admin listeners, and run the gateway
+//! until Ctrl-C or SIGTERM. It logs one line once both are bound (`fields.listen`, the API's
+//! address, and `fields.admin_listen`: scripts and tests wait for it), one when the signal
+//! arrives and one when it has stopped. With
 //! `<data dir>/sync.toml` (written by `tollgate enroll`), the sync task runs beside it on the same
 //! runtime, with a ledger connection of its own, and stops on the same signal.
 
@@ -13,7 +16,7 @@ use zeroize::Zeroizing;
 use super::Ctx;
 use crate::cli::ServeArgs;
 use crate::gateway::config::{GatewayConfig, Overrides};
-use crate::gateway::{self, ServeParts};
+use crate::gateway::{self, ServeParts, access};
 use crate::keys::{MASTER_KEY_ENV, vault};
 use crate::ledger::clock::{self, CLOCK_SKEW_ENV};
 use crate::ledger::{Clock, Ledger, OpenMode};
@@ -26,6 +29,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let overrides = Overrides {
         config_file: args.config,
         listen: args.listen,
+        admin_listen: args.admin_listen,
         upstream: args.upstream,
     };
     let config = GatewayConfig::load(&overrides, &|name| std::env::var(name).ok())?;
@@ -41,6 +45,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let demand = Arc::new(crate::sync::escrow::Demand::default());
     let syncer = start_sync(ctx, clock)?.map(|s| s.with_demand(demand.clone()));
     let addr = config.listen_addr()?;
+    let admin_addr = config.admin_listen_addr()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -49,12 +54,16 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Listen for the signals before anything else, so one sent while the gateway starts
         // (loading its tokenizers, reading the upstream's catalogue) stops it cleanly.
         let signal = shutdown_signal();
-        let listener = tokio::net::TcpListener::bind(addr)
+        let api = tokio::net::TcpListener::bind(addr)
             .await
-            .with_context(|| format!("binding {addr}"))?;
+            .with_context(|| format!("binding listen {addr}"))?;
+        let admin = tokio::net::TcpListener::bind(admin_addr)
+            .await
+            .with_context(|| format!("binding admin_listen {admin_addr}"))?;
         tracing::info!(
-            listen = %listener.local_addr()?,
-            upstream = %config.upstream.url,
+            listen = %api.local_addr()?,
+            admin_listen = %admin.local_addr()?,
+            upstream = %access::Upstream::configured(&config.upstream.url).text(),
             "tollgate gateway serving"
         );
         // The signal stops both; if the gateway ends first (an error), dropping the sender
@@ -63,6 +72,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let sync_task = syncer.map(|s| tokio::spawn(s.run(stopped)));
         let shutdown = async move {
             signal.await;
+            tracing::info!("shutting down: no new connections; finishing requests in flight");
             let _ = stop.send(true);
         };
         let served = gateway::serve(
@@ -72,7 +82,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 master,
                 demand,
             },
-            listener,
+            gateway::Listeners { api, admin },
             shutdown,
         )
         .await;
@@ -80,6 +90,12 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
             && tokio::time::timeout(SYNC_STOP_TIMEOUT, task).await.is_err()
         {
             tracing::warn!("the sync task did not stop in time");
+        }
+        match &served {
+            Ok(()) => tracing::info!("tollgate gateway stopped"),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "tollgate gateway stopped on an error")
+            }
         }
         served
     })?;

@@ -25,6 +25,7 @@ pub const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
 
 /// Environment variables the gateway reads (each overrides the file).
 pub const ENV_LISTEN: &str = "TOLLGATE_LISTEN";
+pub const ENV_ADMIN_LISTEN: &str = "TOLLGATE_ADMIN_LISTEN";
 pub const ENV_UPSTREAM: &str = "TOLLGATE_UPSTREAM";
 pub const ENV_UPSTREAM_KEY: &str = "TOLLGATE_UPSTREAM_KEY";
 pub const ENV_ALERT_WEBHOOK: &str = "TOLLGATE_ALERT_WEBHOOK_URL";
@@ -60,8 +61,11 @@ impl<'de> Deserialize<'de> for Secret {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
-    /// Address the gateway listens on.
+    /// Address the gateway listens on: the API and `/healthz`, nothing else.
     pub listen: String,
+    /// Address of the admin listener: `/metrics`, `/readyz` and `/healthz`, for the operator's
+    /// monitoring, never for clients (loopback by default).
+    pub admin_listen: String,
     pub upstream: UpstreamConfig,
     pub limits: LimitsConfig,
     pub pricing: PricingConfig,
@@ -184,6 +188,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             listen: "127.0.0.1:4100".into(),
+            admin_listen: "127.0.0.1:4101".into(),
             upstream: UpstreamConfig::default(),
             limits: LimitsConfig::default(),
             pricing: PricingConfig::default(),
@@ -288,6 +293,7 @@ fn default_providers() -> BTreeMap<String, ProviderConfig> {
 pub struct Overrides {
     pub config_file: Option<PathBuf>,
     pub listen: Option<String>,
+    pub admin_listen: Option<String>,
     pub upstream: Option<String>,
 }
 
@@ -352,6 +358,9 @@ impl GatewayConfig {
         if let Some(v) = env(ENV_LISTEN) {
             config.listen = v;
         }
+        if let Some(v) = env(ENV_ADMIN_LISTEN) {
+            config.admin_listen = v;
+        }
         if let Some(v) = env(ENV_UPSTREAM) {
             config.upstream.url = v;
         }
@@ -370,6 +379,9 @@ impl GatewayConfig {
         if let Some(v) = &overrides.listen {
             config.listen = v.clone();
         }
+        if let Some(v) = &overrides.admin_listen {
+            config.admin_listen = v.clone();
+        }
         if let Some(v) = &overrides.upstream {
             config.upstream.url = v.clone();
         }
@@ -379,12 +391,33 @@ impl GatewayConfig {
 
     /// Checks every value once, so the gateway never meets a bad one at request time.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.listen.parse::<std::net::SocketAddr>().map_err(|e| {
+        let listen = self.listen.parse::<std::net::SocketAddr>().map_err(|e| {
             invalid(
                 "listen",
                 format!("{:?} is not an address: {e}", self.listen),
             )
         })?;
+        let admin = self
+            .admin_listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| {
+                invalid(
+                    "admin_listen",
+                    format!(
+                        "{:?} is not an address like 127.0.0.1:4101: {e}",
+                        self.admin_listen
+                    ),
+                )
+            })?;
+        if admin == listen && admin.port() != 0 {
+            return Err(invalid(
+                "admin_listen",
+                format!(
+                    "{admin} is also the listen address: the admin listener (metrics, \
+                     readiness) needs its own port"
+                ),
+            ));
+        }
         check_url("upstream.url", &self.upstream.url)?;
         for (name, provider) in &self.providers {
             check_url(&format!("providers.{name}.base_url"), &provider.base_url)?;
@@ -506,6 +539,12 @@ impl GatewayConfig {
         self.listen
             .parse()
             .map_err(|e| invalid("listen", format!("{e}")))
+    }
+
+    pub fn admin_listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        self.admin_listen
+            .parse()
+            .map_err(|e| invalid("admin_listen", format!("{e}")))
     }
 
     /// The markup for `tier` (1 when not configured).
@@ -642,6 +681,7 @@ mod tests {
         let config = GatewayConfig::from_toml(&text, path).unwrap();
         let defaults = GatewayConfig::default();
         assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.admin_listen, defaults.admin_listen);
         assert_eq!(config.upstream.url, defaults.upstream.url);
         assert_eq!(config.limits.body_bytes_max, defaults.limits.body_bytes_max);
         assert_eq!(
@@ -688,10 +728,47 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_listener_is_layered_like_listen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "admin_listen = \"127.0.0.1:9101\"\n").unwrap();
+        let mut overrides = Overrides {
+            config_file: Some(path),
+            ..Overrides::default()
+        };
+        let c = GatewayConfig::load(&overrides, &no_env).unwrap();
+        assert_eq!(c.admin_listen, "127.0.0.1:9101");
+        let env = |k: &str| (k == ENV_ADMIN_LISTEN).then(|| "127.0.0.1:9102".to_owned());
+        let c = GatewayConfig::load(&overrides, &env).unwrap();
+        assert_eq!(c.admin_listen, "127.0.0.1:9102");
+        overrides.admin_listen = Some("127.0.0.1:9103".into());
+        let c = GatewayConfig::load(&overrides, &env).unwrap();
+        assert_eq!(c.admin_listen_addr().unwrap().port(), 9103);
+        assert_eq!(
+            GatewayConfig::default().admin_listen,
+            "127.0.0.1:4101",
+            "the README documents this default"
+        );
+        // A bad value from the environment names the setting too.
+        let bad = |k: &str| (k == ENV_ADMIN_LISTEN).then(|| "4101".to_owned());
+        overrides.admin_listen = None;
+        let err = GatewayConfig::load(&overrides, &bad).unwrap_err();
+        assert!(err.to_string().starts_with("invalid admin_listen"), "{err}");
+    }
+
+    #[test]
     fn bad_configs_name_what_is_wrong() {
         let cases = [
             ("lisen = \"x\"", "unknown field `lisen`"),
             ("listen = \"nowhere\"", "invalid listen"),
+            (
+                "admin_listen = \"localhost\"",
+                "invalid admin_listen: \"localhost\" is not an address",
+            ),
+            (
+                "listen = \"127.0.0.1:4100\"\nadmin_listen = \"127.0.0.1:4100\"",
+                "invalid admin_listen: 127.0.0.1:4100 is also the listen address",
+            ),
             ("[upstream]\nurl = \"ftp://x\"", "upstream.url"),
             (
                 "[pricing]\nbyok_fee_percent = 150",

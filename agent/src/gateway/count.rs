@@ -16,6 +16,7 @@ use axum::response::Response;
 use serde_json::Value;
 
 use super::Gateway;
+use super::access::{AccessLine, Upstream};
 use super::auth;
 use super::error::ApiError;
 use super::metrics::RequestLabels;
@@ -49,11 +50,28 @@ pub async fn count_tokens(
         model: "-".into(),
         level: "-",
     };
-    let mut response = match count(&gw, &headers, body, &mut labels).await {
+    let started = std::time::Instant::now();
+    let mut user = None;
+    let counted = count(&gw, &headers, body, &mut labels, &mut user).await;
+    let reason = counted.as_ref().err().map(|e| (e.code(), e.to_string()));
+    let mut response = match counted {
         Ok(response) => response,
         Err(e) => refusal(&gw, e, Wire::Messages),
     };
     labels.status = response.status().as_u16();
+    AccessLine {
+        request_id: &request_id,
+        user: user.as_deref(),
+        route: COUNT_TOKENS_PATH,
+        model: Some(labels.model.as_str()).filter(|m| *m != "-"),
+        level: labels.level.parse().ok(),
+        status: labels.status,
+        latency: started.elapsed(),
+        upstream: Upstream::configured(&gw.config.upstream.url),
+        error: reason.as_ref().map(|(code, why)| (*code, why.as_str())),
+        ..AccessLine::default()
+    }
+    .emit();
     gw.metrics.requests.get_or_create(&labels).inc();
     name_request(&mut response, &request_id);
     response
@@ -64,8 +82,10 @@ async fn count(
     headers: &HeaderMap,
     body: Body,
     labels: &mut RequestLabels,
+    user: &mut Option<String>,
 ) -> Result<Response, ApiError> {
     let caller = auth::authenticate(&gw.auth_cache, &gw.writer, headers).await?;
+    *user = Some(caller.user_id.clone());
     let bytes = request::read_body(
         headers,
         body,

@@ -21,6 +21,7 @@ use crate::prices::cost::{SearchSize, TokenUsage};
 use crate::prices::{ModelPrice, model_family};
 
 use super::Gateway;
+use super::access::{AccessLine, Upstream};
 use super::auth::Caller;
 use super::error::ApiError;
 use super::metrics::RouteLabels;
@@ -199,11 +200,18 @@ impl Exchange {
         cost
     }
 
-    /// Settles the request at its metered cost (durable when this returns).
+    /// Settles the request at its metered cost (durable when this returns), then writes its
+    /// access line.
     pub async fn settle(self, outcome: Outcome) -> Result<Settled, ApiError> {
         let cost = self.cost(&outcome);
         let usage = self.usage_record(&outcome, cost);
-        self.ticket.settle(cost, usage).await
+        let line = self.access_facts();
+        let settled = self.ticket.settle(cost, usage).await;
+        match &settled {
+            Ok(s) => line.emit(&outcome, s.charged, None),
+            Err(e) => line.emit(&outcome, Credits::ZERO, Some(e)),
+        }
+        settled
     }
 
     /// Ends a failed request: releases its hold (charging nothing) and logs it with the error.
@@ -214,7 +222,26 @@ impl Exchange {
             ..Outcome::default()
         });
         let usage = self.usage_record(&outcome, Credits::ZERO);
+        let line = self.access_facts();
         self.ticket.release(usage).await;
+        line.emit(&outcome, Credits::ZERO, None);
+    }
+
+    /// What the access line says of this request besides its outcome.
+    fn access_facts(&self) -> AccessFacts {
+        AccessFacts {
+            request_id: self.origin.request_id.clone(),
+            user: self.origin.caller.user_id.clone(),
+            route: self.origin.endpoint.path(),
+            model: self.route.price.model.clone(),
+            level: self.level,
+            started: self.origin.started,
+            upstream: match self.byok_key_id {
+                Some(_) => Upstream::Byok(self.route.price.provider.clone()),
+                None => Upstream::configured(&self.gw.config.upstream.url),
+            },
+            stream: self.stream,
+        }
     }
 
     /// The usage row for this request.
@@ -302,6 +329,46 @@ impl Exchange {
                 .clone()
                 .filter(|_| self.origin.endpoint == Endpoint::Responses && outcome.error.is_none()),
         }
+    }
+}
+
+/// An admitted request's access line, taken before its ticket is consumed.
+struct AccessFacts {
+    request_id: String,
+    user: String,
+    route: &'static str,
+    model: String,
+    level: PowerLevel,
+    started: Instant,
+    upstream: Upstream,
+    stream: bool,
+}
+
+impl AccessFacts {
+    /// Writes the line for `outcome`, charged `credits`; `failed` when the settle itself failed.
+    fn emit(&self, outcome: &Outcome, credits: Credits, failed: Option<&ApiError>) {
+        let failed_reason = failed.map(ToString::to_string);
+        let error = match (failed, &failed_reason, &outcome.error) {
+            (Some(e), Some(reason), _) => Some((e.code(), reason.as_str())),
+            (_, _, Some((kind, reason))) => Some((kind.as_str(), reason.as_str())),
+            _ => None,
+        };
+        AccessLine {
+            request_id: &self.request_id,
+            user: Some(&self.user),
+            route: self.route,
+            model: Some(&self.model),
+            level: Some(self.level),
+            status: failed.map_or(outcome.http_status, |e| e.status().as_u16()),
+            prompt_tokens: outcome.usage.prompt_tokens,
+            completion_tokens: outcome.usage.completion_tokens,
+            credits,
+            latency: self.started.elapsed(),
+            upstream: self.upstream.clone(),
+            stream: self.stream,
+            error,
+        }
+        .emit();
     }
 }
 

@@ -2,8 +2,11 @@
 //! each caller, reserves their credit, forwards the request, meters what comes back and settles
 //! exactly that (PRODUCT.md, "the agent's request path").
 //!
-//! Shape: [`serve`] takes a ready [`GatewayConfig`], an open [`Ledger`] and a bound listener
-//! (tests bind port 0 and read the address before serving) and runs until `shutdown` resolves.
+//! Shape: [`serve`] takes a ready [`GatewayConfig`], an open [`Ledger`] and two bound
+//! [`Listeners`] (tests bind port 0 and read the addresses before serving) and runs until
+//! `shutdown` resolves. The API listener serves the metered routes and `/healthz` only; the
+//! admin listener ([`admin_router`]) serves `/metrics`, `/readyz` and `/healthz`, so what the
+//! operator monitors is never on the port clients reach.
 //! The ledger is owned by one writer thread ([`writer`]) that group-commits every request's
 //! hold and settle; everything else is async. Modules: [`config`] (file < env < flags),
 //! the HTTP loop (crate `tollgate-serve`: connection limit, header timeout), [`auth`] (API keys, cached
@@ -22,6 +25,7 @@
 //! on anything but the ledger and the upstream (health, catalog reloads and alerts run in
 //! background tasks).
 
+pub mod access;
 pub mod alerts;
 mod answer;
 mod auth;
@@ -209,11 +213,23 @@ fn load_catalog(ledger: &Ledger) -> Result<Catalog, LedgerError> {
     })
 }
 
-/// Runs the gateway on `listener` until `shutdown` resolves; in-flight requests finish first.
+/// Connections the admin listener serves at once (a scraper or two, an operator's curl).
+const ADMIN_CONNECTIONS_MAX: usize = 64;
+
+/// The listeners [`serve`] runs on, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Clients: the metered API and `/healthz`.
+    pub api: TcpListener,
+    /// The operator: `/metrics`, `/readyz` and `/healthz`.
+    pub admin: TcpListener,
+}
+
+/// Runs the gateway on `listeners` until `shutdown` resolves; in-flight requests finish first.
 pub async fn serve(
     config: GatewayConfig,
     parts: ServeParts,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let catalog = load_catalog(&parts.ledger)?;
@@ -256,7 +272,37 @@ pub async fn serve(
         connections_max: gateway.config.limits.connections_max,
         header_read_timeout: gateway.config.header_read_timeout(),
     };
-    let served = tollgate_serve::serve(listener, app, limits, shutdown).await;
+    // One signal stops both listeners; if the API's loop ends first (an error), it stops the
+    // admin listener's too.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = Arc::new(stop);
+    let forward = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
+    };
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let admin = tokio::spawn(tollgate_serve::serve(
+        listeners.admin,
+        admin_router(gateway.clone()),
+        tollgate_serve::ConnectionLimits {
+            connections_max: ADMIN_CONNECTIONS_MAX,
+            ..limits
+        },
+        until_stopped(stopped.clone()),
+    ));
+    let served = tollgate_serve::serve(listeners.api, app, limits, until_stopped(stopped)).await;
+    let _ = stop.send(true);
+    forward.abort();
+    match admin.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "the admin listener failed"),
+        Err(e) => tracing::warn!(error = %e, "the admin listener's task failed"),
+        Ok(Ok(())) => {}
+    }
     background.abort();
     // Last provider health, then let the writer finish what is queued and stop.
     flush_health(&gateway).await;
@@ -265,9 +311,10 @@ pub async fn serve(
     Ok(served?)
 }
 
-/// The routes: the metered APIs (OpenAI's chat, completions, embeddings and Responses;
-/// Anthropic's Messages and its free token count), each also without the `/v1` prefix as
-/// LiteLLM accepts them; the model list; health, readiness, metrics; 404 for everything else.
+/// The API listener's routes: the metered APIs (OpenAI's chat, completions, embeddings and
+/// Responses; Anthropic's Messages and its free token count), each also without the `/v1` prefix
+/// as LiteLLM accepts them; the model list; `/healthz`; 404 for everything else (metrics and
+/// readiness included: they are on the admin listener).
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let mut router = Router::new();
     for prefix in ["/v1", ""] {
@@ -286,21 +333,51 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     }
     router
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .with_state(gateway)
 }
 
+/// The admin listener's routes: `/metrics`, `/readyz`, `/healthz`; a plain 404 otherwise.
+pub fn admin_router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not an admin route: this listener serves GET /metrics, /readyz and /healthz\n",
+            )
+        })
+        .with_state(gateway)
+}
+
 async fn not_found(uri: axum::http::Uri, method: axum::http::Method) -> Response {
-    ApiError::NotFound(format!(
-        "{method} {} is not a route of this gateway; it serves POST /v1/chat/completions, \
+    let path = uri.path();
+    let admin_note = if matches!(path, "/metrics" | "/readyz") {
+        " (metrics and readiness are served on the admin listener, `admin_listen`)"
+    } else {
+        ""
+    };
+    let error = ApiError::NotFound(format!(
+        "{method} {path} is not a route of this gateway; it serves POST /v1/chat/completions, \
          /v1/completions, /v1/embeddings, /v1/responses, /v1/messages and \
-         /v1/messages/count_tokens, and GET /v1/models (each also without /v1)",
-        uri.path()
-    ))
-    .into_response()
+         /v1/messages/count_tokens, and GET /v1/models (each also without /v1){admin_note}"
+    ));
+    let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
+    let route = format!("{method} {path}");
+    access::AccessLine {
+        request_id: &request_id,
+        route: &route,
+        status: 404,
+        error: Some((error.code(), "not a route of this gateway")),
+        ..access::AccessLine::default()
+    }
+    .emit();
+    let mut response = error.into_response();
+    proxy::name_request(&mut response, &request_id);
+    response
 }
 
 async fn metrics_text(State(gw): State<Arc<Gateway>>) -> Response {

@@ -7,6 +7,7 @@
 //! request from the same caller would be refused for its model.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -16,6 +17,7 @@ use serde_json::{Value, json};
 use crate::ledger::PowerLevel;
 
 use super::Gateway;
+use super::access::AccessLine;
 use super::auth::{self, Caller};
 use super::error::ApiError;
 use super::proxy::refusal;
@@ -24,12 +26,33 @@ use super::routing;
 
 /// `GET /v1/models`.
 pub async fn list(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let started = Instant::now();
     match auth::authenticate(&gw.auth_cache, &gw.writer, &headers).await {
         Ok(caller) => {
+            log("/v1/models", Some(&caller.user_id), started, None);
             axum::Json(json!({"object": "list", "data": available(&gw, &caller)})).into_response()
         }
-        Err(e) => refusal(&gw, e, Wire::Chat),
+        Err(e) => {
+            log("/v1/models", None, started, Some(&e));
+            refusal(&gw, e, Wire::Chat)
+        }
     }
+}
+
+/// The access line of a model-list request (answered by the gateway itself, never charged).
+fn log(route: &str, user: Option<&str>, started: Instant, error: Option<&ApiError>) {
+    let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
+    let reason = error.map(ToString::to_string);
+    AccessLine {
+        request_id: &request_id,
+        user,
+        route,
+        status: error.map_or(200, |e| e.status().as_u16()),
+        latency: started.elapsed(),
+        error: error.zip(reason.as_deref()).map(|(e, why)| (e.code(), why)),
+        ..AccessLine::default()
+    }
+    .emit();
 }
 
 /// `GET /v1/models/{id}`.
@@ -38,20 +61,30 @@ pub async fn one(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    let started = Instant::now();
     let caller = match auth::authenticate(&gw.auth_cache, &gw.writer, &headers).await {
         Ok(c) => c,
-        Err(e) => return refusal(&gw, e, Wire::Chat),
+        Err(e) => {
+            log("/v1/models/{id}", None, started, Some(&e));
+            return refusal(&gw, e, Wire::Chat);
+        }
     };
     match available(&gw, &caller)
         .into_iter()
         .find(|m| m["id"] == id.as_str())
     {
-        Some(m) => axum::Json(m).into_response(),
-        None => ApiError::NotFound(format!(
-            "model {id:?} is not served, or not available to you (power level {})",
-            caller.power_level
-        ))
-        .into_response(),
+        Some(m) => {
+            log("/v1/models/{id}", Some(&caller.user_id), started, None);
+            axum::Json(m).into_response()
+        }
+        None => {
+            let e = ApiError::NotFound(format!(
+                "model {id:?} is not served, or not available to you (power level {})",
+                caller.power_level
+            ));
+            log("/v1/models/{id}", Some(&caller.user_id), started, Some(&e));
+            e.into_response()
+        }
     }
 }
 

@@ -341,9 +341,12 @@ async fn hold(gw: &Gateway, want: &Reserve, floor: Option<Credits>) -> Result<Cr
             needed: want.floor.min(needed),
             estimate: want.worst,
         })),
-        Ok(Err(LedgerError::Refused(refusal @ Refusal::NoFleetGrant { .. }))) => {
-            Err(Denied::Short(ApiError::NoFleetGrant(refusal.to_string())))
-        }
+        Ok(Err(LedgerError::Refused(
+            refusal @ (Refusal::NoFleetGrant { .. } | Refusal::FleetCreditShort { .. }),
+        ))) => Err(Denied::Short(ApiError::NoFleetGrant(format!(
+            "{refusal}. {}",
+            fleet_outlook(gw.demand.unreachable_for())
+        )))),
         Ok(Err(LedgerError::Refused(Refusal::SpendCapReached {
             cap, used, held, ..
         }))) => Err(Denied::Short(ApiError::SpendCap { cap, used, held })),
@@ -353,6 +356,21 @@ async fn hold(gw: &Gateway, want: &Reserve, floor: Option<Credits>) -> Result<Cr
             ))))
         }
         Ok(Err(e)) => Err(Denied::Other(internal(&want.request_id, &e.to_string()))),
+    }
+}
+
+/// What a refused fleet user can expect, as far as this host knows.
+fn fleet_outlook(unreachable_for: Option<std::time::Duration>) -> String {
+    match unreachable_for {
+        Some(for_) => format!(
+            "This host cannot reach the sync server (for {} s) to get more of the user's credit: \
+             it has spent what it was granted, and any overdraft line. Retry on another host or \
+             later",
+            for_.as_secs()
+        ),
+        None => "More is being asked of the user's central pool: retry in a moment; if the pool \
+                 is spent, more credit must be bought"
+            .to_owned(),
     }
 }
 

@@ -29,6 +29,7 @@ use crate::ledger::responses::SERVED_RESPONSE_RETENTION_DAYS;
 use crate::prices::cost::Ceiling;
 
 use super::Gateway;
+use super::access::AccessLine;
 use super::answer;
 use super::auth::{self, Caller};
 use super::error::ApiError;
@@ -97,14 +98,18 @@ async fn handle(
         level: "-",
     };
     let wire = endpoint.wire();
+    let started = Instant::now();
     let mut response = match auth::authenticate(&gw.auth_cache, &gw.writer, &parts.headers).await {
-        Err(e) => refusal(&gw, e, wire),
+        Err(e) => {
+            log_refusal(&request_id, None, endpoint, started, &e);
+            refusal(&gw, e, wire)
+        }
         Ok(caller) => {
             let origin = Origin {
                 request_id: request_id.clone(),
                 caller,
                 endpoint,
-                started: Instant::now(),
+                started,
                 user_agent: header_text(&parts.headers, header::USER_AGENT.as_str()),
                 client_ip: Some(client.ip().to_string()),
             };
@@ -119,10 +124,11 @@ async fn handle(
                 }
                 Err(e) => {
                     tracing::error!(request_id = %request_id, error = %e, "request task failed");
-                    ApiError::Internal {
+                    let e = ApiError::Internal {
                         request_id: request_id.clone(),
-                    }
-                    .respond(wire)
+                    };
+                    log_refusal(&request_id, None, endpoint, started, &e);
+                    e.respond(wire)
                 }
             }
         }
@@ -141,6 +147,31 @@ pub fn name_request(response: &mut Response, request_id: &str) {
             response.headers_mut().insert(name, v.clone());
         }
     }
+}
+
+/// The access line of a request refused before it was admitted (nothing forwarded, nothing
+/// charged).
+fn log_refusal(
+    request_id: &str,
+    known: Option<(&str, &Known)>,
+    endpoint: Endpoint,
+    started: Instant,
+    e: &ApiError,
+) {
+    let reason = e.to_string();
+    AccessLine {
+        request_id,
+        user: known.map(|(user, _)| user),
+        route: endpoint.path(),
+        model: known.and_then(|(_, k)| k.model.as_deref()),
+        level: known.and_then(|(_, k)| k.level),
+        status: e.status().as_u16(),
+        latency: started.elapsed(),
+        stream: known.is_some_and(|(_, k)| k.stream),
+        error: Some((e.code(), &reason)),
+        ..AccessLine::default()
+    }
+    .emit();
 }
 
 /// Counts a refusal and answers it in `wire`'s error shape.
@@ -183,6 +214,13 @@ async fn run(
             (response, model, level)
         }
         Err(e) => {
+            log_refusal(
+                &origin.request_id,
+                Some((&origin.caller.user_id, &known)),
+                origin.endpoint,
+                origin.started,
+                &e,
+            );
             let model = known
                 .model
                 .as_deref()

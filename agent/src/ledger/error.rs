@@ -30,6 +30,17 @@ pub enum Refusal {
          granted this host any of their pool lately (it is spent, or the server is unreachable)"
     )]
     NoFleetGrant { user: String },
+    /// A fleet user whose grants on this host do not cover the request (more is asked of their
+    /// pool by the escrow task).
+    #[error(
+        "fleet user {user} has {available} credits granted to this host, less than the {needed} \
+         this request needs"
+    )]
+    FleetCreditShort {
+        user: String,
+        available: Credits,
+        needed: Credits,
+    },
     #[error(
         "monthly spend cap reached for {user}: cap {cap}, used {used}, held {held}, needed {needed}"
     )]

@@ -12,12 +12,17 @@
 //!   `escrow` entry keyed `release:<uuid>`, burning lots like a debit; open holds stay covered.
 //!   Only the escrow task releases; the server never takes a grant back.
 //! - Credit for a fleet user arrives only as a grant: [`refuse_local_credit`] is checked by every
-//!   local add.
+//!   local add — or as the overdraft line of the newest grant booked here
+//!   ([`Session::draw_overdraft`]), drawn at most once (the line is cleared in the same
+//!   transaction), only by the escrow task when the server cannot be reached, and valid for
+//!   [`OVERDRAFT_VALIDITY_MS`]. The server books it as the user's debt.
 
 use rusqlite::{OptionalExtension, params};
 use time::OffsetDateTime;
 use tollgate_schema::money::Credits;
-use tollgate_schema::wire::{GRANT_KEY_PREFIX, GrantSpec, RELEASE_KEY_PREFIX};
+use tollgate_schema::wire::{
+    GRANT_KEY_PREFIX, GrantSpec, OVERDRAFT_KEY_PREFIX, RELEASE_KEY_PREFIX,
+};
 
 use super::clock::to_text;
 use super::credits::negate;
@@ -33,6 +38,10 @@ pub const RATE_ENTRIES_MAX: i64 = 10_000;
 /// Longest validity a grant may carry (a server asking for more is refused): a day.
 pub const GRANT_VALIDITY_MAX_MS: u64 = 24 * 60 * 60 * 1000;
 
+/// How long an overdraft line, once drawn, admits new holds (on this agent's clock): long enough
+/// to ride out a partition, bounded like a grant.
+pub const OVERDRAFT_VALIDITY_MS: u64 = 10 * 60 * 1000;
+
 /// What the escrow task sees of one fleet user here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetPosition {
@@ -43,6 +52,8 @@ pub struct FleetPosition {
     pub valid_until: Option<OffsetDateTime>,
     /// What this agent charged the user within the window asked for.
     pub spent_recently: Credits,
+    /// The overdraft line of the newest grant booked here, not yet drawn.
+    pub overdraft_line: Option<Credits>,
 }
 
 impl FleetPosition {
@@ -90,6 +101,14 @@ impl Session<'_> {
             return Err(LedgerError::InvalidAmount {
                 amount: grant.amount,
                 why: "a grant must be positive",
+            });
+        }
+        if let Some(line) = grant.overdraft
+            && !line.is_positive()
+        {
+            return Err(LedgerError::InvalidAmount {
+                amount: line,
+                why: "an overdraft line must be positive",
             });
         }
         if grant.valid_for_ms > GRANT_VALIDITY_MAX_MS {
@@ -144,16 +163,80 @@ impl Session<'_> {
         )?;
         self.create_lot(&mut user, &entry, CreditKind::Escrow, grant.amount, None)?;
         self.save_user(&mut user)?;
+        self.extend_validity(&user, valid_until)?;
+        if let Some(line) = grant.overdraft {
+            self.conn.execute(
+                "UPDATE user_credits SET overdraft_line = ?2, overdraft_key = ?3 \
+                 WHERE user_id = ?1",
+                params![
+                    grant.user_id,
+                    line.nanos(),
+                    format!("{OVERDRAFT_KEY_PREFIX}{}", grant.key)
+                ],
+            )?;
+        }
+        Ok(entry.receipt.entry_id)
+    }
+
+    /// Moves `user`'s grant validity forward to `valid_until` (never back).
+    fn extend_validity(
+        &self,
+        user: &UserRow,
+        valid_until: OffsetDateTime,
+    ) -> Result<(), LedgerError> {
         let later = user
             .escrow_valid_until
             .is_none_or(|until| until < valid_until);
         if later {
             self.conn.execute(
                 "UPDATE user_credits SET escrow_valid_until = ?2 WHERE user_id = ?1",
-                params![grant.user_id, to_text(valid_until)],
+                params![user.user_id, to_text(valid_until)],
             )?;
         }
-        Ok(entry.receipt.entry_id)
+        Ok(())
+    }
+
+    /// Draws `user_id`'s overdraft line (see the module's guarantees); `None` when there is none.
+    pub fn draw_overdraft(&mut self, user_id: &str) -> Result<Option<EntryReceipt>, LedgerError> {
+        let line: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT overdraft_line, overdraft_key FROM user_credits \
+                 WHERE user_id = ?1 AND fleet = 1 AND overdraft_line IS NOT NULL",
+                [user_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((line, key)) = line else {
+            return Ok(None);
+        };
+        let amount = Credits::from_nanos(line);
+        let mut user = self.touch(user_id)?;
+        let entry = self.append(
+            &mut user,
+            EntryDraft {
+                entry_type: Some(EntryType::Escrow),
+                amount,
+                idempotency_key: Some(key),
+                notes: Some(
+                    "overdraft line drawn: the sync server could not be reached; the server \
+                     books it as the user's debt"
+                        .to_owned(),
+                ),
+                ..EntryDraft::default()
+            },
+        )?;
+        self.create_lot(&mut user, &entry, CreditKind::Escrow, amount, None)?;
+        self.save_user(&mut user)?;
+        let valid_for =
+            time::Duration::milliseconds(i64::try_from(OVERDRAFT_VALIDITY_MS).unwrap_or(i64::MAX));
+        self.extend_validity(&user, self.now.checked_add(valid_for).unwrap_or(self.now))?;
+        self.conn.execute(
+            "UPDATE user_credits SET overdraft_line = NULL, overdraft_key = NULL \
+             WHERE user_id = ?1",
+            [user_id],
+        )?;
+        Ok(Some(entry.receipt))
     }
 
     /// Marks `user_id` a fleet user (the server's settings say so).
@@ -215,6 +298,11 @@ impl Ledger {
         self.write(|s| s.book_grant(grant))
     }
 
+    /// Draws `user_id`'s overdraft line, in a transaction of its own.
+    pub fn draw_overdraft(&mut self, user_id: &str) -> Result<Option<EntryReceipt>, LedgerError> {
+        self.write(|s| s.draw_overdraft(user_id))
+    }
+
     /// Returns what `user_id` has available here to the pool, in a transaction of its own.
     pub fn release_escrow(&mut self, user_id: &str) -> Result<Option<EntryReceipt>, LedgerError> {
         self.write(|s| s.release_escrow(user_id))
@@ -236,7 +324,7 @@ impl Ledger {
         let active_json = serde_json::to_string(active)
             .map_err(|e| LedgerError::Corrupt(format!("listing active users: {e}")))?;
         let mut users = self.conn.prepare_cached(
-            "SELECT user_id, balance, held, escrow_valid_until FROM user_credits \
+            "SELECT user_id, balance, held, escrow_valid_until, overdraft_line FROM user_credits \
              WHERE fleet = 1 AND (user_id IN (SELECT value FROM json_each(?1)) \
                    OR (balance > held AND (escrow_valid_until IS NULL \
                                            OR escrow_valid_until <= ?2))) \
@@ -254,11 +342,12 @@ impl Ledger {
                 r.get::<_, i64>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<i64>>(4)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (user_id, balance, held, until) = row?;
+            let (user_id, balance, held, until, line) = row?;
             let spent_recently: i64 =
                 spent.query_row(params![user_id, since, RATE_ENTRIES_MAX], |r| r.get(0))?;
             out.push(FleetPosition {
@@ -270,6 +359,7 @@ impl Ledger {
                     .map(super::types::parse_stored_time)
                     .transpose()?,
                 spent_recently: Credits::from_nanos(spent_recently.max(0)),
+                overdraft_line: line.map(Credits::from_nanos),
             });
         }
         Ok((now, out))

@@ -152,18 +152,28 @@ impl Session<'_> {
                 limit: OPEN_HOLDS_PER_USER_MAX,
             });
         }
+        let account = user.account();
+        let admitted = account
+            .admit(&user.user_id, req.min_amount.unwrap_or(req.amount))
+            .map_err(|refusal| match refusal {
+                // A fleet user's shortfall is this host's grants, not their credit.
+                Refusal::InsufficientCredit {
+                    user: id,
+                    available,
+                    needed,
+                } if user.fleet => Refusal::FleetCreditShort {
+                    user: id,
+                    available,
+                    needed,
+                },
+                other => other,
+            });
+        admitted?;
+        // Reserve what the user can afford, between the floor and the ceiling; below the floor
+        // the refusal names the floor (the least this request could run with).
         let amount = match req.min_amount {
-            // Reserve what the user can afford, between the floor and the ceiling; below the
-            // floor the refusal names the floor (the least this request could run with).
-            Some(floor) => {
-                let account = user.account();
-                account.admit(&user.user_id, floor)?;
-                req.amount.min(account.affordable())
-            }
-            None => {
-                user.account().admit(&user.user_id, req.amount)?;
-                req.amount
-            }
+            Some(_) => req.amount.min(account.affordable()),
+            None => req.amount,
         };
         let hold_id = uuid::Uuid::now_v7().to_string();
         self.conn

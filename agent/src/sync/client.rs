@@ -134,6 +134,16 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Whether the server could not be reached or could not serve (no answer, or a 5xx): a
+    /// partition or an outage, not a refusal.
+    pub fn unreachable(&self) -> bool {
+        match self {
+            ClientError::Transport(_) => true,
+            ClientError::Server { status, .. } => *status >= 500,
+            ClientError::Protocol(_) => false,
+        }
+    }
 }
 
 /// A client for one server and one credential. Cheap to clone (the connection pool is shared).

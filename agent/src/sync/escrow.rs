@@ -17,7 +17,9 @@
 //! - Once a user's newest grant here has lapsed, what is available is returned to the pool with
 //!   a release entry (pushed like any entry); open holds stay covered.
 //! - An empty pool or an unreachable server is retried after [`RETRY_AFTER`]; meanwhile the
-//!   gateway answers 402 saying why.
+//!   gateway answers 402 saying why. When the server cannot be reached (no answer, or a 5xx) and
+//!   what is available no longer covers the user's worst case, the overdraft line of their
+//!   newest grant, if any, is drawn (once: `Session::draw_overdraft`).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -50,11 +52,13 @@ pub const VALIDITY_REFRESH: Duration = Duration::from_secs(20);
 /// After an empty pool or a failed request, wait this long before asking for that user again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// What the gateway saw users ask for, shared with the escrow task.
+/// What the gateway saw users ask for, shared with the escrow task; and whether the sync task
+/// can reach the server (its grant requests and long polls say so), so a refusal can say why.
 #[derive(Debug, Default)]
 pub struct Demand {
     users: Mutex<HashMap<String, Seen>>,
     wake: Notify,
+    unreachable_since: Mutex<Option<Instant>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +110,28 @@ impl Demand {
 
     pub(super) async fn woken(&self) {
         self.wake.notified().await;
+    }
+
+    /// Since when the sync task has not reached the server (no answer, or a 5xx) — `None`
+    /// while its last request was answered.
+    pub fn unreachable_for(&self) -> Option<Duration> {
+        self.unreachable_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map(|since| since.elapsed())
+    }
+
+    /// Notes that a request to the server was answered (`true`) or could not be (`false`).
+    pub(super) fn server_reached(&self, reached: bool) {
+        let mut since = self
+            .unreachable_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if reached {
+            *since = None;
+        } else if since.is_none() {
+            *since = Some(Instant::now());
+        }
     }
 }
 
@@ -196,6 +222,12 @@ impl EscrowState {
     }
 }
 
+/// Whether `position` should draw its overdraft line now that the server cannot be reached: it
+/// has one, and what is available no longer covers the user's worst case.
+fn needs_overdraft(position: &FleetPosition, worst: Option<Credits>) -> bool {
+    position.overdraft_line.is_some() && worst.is_some_and(|worst| position.available() < worst)
+}
+
 impl Syncer {
     /// Keeps fleet users supplied with grants and returns lapsed ones (`escrow.rs`).
     pub(super) async fn escrow_loop(&self, mut stop: watch::Receiver<bool>) {
@@ -231,6 +263,7 @@ impl Syncer {
             match step {
                 Step::Ask(request) => match self.client.grant(&request).await {
                     Ok(answer) => {
+                        self.demand.server_reached(true);
                         state.answered(&user, answer.grant.is_none(), Instant::now());
                         if let Some(grant) = answer.grant {
                             tracing::info!(user = %user, amount = %grant.amount, key = %grant.key, pool_left = %answer.pool_free, "fleet grant received");
@@ -243,7 +276,14 @@ impl Syncer {
                     Err(e) => {
                         state.failed(&user, Instant::now());
                         tracing::warn!(user = %user, error = %e, "asking for a fleet grant failed; retrying the same request");
-                        self.release_if_lapsed(position, now).await?;
+                        if e.unreachable() {
+                            self.demand.server_reached(false);
+                        }
+                        if e.unreachable() && needs_overdraft(position, worst) {
+                            self.draw_overdraft(&user).await?;
+                        } else {
+                            self.release_if_lapsed(position, now).await?;
+                        }
                     }
                 },
                 Step::Release => self.release(&user).await?,
@@ -262,6 +302,14 @@ impl Syncer {
         let lapsed = position.valid_until.is_none_or(|until| until <= now);
         if lapsed && position.available().is_positive() {
             self.release(&position.user_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn draw_overdraft(&self, user: &str) -> Result<(), SyncError> {
+        let owned = user.to_owned();
+        if let Some(receipt) = self.ledger(move |l| l.draw_overdraft(&owned)).await? {
+            tracing::warn!(user = %user, amount = %receipt.amount, "the sync server is unreachable: drew the fleet user's overdraft line (booked as their debt)");
         }
         Ok(())
     }
@@ -296,6 +344,7 @@ mod tests {
                 held: Credits::ZERO,
                 valid_until: valid_s.map(|s| now + time::Duration::seconds(s)),
                 spent_recently: c(spent),
+                overdraft_line: None,
             },
             now,
         )

@@ -59,4 +59,10 @@ impl SyncError {
             _ => None,
         }
     }
+
+    /// Whether the server could not be reached or could not serve (see
+    /// [`ClientError::unreachable`]).
+    pub fn unreachable(&self) -> bool {
+        matches!(self, SyncError::Client(e) if e.unreachable())
+    }
 }

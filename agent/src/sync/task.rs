@@ -514,6 +514,7 @@ impl Syncer {
             let delay = match pulled {
                 Ok(report) => {
                     backoff.reset();
+                    self.demand.server_reached(true);
                     let brought = report.applied + report.refused + report.already_applied;
                     if brought == 0 && report.snapshot.is_none() {
                         PULL_INTERVAL_MIN.saturating_sub(started.elapsed())
@@ -522,6 +523,9 @@ impl Syncer {
                     }
                 }
                 Err(e) => {
+                    if e.unreachable() {
+                        self.demand.server_reached(false);
+                    }
                     self.record_failure("pull", &e).await;
                     backoff.next_delay()
                 }

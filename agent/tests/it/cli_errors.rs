@@ -1,7 +1,7 @@
 //! Bad input to the CLI: each case gets a one-line error naming the problem, a non-zero exit,
 //! and leaves the books exactly as they were.
 
-use super::support::Agent;
+use tollgate_e2e::Agent;
 
 /// (arguments, what the one-line error must say)
 const CASES: &[(&[&str], &str)] = &[
@@ -289,6 +289,10 @@ const CASES: &[(&[&str], &str)] = &[
         "invalid listen: \"nowhere\" is not an address",
     ),
     (
+        &["serve", "--admin-listen", "localhost"],
+        "invalid admin_listen: \"localhost\" is not an address like 127.0.0.1:4101",
+    ),
+    (
         &["serve", "--upstream", "ftp://litellm"],
         "invalid upstream.url: \"ftp://litellm\": use http or https",
     ),
@@ -300,7 +304,7 @@ const CASES: &[(&[&str], &str)] = &[
 
 #[test]
 fn each_bad_input_gets_a_one_line_error_and_writes_nothing() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     agent.ok(&["users", "add", "alice"]);
     agent.ok(&[
         "credits",
@@ -344,7 +348,7 @@ fn each_bad_input_gets_a_one_line_error_and_writes_nothing() {
 fn a_missing_database_is_named_not_created() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");
-    let out = std::process::Command::new(super::support::binary())
+    let out = std::process::Command::new(tollgate_e2e::binary("tollgate"))
         .args([
             "--data-dir",
             missing.to_str().unwrap(),
@@ -365,7 +369,7 @@ fn a_missing_database_is_named_not_created() {
 
 #[test]
 fn a_refused_keyed_debit_is_refused_again_after_credit_arrives() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     agent.ok(&["users", "add", "alice"]);
     let first = agent.run(&["credits", "debit", "alice", "5", "--idempotency-key", "d1"]);
     assert!(!first.status.success());
@@ -382,7 +386,7 @@ fn a_refused_keyed_debit_is_refused_again_after_credit_arrives() {
 
 #[test]
 fn the_same_key_and_content_returns_the_original_entry() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     agent.ok(&["users", "add", "alice"]);
     let args = [
         "credits",
@@ -405,7 +409,7 @@ fn the_same_key_and_content_returns_the_original_entry() {
 
 #[test]
 fn a_package_above_the_users_tier_is_refused_naming_both_tiers() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     agent.ok(&["users", "add", "alice", "--tier", "trial"]);
     let db = agent.data_dir().join(tollgate::config::DATABASE_FILE);
     let conn = tollgate::ledger::db::open(&db, tollgate::ledger::OpenMode::MustExist).unwrap();
@@ -448,7 +452,7 @@ fn a_package_above_the_users_tier_is_refused_naming_both_tiers() {
 
 #[test]
 fn an_over_long_import_line_stops_the_import_after_the_lines_before_it() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     agent.ok(&["users", "add", "alice"]);
     let add = |key: &str| {
         format!(

@@ -7,7 +7,7 @@ use std::process::Stdio;
 
 use serde_json::Value;
 
-use super::support::Agent;
+use tollgate_e2e::Agent;
 
 const WRITES: usize = 3_000;
 /// Acknowledgements to read before the kill: the process is then mid-stream.
@@ -15,7 +15,7 @@ const KILL_AFTER_ACKS: usize = 400;
 
 #[test]
 fn acknowledged_writes_survive_kill_9() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     agent.ok(&["users", "add", "alice"]);
     let stream = agent.data_dir().join("stream.jsonl");
     let lines: String = (0..WRITES)

@@ -34,6 +34,7 @@ fn grant(key: &str, amount: &str) -> GrantSpec {
         user_id: "ann".to_owned(),
         amount: c(amount),
         valid_for_ms: 60_000,
+        overdraft: None,
     }
 }
 
@@ -317,4 +318,57 @@ fn a_user_of_this_agent_turned_fleet_user_returns_what_is_available_at_once() {
     clock.advance(time::Duration::days(40));
     assert!(ledger.account("ann").unwrap().balance <= c("1"));
     assert!(ledger.verify().unwrap().is_clean());
+}
+
+/// A grant's overdraft line (protocol 4) is kept until drawn; drawing it books one escrow entry
+/// keyed `overdraft:<grant key>` of exactly the line, admits holds for the overdraft's validity
+/// even after the grant lapsed, and cannot happen twice; a grant without a line leaves nothing
+/// to draw.
+#[test]
+fn an_overdraft_line_is_drawn_once_and_admits_holds_after_the_grant_lapsed() {
+    let (_dir, clock, mut ledger) = fleet_ledger();
+    ledger.book_grant(&grant("r-0", "1")).unwrap();
+    assert_eq!(ledger.draw_overdraft("ann").unwrap(), None);
+    let with_line = GrantSpec {
+        overdraft: Some(c("2")),
+        ..grant("r-1", "3")
+    };
+    ledger.book_grant(&with_line).unwrap();
+    let active = ["ann".to_owned()];
+    let minute = time::Duration::minutes(1);
+    let (_, positions) = ledger.fleet_positions(minute, &active).unwrap();
+    assert_eq!(positions[0].overdraft_line, Some(c("2")));
+    // The grant lapses; the line is drawn (the server unreachable): holds are admitted again.
+    clock.advance(time::Duration::minutes(2));
+    assert!(hold(&mut ledger, "r-late", "1").is_err());
+    let drawn = ledger
+        .draw_overdraft("ann")
+        .unwrap()
+        .expect("a line to draw");
+    assert_eq!(drawn.amount, c("2"));
+    assert_eq!(ledger.account("ann").unwrap().balance, c("6"));
+    assert_eq!(hold(&mut ledger, "r-2", "5").unwrap(), c("5"));
+    // Once only.
+    assert_eq!(ledger.draw_overdraft("ann").unwrap(), None);
+    let (_, positions) = ledger.fleet_positions(minute, &active).unwrap();
+    assert_eq!(positions[0].overdraft_line, None);
+    // What the server will see: the line's entry, keyed by the grant it belongs to.
+    let entries = ledger.unacked_entries(100).unwrap();
+    let line = entries
+        .iter()
+        .find(|e| e.amount == c("2"))
+        .expect("the overdraft entry");
+    assert_eq!(line.transaction_type, "escrow");
+    assert_eq!(
+        line.idempotency_key.as_deref(),
+        Some("overdraft:grant:agent-a:r-1")
+    );
+    assert!(ledger.verify().unwrap().is_clean());
+    // A line that is not positive is refused with the grant.
+    let bad = GrantSpec {
+        overdraft: Some(Credits::ZERO),
+        ..grant("r-3", "1")
+    };
+    let err = ledger.book_grant(&bad).unwrap_err();
+    assert!(err.to_string().contains("overdraft line"), "{err}");
 }

@@ -453,11 +453,38 @@ async fn aliases_route_through_the_catalog_and_models_lists_the_level() {
 }
 
 #[tokio::test]
-async fn health_readiness_and_metrics_answer() {
+async fn health_readiness_and_metrics_answer_on_the_admin_listener_only() {
     let (gw, keys) = Gateway::start(&[User::new("alice", "10")], |_| {}).await;
     gw.chat(&keys[0], chat_body("gpt-4o-mini", HELLO)).await;
-    let get = |path: &'static str| gw.http.get(gw.url(path)).send();
+    // Clients' listener: health, and no metrics or readiness.
+    assert_eq!(
+        gw.http
+            .get(gw.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for path in ["/metrics", "/readyz"] {
+        let r = gw.http.get(gw.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path} on the API listener");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("admin listener"), "{body}");
+        assert!(!body.contains("tollgate_requests_total"), "{body}");
+    }
+    let get = |path: &'static str| gw.http.get(gw.admin_url(path)).send();
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    // The admin listener serves nothing of the API.
+    let api = gw
+        .http
+        .post(gw.admin_url("/v1/chat/completions"))
+        .bearer_auth(&keys[0])
+        .json(&chat_body("gpt-4o-mini", HELLO))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 404);
     let ready = get("/readyz").await.unwrap();
     assert_eq!(ready.status(), 200);
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();
@@ -476,7 +503,7 @@ async fn health_readiness_and_metrics_answer() {
         config.upstream.url = "http://127.0.0.1:9".into();
     })
     .await;
-    let ready = gw.http.get(gw.url("/readyz")).send().await.unwrap();
+    let ready = gw.http.get(gw.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.unwrap();
     assert!(
@@ -488,7 +515,7 @@ async fn health_readiness_and_metrics_answer() {
 
 #[test]
 fn the_demo_runs_requests_through_the_gateway_and_its_books_balance() {
-    let output = std::process::Command::new(crate::support::binary())
+    let output = std::process::Command::new(tollgate_e2e::binary("tollgate"))
         .args(["demo", "--json"])
         .env_remove("TOLLGATE_DATA_DIR")
         .output()

@@ -12,7 +12,7 @@ use tollgate::ledger::EntryType;
 use tollgate_mock_upstream::MockUpstream;
 
 use crate::gateway_support::{c, open_ledger};
-use crate::support::{Agent, binary};
+use tollgate_e2e::Agent;
 
 /// Kills the child on drop, so a failing test leaves no gateway behind.
 struct Serve(Child);
@@ -26,10 +26,11 @@ impl Drop for Serve {
 
 /// Starts `tollgate serve` on port 0 and reads the address it bound from its first log line.
 fn serve(agent: &Agent, upstream: &str) -> (Serve, String) {
-    let mut child = Command::new(binary())
+    let mut child = Command::new(tollgate_e2e::binary("tollgate"))
         .arg("--data-dir")
         .arg(agent.data_dir())
         .args(["serve", "--listen", "127.0.0.1:0", "--upstream", upstream])
+        .args(["--admin-listen", "127.0.0.1:0"])
         .env("TOLLGATE_UPSTREAM_KEY", "sk-litellm-crash")
         .env("TOLLGATE_LOG_FORMAT", "json")
         .env_remove("TOLLGATE_CONFIG")
@@ -67,7 +68,7 @@ struct Completed {
 async fn kill_9_under_load_loses_no_acknowledged_charge() {
     const WORKERS: usize = 16;
     const COMPLETED_BEFORE_KILL: usize = 200;
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     agent.ok(&["users", "add", "alice", "--tier", "professional"]);
     agent.ok(&["credits", "add", "alice", "1000", "--type", "purchase"]);
     let key = agent.json(&["users", "api-key", "create", "alice"])["key"]

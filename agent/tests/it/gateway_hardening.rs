@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::gateway_support::{Gateway, User, chat_body, usage_rows};
-use crate::support::Agent;
+use tollgate_e2e::Agent;
 
 /// Reads until the server closes the connection (or `limit` passes: a failure); what it sent.
 async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> String {
@@ -199,7 +199,7 @@ async fn a_zero_priced_model_is_still_capped() {
 
 #[test]
 fn the_database_is_private_and_a_new_users_level_is_one_the_tier_allows() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     let mode = std::fs::metadata(agent.data_dir().join("tollgate.db"))
         .unwrap()
         .permissions()

@@ -24,6 +24,8 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub mock: MockUpstream,
     pub addr: SocketAddr,
+    /// The admin listener: `/metrics`, `/readyz`, `/healthz`.
+    pub admin_addr: SocketAddr,
     pub http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -113,6 +115,8 @@ impl Gateway {
             .map(|(k, _)| k);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway::serve(
             config,
@@ -121,7 +125,10 @@ impl Gateway {
                 master,
                 demand: Default::default(),
             },
-            listener,
+            gateway::Listeners {
+                api: listener,
+                admin,
+            },
             async move {
                 let _ = rx.await;
             },
@@ -130,6 +137,7 @@ impl Gateway {
             dir,
             mock,
             addr,
+            admin_addr,
             http: reqwest::Client::new(),
             shutdown: Some(tx),
             task: Some(task),
@@ -143,6 +151,11 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
     }
 
     pub fn ledger(&self) -> Ledger {

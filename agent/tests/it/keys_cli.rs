@@ -3,7 +3,7 @@
 
 use std::process::Output;
 
-use super::support::{Agent, spawn_with_stdin};
+use tollgate_e2e::{Agent, spawn_with_stdin};
 
 const SECRET: &str = "sk-test-CLI-CANARY-0123456789abcdef";
 
@@ -28,7 +28,7 @@ fn add_key(agent: &Agent, secret: &str, extra_env: Option<(&str, &str)>) -> Outp
 
 #[test]
 fn a_key_goes_in_on_stdin_and_is_only_ever_shown_by_its_last_four() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     agent.ok(&["users", "add", "alice"]);
     let out = add_key(&agent, SECRET, None);
     assert!(
@@ -66,7 +66,7 @@ fn a_key_goes_in_on_stdin_and_is_only_ever_shown_by_its_last_four() {
 
 #[test]
 fn a_wrong_master_key_is_a_one_line_error_that_names_the_key_ids() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     agent.ok(&["users", "add", "alice"]);
     assert!(add_key(&agent, SECRET, None).status.success());
     // Another valid key, from the env, which takes precedence over the file.
@@ -91,7 +91,7 @@ fn a_wrong_master_key_is_a_one_line_error_that_names_the_key_ids() {
 
 #[test]
 fn no_secret_on_stdin_is_named() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     agent.ok(&["users", "add", "alice"]);
     let out = agent.run(&[
         "keys",

@@ -27,7 +27,7 @@ use tollgate_schema::money::Credits;
 
 use crate::gateway_support::{Gateway, User, assert_books_balance, chat_body, usage_rows};
 use crate::python::{PyEnv, blocking};
-use crate::support::Agent;
+use tollgate_e2e::Agent;
 
 const LITELLM: PyEnv = PyEnv {
     name: "litellm",
@@ -173,7 +173,7 @@ async fn charges_equal_litellms_own_cost_for_every_kind_of_usage() {
         site_packages(&venv).join("litellm/model_prices_and_context_window_backup.json");
 
     // LiteLLM's own price map imports through the CLI, whole numbers written as floats and all.
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     let out = agent.json(&["prices", "import", price_map.to_str().unwrap()]);
     assert!(out["models"].as_u64().unwrap() > 2_000, "{out}");
     assert_eq!(out["unchanged"], false);

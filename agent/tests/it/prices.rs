@@ -10,7 +10,7 @@ use tollgate::ledger::db::{self, OpenMode};
 use tollgate::ledger::{AddCredits, CreditKind, Ledger, NewUser, SystemClock};
 use tollgate::prices::{PRICE_FILE_BYTES_MAX, PriceTable};
 
-use super::support::Agent;
+use tollgate_e2e::Agent;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/litellm_prices.json")
@@ -41,7 +41,7 @@ fn model<'a>(listing: &'a Value, name: &str) -> &'a Value {
 
 #[test]
 fn the_builtin_table_is_listed_until_a_table_is_imported() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     let listing = agent.json(&["prices", "list"]);
     assert_eq!(listing["version"], "builtin-2026-11");
     assert_eq!(listing["source"], "builtin");
@@ -111,7 +111,7 @@ fn the_builtin_table_is_listed_until_a_table_is_imported() {
 
 #[test]
 fn an_import_stores_exact_prices_and_a_reimport_changes_nothing() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     let file = fixture();
     let out = agent.ok(&["prices", "import", path_arg(&file)]);
     assert_eq!(
@@ -220,7 +220,7 @@ fn an_import_stores_exact_prices_and_a_reimport_changes_nothing() {
 
 #[test]
 fn bad_price_files_are_refused_on_one_line_and_change_nothing() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     agent.ok(&["prices", "import", path_arg(&fixture())]);
     let before = agent.json(&["prices", "list"]);
     let dir = tempfile::tempdir().unwrap();
@@ -321,7 +321,9 @@ fn a_version_1_database_upgrades_and_keeps_its_books() {
     // Take the file back to schema version 1, as an older tollgate left it.
     let conn = db::open(&path, OpenMode::MustExist).unwrap();
     conn.execute_batch(
-        "ALTER TABLE user_credits DROP COLUMN escrow_valid_until;
+        "ALTER TABLE user_credits DROP COLUMN overdraft_key;
+         ALTER TABLE user_credits DROP COLUMN overdraft_line;
+         ALTER TABLE user_credits DROP COLUMN escrow_valid_until;
          ALTER TABLE user_credits DROP COLUMN fleet;
          ALTER TABLE api_keys DROP COLUMN origin;
          DROP TABLE served_responses; DROP TABLE inbox_events; DROP TABLE sync_state;
@@ -347,7 +349,7 @@ fn a_version_1_database_upgrades_and_keeps_its_books() {
 
 #[test]
 fn prices_are_set_aliased_listed_by_version_and_rolled_back() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     let show = |model: &str| agent.json(&["prices", "show", model]);
     // A built-in model's price changed: a new version, the rest of the table kept.
     agent.ok(&[

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::support::{Agent, spawn_with_stdin};
+use tollgate_e2e::{Agent, spawn_with_stdin};
 
 const PROCESSES: usize = 4;
 const DEBITS_PER_PROCESS: usize = 40;
@@ -12,7 +12,7 @@ const TOPUPS_PER_PROCESS: usize = 20;
 
 #[test]
 fn racing_processes_keep_the_books_exact() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     agent.ok(&["users", "add", "alice"]);
     agent.ok(&["credits", "add", "alice", "50", "--type", "bonus"]);
 

@@ -126,7 +126,7 @@ fn processes_opening_a_file_not_yet_in_wal_mode_all_succeed() {
     // As a restored `VACUUM INTO` copy would be: current schema, rollback journal. Each round
     // puts the file back in that mode and starts several real processes on it at once; the first
     // to open switches it to WAL, which without the setup lock fails the others at random.
-    let agent = super::support::Agent::init();
+    let agent = tollgate_e2e::Agent::init("local");
     let database = agent.data_dir().join("tollgate.db");
     for round in 0..40 {
         db::open(&database, OpenMode::MustExist)

@@ -27,7 +27,7 @@ use tollgate_schema::wire::{
     PushResponse, Snapshot, UserSettings, WireEntry, encode_hash, error_code,
 };
 
-use crate::support::{Agent, binary, spawn_with_stdin};
+use tollgate_e2e::{Agent, spawn_with_stdin};
 
 const TOKEN: &str = "tge_one-time-enrolment-token";
 const CREDENTIAL: &str = "tgc_agent-credential-0123456789";
@@ -396,7 +396,7 @@ async fn enroll(agent: &Arc<Agent>, server: &FakeServer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enrolled_agent_refuses_local_user_changes_and_says_where_to_make_them() {
-    let agent = Arc::new(Agent::init());
+    let agent = Arc::new(Agent::init("local"));
     agent.ok(&["users", "add", "alice", "--tier", "starter"]);
     let server = FakeServer::start().await;
     enroll(&agent, &server).await;
@@ -418,7 +418,7 @@ async fn an_enrolled_agent_refuses_local_user_changes_and_says_where_to_make_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enroll_and_sync_now_over_http() {
-    let agent = Arc::new(Agent::init());
+    let agent = Arc::new(Agent::init("local"));
     agent.ok(&["users", "add", "alice", "--tier", "starter"]);
     agent.ok(&["credits", "add", "alice", "10", "--type", "bonus"]);
     let server = FakeServer::start().await;
@@ -605,13 +605,13 @@ fn local_head(agent: &Agent) -> (i64, i64, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_syncs_in_the_background_and_stops_on_sigterm() {
-    let agent = Arc::new(Agent::init());
+    let agent = Arc::new(Agent::init("local"));
     agent.ok(&["users", "add", "alice"]);
     agent.ok(&["credits", "add", "alice", "10", "--type", "bonus"]);
     let server = FakeServer::start().await;
     enroll(&agent, &server).await;
 
-    let mut child = Command::new(binary())
+    let mut child = Command::new(tollgate_e2e::binary("tollgate"))
         .arg("--data-dir")
         .arg(agent.data_dir())
         .args([
@@ -620,6 +620,8 @@ async fn serve_syncs_in_the_background_and_stops_on_sigterm() {
             "127.0.0.1:0",
             "--upstream",
             "http://127.0.0.1:9",
+            "--admin-listen",
+            "127.0.0.1:0",
         ])
         .env("TOLLGATE_UPSTREAM_KEY", "sk-unused")
         .env("TOLLGATE_LOG_FORMAT", "json")

@@ -24,7 +24,7 @@ use tollgate_schema::wire::{
     PUSH_ENTRIES_MAX, PackageSpec, PowerLevelSpec, Snapshot, UserSettings, encode_hash,
 };
 
-use super::support::Agent;
+use tollgate_e2e::Agent;
 
 fn c(text: &str) -> Credits {
     text.parse().unwrap()
@@ -630,7 +630,7 @@ fn a_user_upsert_creates_then_changes_a_user() {
 
 #[test]
 fn package_and_power_level_upserts_show_in_the_catalog() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     let mut ledger = Ledger::open(
         &agent.data_dir().join("tollgate.db"),
         OpenMode::MustExist,
@@ -949,7 +949,9 @@ fn a_version_2_database_upgrades_with_its_identity() {
     let conn: Connection = db::open(&path, OpenMode::MustExist).unwrap();
     // Back to version 2: V3's tables gone, and V4's price tables as V2 made them.
     conn.execute_batch(
-        "ALTER TABLE user_credits DROP COLUMN escrow_valid_until;
+        "ALTER TABLE user_credits DROP COLUMN overdraft_key;
+         ALTER TABLE user_credits DROP COLUMN overdraft_line;
+         ALTER TABLE user_credits DROP COLUMN escrow_valid_until;
          ALTER TABLE user_credits DROP COLUMN fleet;
          ALTER TABLE api_keys DROP COLUMN origin;
          DROP TABLE served_responses; DROP TABLE inbox_events; DROP TABLE sync_state;
@@ -975,7 +977,7 @@ fn a_version_2_database_upgrades_with_its_identity() {
 
 #[test]
 fn sync_status_says_when_the_agent_is_not_enrolled() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     let out = agent.ok(&["sync", "status"]);
     assert!(out.contains("enrolled:"), "{out}");
     assert!(out.contains("no: this agent is not enrolled"), "{out}");
@@ -1000,7 +1002,7 @@ fn sync_status_says_when_the_agent_is_not_enrolled() {
 #[test]
 fn the_credential_file_is_private_and_refused_when_readable_by_others() {
     use std::os::unix::fs::PermissionsExt;
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     let path = agent.data_dir().join("sync.toml");
     SyncConfig::new(
         "http://127.0.0.1:9",
@@ -1045,7 +1047,7 @@ fn the_credential_file_is_private_and_refused_when_readable_by_others() {
 
 #[test]
 fn verify_stays_clean_after_inbox_applications() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     let mut ledger = Ledger::open(
         &agent.data_dir().join("tollgate.db"),
         OpenMode::MustExist,
@@ -1084,7 +1086,7 @@ fn verify_stays_clean_after_inbox_applications() {
 
 #[test]
 fn enroll_refuses_bad_input_before_any_network_call() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     // Port 9 (discard) is never a sync server: each case must fail before connecting.
     let cases: &[(&[&str], &str)] = &[
         (

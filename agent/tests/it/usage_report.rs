@@ -13,7 +13,7 @@ use tollgate::ledger::{
 };
 use tollgate_schema::money::Credits;
 
-use super::support::Agent;
+use tollgate_e2e::Agent;
 
 const ODD_MODEL: &str = "my \"custom\", model";
 
@@ -38,7 +38,7 @@ fn usage(model: &str, provider: Option<&str>, latency: u32) -> UsageRecord {
 /// hour ago. bob: a BYOK request an hour ago whose cost (3) overran its hold (1).
 /// Returns the data dir and the UTC days of the two times.
 fn books() -> (Agent, String, String) {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     agent.ok(&["users", "add", "alice"]);
     agent.ok(&[
         "users",
@@ -264,7 +264,7 @@ fn reports_group_by_provider_day_and_level_and_filter_by_user_and_time() {
 
 #[test]
 fn bad_report_options_are_one_line_errors() {
-    let agent = Agent::init();
+    let agent = Agent::init("local");
     agent.ok(&["users", "add", "alice"]);
     let cases: &[(&[&str], &str)] = &[
         (

@@ -14,8 +14,9 @@
 //! - Amounts: grant and refund strictly positive, adjust any non-zero amount (a negative one the
 //!   agent cannot cover is refused by the agent and shows in reconcile); never zero.
 //! - A fleet user's credit is booked on their pool in the same transaction (the operation row
-//!   with no agent; no event): agents get it through grants (`super::escrow`). Taking credit
-//!   away takes it from the pool, never from what agents hold.
+//!   with no agent; no event): agents get it through grants (`super::escrow`). Credit coming in
+//!   pays their debt first. Taking credit away takes it from the pool, never from what agents
+//!   hold; money Stripe returned beyond the pool becomes the user's debt ([`MOVE_POSITION`]).
 //! - A home user must exist centrally with a home agent that is not revoked (a purchase, already
 //!   paid, is recorded even for a revoked home so the payment is never lost; reconcile shows it
 //!   as not applied).
@@ -108,10 +109,16 @@ pub struct CreditResult {
     /// A fleet user's pool after this operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<Credits>,
-    /// Money Stripe returned for a fleet user whose pool no longer held its credit: recorded,
-    /// nothing taken (no debt is booked yet), and listed by reconcile until an admin settles it.
+    /// The user's debt after this operation, when they owe any (money Stripe returned beyond
+    /// their balance or pool, overdrafts not yet repaid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uncovered: Option<Credits>,
+    pub debt: Option<Credits>,
+    /// A home user: the part of money returned their home could not cover, owed instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debt_booked: Option<Credits>,
+    /// A home user: the part of this credit that repaid their debt instead of reaching the home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debt_repaid: Option<Credits>,
 }
 
 /// The canonical content of an admin credit operation (its fingerprint's input).
@@ -165,7 +172,7 @@ pub async fn credit(pool: &Pool, op: &CreditOp) -> Result<Applied<CreditResult>,
             admin_user_id: Some(&op.actor),
             actor: &op.actor,
             allow_revoked_home: false,
-            record_uncovered: false,
+            may_book_debt: false,
         },
     )
     .await?;
@@ -254,7 +261,7 @@ pub async fn grant_purchase(
             admin_user_id: None,
             actor: "stripe",
             allow_revoked_home: true,
-            record_uncovered: false,
+            may_book_debt: false,
         },
     )
     .await
@@ -264,7 +271,8 @@ pub async fn grant_purchase(
 /// a Stripe refund or dispute, inside the webhook's transaction: an `admin_adjustment` to the
 /// home agent keyed `key` (in the `stripe:` namespace; a second call with the same key returns
 /// the first result). The home agent books it if the balance covers it; if not, it refuses it
-/// and reconcile lists the operation as not applied (see the README: no debt is booked yet).
+/// and reconcile lists the operation as not applied (a home user's debt is not booked: see the
+/// README). A fleet user's pool takes it; what the pool does not cover becomes their debt.
 pub async fn stripe_adjustment(
     tx: &Transaction<'_>,
     user_id: &str,
@@ -292,11 +300,17 @@ pub async fn stripe_adjustment(
             admin_user_id: None,
             actor: "stripe",
             allow_revoked_home: true,
-            record_uncovered: true,
+            may_book_debt: true,
         },
     )
     .await
 }
+
+/// Moves a fleet user's position (pool − debt) by `$2`: the pool is its positive part, the debt
+/// its negative part, so credit pays debt first and what goes out beyond the pool is owed. (One
+/// of the two is always zero: a CHECK.)
+pub(crate) const MOVE_POSITION: &str = "pool = greatest(pool - debt + $2, 0), \
+     debt = greatest(debt - pool - $2, 0)";
 
 /// One credit operation, already validated.
 struct CreditRequest<'a> {
@@ -310,9 +324,9 @@ struct CreditRequest<'a> {
     admin_user_id: Option<&'a str>,
     actor: &'a str,
     allow_revoked_home: bool,
-    /// Money already returned (Stripe): a fleet user's pool that cannot cover it records the
-    /// operation as uncovered instead of refusing it.
-    record_uncovered: bool,
+    /// Money already returned (Stripe): what a fleet user's pool cannot cover becomes their
+    /// debt instead of refusing the operation.
+    may_book_debt: bool,
 }
 
 async fn credit_in_tx(
@@ -365,12 +379,48 @@ async fn credit_in_tx(
             req.user_id
         )));
     }
+    let debt = home_debt(tx, req, agent_id).await?;
+    let Some(amount) = debt.sent else {
+        // Nothing for the home to book: money returned that its balance no longer covers, or
+        // credit that all went to repay the user's debt.
+        let result = CreditResult {
+            operation_key: req.key.to_owned(),
+            user_id: req.user_id.to_owned(),
+            kind: req.kind,
+            amount: req.amount,
+            package: None,
+            agent: None,
+            agent_id: None,
+            inbox_seq: None,
+            event_id: None,
+            pool: None,
+            debt: debt.after,
+            debt_booked: debt.booked,
+            debt_repaid: debt.repaid,
+        };
+        operation::finish(tx, req.key, None, &result).await?;
+        return Ok(Applied {
+            result,
+            replayed: false,
+            events_written: 0,
+        });
+    };
+    if amount != req.amount {
+        // What the home books is what its entry must match.
+        tx.execute(
+            "UPDATE central_operations SET amount = $2 WHERE operation_key = $1",
+            &[&req.key, &amount.to_decimal()],
+        )
+        .await?;
+    }
+    // A package is named only when its whole credit reaches the agent.
+    let package = req.package.filter(|_| amount == req.amount);
     let event = CreditEvent {
         user_id: req.user_id.to_owned(),
         kind: req.kind,
-        amount: req.amount,
+        amount,
         idempotency_key: req.key.to_owned(),
-        package: req.package.map(str::to_owned),
+        package: package.map(str::to_owned),
         note: req.note.map(str::to_owned),
         admin_user_id: req.admin_user_id.map(str::to_owned),
     };
@@ -379,14 +429,16 @@ async fn credit_in_tx(
         operation_key: req.key.to_owned(),
         user_id: req.user_id.to_owned(),
         kind: req.kind,
-        amount: req.amount,
-        package: req.package.map(str::to_owned),
+        amount,
+        package: package.map(str::to_owned),
         agent: Some(agent),
         agent_id: Some(agent_id),
         inbox_seq: Some(written.seq),
         event_id: Some(written.event_id),
         pool: None,
-        uncovered: None,
+        debt: debt.after,
+        debt_booked: debt.booked,
+        debt_repaid: debt.repaid,
     };
     operation::finish(tx, req.key, Some((agent_id, written.seq)), &result).await?;
     Ok(Applied {
@@ -396,11 +448,104 @@ async fn credit_in_tx(
     })
 }
 
+/// What a credit operation for a home user sends to the home, and what it does to their debt.
+struct HomeDebt {
+    /// The amount sent to the home agent (`None`: nothing).
+    sent: Option<Credits>,
+    booked: Option<Credits>,
+    repaid: Option<Credits>,
+    /// The user's debt after the operation, when they owe any.
+    after: Option<Credits>,
+}
+
+/// Splits a home user's credit operation (the user row is locked by the caller):
+/// - credit in pays their debt first; the rest is sent to the home;
+/// - money Stripe returned takes what the home can still cover — its balance as last pushed,
+///   with what operations already sent to it and not yet booked add or take — and the rest
+///   becomes the user's debt (the webhook never fails on it);
+/// - anything else is sent whole (an admin's negative adjustment the home cannot cover is
+///   refused by the home, and reconcile lists it).
+///
+/// The balance the server sees lags the agent's spending by a push, so a clawback sent can
+/// still find the balance spent; the home refuses it then and reconcile lists it as not applied.
+async fn home_debt(
+    tx: &Transaction<'_>,
+    req: &CreditRequest<'_>,
+    agent_id: Uuid,
+) -> Result<HomeDebt, CentralError> {
+    let row = tx
+        .query_one(
+            "SELECT u.balance, u.debt, \
+                    coalesce((SELECT sum(o.amount) FROM central_operations o \
+                              WHERE o.kind = 'credit' AND o.user_id = u.user_id \
+                                AND o.agent_id = $2 \
+                                AND o.operation_key <> $3 \
+                                AND NOT EXISTS (SELECT 1 FROM credit_transactions ct \
+                                                WHERE ct.idempotency_key = o.operation_key)), \
+                             0) AS pending \
+             FROM user_credits u WHERE u.user_id = $1",
+            &[&req.user_id, &agent_id, &req.key],
+        )
+        .await?;
+    let balance = super::credits_from_db(row.get("balance"))?;
+    let debt = super::credits_from_db(row.get("debt"))?;
+    let pending = super::credits_from_db(row.get("pending"))?;
+    let amount = req.amount;
+    let (sent, booked, repaid) = if amount.is_positive() && debt.is_positive() {
+        let repaid = amount.min(debt);
+        let rest = amount.checked_sub(repaid).unwrap_or(Credits::ZERO);
+        (rest, None, Some(repaid))
+    } else if amount.is_negative() && req.may_book_debt {
+        let wanted = amount.checked_neg().unwrap_or(Credits::MAX);
+        let coverable = balance
+            .checked_add(pending)
+            .filter(|c| c.is_positive())
+            .unwrap_or(Credits::ZERO);
+        let covered = wanted.min(coverable);
+        let owed = wanted.checked_sub(covered).unwrap_or(Credits::ZERO);
+        (
+            covered.checked_neg().unwrap_or(Credits::ZERO),
+            Some(owed).filter(|o| o.is_positive()),
+            None,
+        )
+    } else {
+        (amount, None, None)
+    };
+    let after = debt
+        .checked_add(booked.unwrap_or(Credits::ZERO))
+        .and_then(|d| d.checked_sub(repaid.unwrap_or(Credits::ZERO)))
+        .ok_or_else(|| CentralError::invalid("amount", "the user's debt would leave the range"))?;
+    if after != debt {
+        // A purchase that repays debt was still bought: its repaid part counts as purchased
+        // here (the part sent counts when the home's entry arrives).
+        let purchased = match (req.kind, repaid) {
+            (CreditEventKind::Purchase, Some(r)) => r,
+            _ => Credits::ZERO,
+        };
+        tx.execute(
+            "UPDATE user_credits SET debt = $2, \
+                 lifetime_credits_purchased = lifetime_credits_purchased + $3 \
+             WHERE user_id = $1",
+            &[&req.user_id, &after.to_decimal(), &purchased.to_decimal()],
+        )
+        .await?;
+        if booked.is_some() {
+            tracing::warn!(user = req.user_id, key = req.key, debt = %after, "money returned beyond a home user's balance is booked as their debt");
+        }
+    }
+    Ok(HomeDebt {
+        sent: Some(sent).filter(|s| *s != Credits::ZERO),
+        booked,
+        repaid,
+        after: Some(after).filter(|d| d.is_positive()),
+    })
+}
+
 /// Books a fleet user's credit on their pool (the row is locked by the caller): no agent holds
-/// it until a grant carves it out. Taking credit away takes it from the pool only: what agents
-/// hold as grants is theirs to spend until they release it, so an amount beyond the pool is
-/// refused — or, for money Stripe already returned, recorded as uncovered (nothing taken; no
-/// debt is booked yet; reconcile lists it).
+/// it until a grant carves it out. Credit coming in pays the user's debt first. Taking credit
+/// away takes it from the pool only: what agents hold as grants is theirs to spend until they
+/// release it, so an admin's amount beyond the pool is refused — while money Stripe already
+/// returned is taken in full, what the pool does not cover becoming the user's debt.
 async fn pool_credit(
     tx: &Transaction<'_>,
     req: &CreditRequest<'_>,
@@ -411,37 +556,37 @@ async fn pool_credit(
     } else {
         rust_decimal::Decimal::ZERO
     };
+    let (pool_before, debt_before): (rust_decimal::Decimal, rust_decimal::Decimal) = tx
+        .query_one(
+            "SELECT pool, debt FROM user_credits WHERE user_id = $1",
+            &[&req.user_id],
+        )
+        .await
+        .map(|r| (r.get("pool"), r.get("debt")))?;
+    if pool_before + amount < rust_decimal::Decimal::ZERO && !req.may_book_debt {
+        return Err(CentralError::Refused(format!(
+            "fleet user {:?}'s pool holds {} credits, less than the {} to take; the rest is \
+             held by agents as grants until they release it",
+            req.user_id,
+            pool_before.normalize(),
+            req.amount.checked_neg().unwrap_or(req.amount)
+        )));
+    }
     let row = tx
-        .query_opt(
-            "UPDATE user_credits SET pool = pool + $2, \
-                 lifetime_credits_purchased = lifetime_credits_purchased + $3 \
-             WHERE user_id = $1 AND pool + $2 >= 0 RETURNING pool",
+        .query_one(
+            &format!(
+                "UPDATE user_credits SET {MOVE_POSITION}, \
+                     lifetime_credits_purchased = lifetime_credits_purchased + $3 \
+                 WHERE user_id = $1 RETURNING pool, debt"
+            ),
             &[&req.user_id, &amount, &purchased],
         )
         .await?;
-    let (pool, uncovered) = match row {
-        Some(row) => (row.get::<_, rust_decimal::Decimal>("pool"), None),
-        None => {
-            let free: rust_decimal::Decimal = tx
-                .query_one(
-                    "SELECT pool FROM user_credits WHERE user_id = $1",
-                    &[&req.user_id],
-                )
-                .await?
-                .get("pool");
-            if !req.record_uncovered {
-                return Err(CentralError::Refused(format!(
-                    "fleet user {:?}'s pool holds {} credits, less than the {} to take; the \
-                     rest is held by agents as grants until they release it",
-                    req.user_id,
-                    free.normalize(),
-                    req.amount
-                )));
-            }
-            tracing::warn!(user = req.user_id, key = req.key, amount = %req.amount, "a fleet user's pool does not cover money returned; recorded as uncovered");
-            (free, req.amount.checked_neg())
-        }
-    };
+    let (pool, debt): (rust_decimal::Decimal, rust_decimal::Decimal) =
+        (row.get("pool"), row.get("debt"));
+    if debt > debt_before {
+        tracing::warn!(user = req.user_id, key = req.key, debt = %debt.normalize(), "money returned beyond a fleet user's pool is booked as their debt");
+    }
     let result = CreditResult {
         operation_key: req.key.to_owned(),
         user_id: req.user_id.to_owned(),
@@ -453,7 +598,9 @@ async fn pool_credit(
         inbox_seq: None,
         event_id: None,
         pool: Some(super::credits_from_db(pool)?),
-        uncovered,
+        debt: Some(super::credits_from_db(debt)?).filter(|d| d.is_positive()),
+        debt_booked: None,
+        debt_repaid: None,
     };
     operation::finish(tx, req.key, None, &result).await?;
     Ok(Applied {

@@ -16,6 +16,10 @@
 //! - Only an active agent speaking protocol 3 gets grants, and only for a fleet user.
 //! - The server never takes a grant back: what the agent does not spend returns with its own
 //!   `release:` entry (ingest adds it to the pool).
+//! - A grant to an agent speaking protocol 4 carries the user's overdraft line, if an admin set
+//!   one (`GrantSpec::overdraft`): what that agent may book once more, keyed `overdraft:<grant
+//!   key>`, when it cannot reach the server — checked on ingest against this grant, and booked
+//!   as the user's debt (`sync::rules`, `sync::ingest`).
 
 use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
@@ -31,6 +35,8 @@ use super::{CentralError, inbox, validate};
 
 /// How long an agent may start new reservations on a grant, on its own clock.
 pub const GRANT_VALIDITY_MS: u64 = 60_000;
+/// The protocol from which a grant carries the user's overdraft line.
+pub const OVERDRAFT_PROTOCOL: i32 = 4;
 /// Agents granted credit for a user within this many seconds share the pool in the sizing.
 pub const RECENT_GRANTS_SECS: f64 = 60.0;
 
@@ -110,7 +116,8 @@ pub async fn grant(pool: &Pool, ask: &GrantAsk<'_>) -> Result<Granted, CentralEr
     let tx = conn.transaction().await?;
     let user = tx
         .query_opt(
-            "SELECT fleet, pool FROM user_credits WHERE user_id = $1 FOR NO KEY UPDATE",
+            "SELECT fleet, pool, overdraft FROM user_credits WHERE user_id = $1 \
+             FOR NO KEY UPDATE",
             &[&ask.user_id],
         )
         .await?
@@ -168,13 +175,13 @@ pub async fn grant(pool: &Pool, ask: &GrantAsk<'_>) -> Result<Granted, CentralEr
     if let Begin::Replay(done) = operation::begin::<GrantResult>(&tx, claim).await? {
         return Ok(Granted::Grant(Box::new(done)));
     }
-    let status: String = tx
+    let (status, protocol): (String, i32) = tx
         .query_one(
-            "SELECT status FROM agents WHERE agent_id = $1",
+            "SELECT status, protocol_version FROM agents WHERE agent_id = $1",
             &[&ask.agent_id],
         )
-        .await?
-        .get("status");
+        .await
+        .map(|r| (r.get("status"), r.get("protocol_version")))?;
     if status != "active" {
         return Err(CentralError::Refused(format!(
             "agent {:?} is {status}: it gets no grants until an admin releases it",
@@ -188,11 +195,18 @@ pub async fn grant(pool: &Pool, ask: &GrantAsk<'_>) -> Result<Granted, CentralEr
         )
         .await?
         .get("pool");
+    let line: Option<Decimal> = user.get("overdraft");
+    let overdraft = if protocol >= OVERDRAFT_PROTOCOL {
+        line.map(super::credits_from_db).transpose()?
+    } else {
+        None
+    };
     let grant = GrantSpec {
         key: key.clone(),
         user_id: ask.user_id.to_owned(),
         amount,
         valid_for_ms: GRANT_VALIDITY_MS,
+        overdraft,
     };
     let written = inbox::append(
         &tx,

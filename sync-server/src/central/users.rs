@@ -45,6 +45,29 @@ pub struct UserSet {
     /// when it applies the change). Never with `home_agent`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fleet: bool,
+    /// A fleet user's overdraft line (see [`Overdraft`]); `None`: unchanged (a new user: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdraft: Option<Overdraft>,
+}
+
+/// A change to a fleet user's overdraft line: what an agent cut off from the server may spend
+/// for them beyond its grants, once per grant, booked as their debt (`super::escrow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overdraft {
+    /// No line.
+    None,
+    /// At most this much (positive).
+    UpTo(Credits),
+}
+
+impl Overdraft {
+    fn credits(self) -> Option<Credits> {
+        match self {
+            Overdraft::None => None,
+            Overdraft::UpTo(c) => Some(c),
+        }
+    }
 }
 
 /// A change to a user's monthly spend cap.
@@ -85,6 +108,9 @@ pub struct UserSetResult {
     pub sent_to: Vec<String>,
     /// True when the user did not exist centrally before.
     pub created: bool,
+    /// A fleet user's overdraft line after this change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdraft: Option<Credits>,
 }
 
 impl UserSet {
@@ -104,6 +130,14 @@ impl UserSet {
         }
         if self.home_agent.as_deref() == Some("") {
             return Err(CentralError::invalid("home_agent", "must name an agent"));
+        }
+        if let Some(Overdraft::UpTo(line)) = self.overdraft
+            && !line.is_positive()
+        {
+            return Err(CentralError::invalid(
+                "overdraft",
+                format!("must be positive (or none), got {line}"),
+            ));
         }
         if self.fleet && self.home_agent.is_some() {
             return Err(CentralError::invalid(
@@ -188,11 +222,15 @@ pub async fn set_user(
     };
 
     let fresh = req.new_settings(named_home.is_none());
+    let overdraft_of_new = req.overdraft.and_then(Overdraft::credits);
+    if overdraft_of_new.is_some() && !fresh.fleet {
+        return Err(refuse_overdraft_for_home_user(&req.user_id));
+    }
     let created = tx
         .query_opt(
             "INSERT INTO user_credits (user_id, home_agent_id, fleet, subscription_tier, \
-             power_level, monthly_allowance, monthly_spend_cap) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             power_level, monthly_allowance, monthly_spend_cap, overdraft) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (user_id) DO NOTHING RETURNING id",
             &[
                 &fresh.user_id,
@@ -202,18 +240,20 @@ pub async fn set_user(
                 &fresh.power_level,
                 &fresh.monthly_allowance.to_decimal(),
                 &fresh.monthly_spend_cap.map(Credits::to_decimal),
+                &overdraft_of_new.map(Credits::to_decimal),
             ],
         )
         .await?
         .is_some();
-    let (settings, home, converted) = if created {
+    let (settings, home, converted, overdraft) = if created {
         validate::tier_and_level(&fresh.tier, &fresh.power_level)?;
-        (fresh, named_home, false)
+        (fresh, named_home, false, overdraft_of_new)
     } else {
         let row = tx
             .query_one(
                 "SELECT u.home_agent_id, a.name AS home_agent, u.fleet, u.subscription_tier, \
-                 u.power_level, u.monthly_allowance, u.monthly_spend_cap FROM user_credits u \
+                 u.power_level, u.monthly_allowance, u.monthly_spend_cap, u.overdraft \
+                 FROM user_credits u \
                  LEFT JOIN agents a ON a.agent_id = u.home_agent_id \
                  WHERE u.user_id = $1 FOR UPDATE OF u",
                 &[&req.user_id],
@@ -252,9 +292,18 @@ pub async fn set_user(
         };
         let settings = req.applied_to(current);
         validate::tier_and_level(&settings.tier, &settings.power_level)?;
+        let line: Option<Decimal> = row.get("overdraft");
+        let overdraft = match req.overdraft {
+            None => line.map(super::credits_from_db).transpose()?,
+            Some(change) => change.credits(),
+        };
+        if overdraft.is_some() && !settings.fleet {
+            return Err(refuse_overdraft_for_home_user(&req.user_id));
+        }
         tx.execute(
             "UPDATE user_credits SET home_agent_id = $2, subscription_tier = $3, power_level = $4, \
-             monthly_allowance = $5, monthly_spend_cap = $6, fleet = $7 WHERE user_id = $1",
+             monthly_allowance = $5, monthly_spend_cap = $6, fleet = $7, overdraft = $8 \
+             WHERE user_id = $1",
             &[
                 &settings.user_id,
                 &home.as_ref().map(|(id, _)| *id),
@@ -263,10 +312,11 @@ pub async fn set_user(
                 &settings.monthly_allowance.to_decimal(),
                 &settings.monthly_spend_cap.map(Credits::to_decimal),
                 &settings.fleet,
+                &overdraft.map(Credits::to_decimal),
             ],
         )
         .await?;
-        (settings, home, converting)
+        (settings, home, converting, overdraft)
     };
     let body = EventBody::UserUpsert(settings.clone());
     let recipients = match &home {
@@ -297,6 +347,7 @@ pub async fn set_user(
         event_id: first.map(|w| w.event_id),
         sent_to: recipients.into_iter().map(|(_, name)| name).collect(),
         created,
+        overdraft,
     };
     operation::finish(
         &tx,
@@ -335,6 +386,20 @@ async fn convert_to_fleet(
         return Err(CentralError::Refused(format!(
             "user {user_id:?} is homed on agent {home_name:?}, which is revoked: it can never \
              return their balance to a pool"
+        )));
+    }
+    let debt: Decimal = tx
+        .query_one(
+            "SELECT debt FROM user_credits WHERE user_id = $1",
+            &[&user_id],
+        )
+        .await?
+        .get("debt");
+    if debt > Decimal::ZERO {
+        return Err(CentralError::Refused(format!(
+            "user {user_id:?} owes {} credits (money returned beyond their balance); their next \
+             credit repays it — make them a fleet user once it is repaid",
+            debt.normalize()
         )));
     }
     if protocol < super::fleet::FLEET_PROTOCOL {
@@ -391,6 +456,18 @@ async fn home_agent(
         ));
     }
     Ok((agent.get("agent_id"), name.to_owned()))
+}
+
+/// Refuses an overdraft line for a home user.
+fn refuse_overdraft_for_home_user(user_id: &str) -> CentralError {
+    CentralError::invalid(
+        "overdraft",
+        format!(
+            "user {user_id:?} is not a fleet user: an overdraft line lets agents cut off from \
+             the server spend beyond their grants, and a home user's home agent holds their \
+             whole balance (make them a fleet user first: --fleet)"
+        ),
+    )
 }
 
 /// Refuses to home a fleet user: agents hold grants of their pool, which only their own release
@@ -502,6 +579,13 @@ pub struct UserDetail {
     /// A fleet user's credit not granted to any agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<Credits>,
+    /// A fleet user's debt (overdrafts drawn, money returned beyond the pool; repaid by their
+    /// next credit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debt: Option<Credits>,
+    /// A fleet user's overdraft line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdraft: Option<Credits>,
     /// API keys made centrally and not revoked.
     pub live_api_keys: i64,
 }
@@ -527,7 +611,8 @@ pub async fn show_user(
                     u.power_level, u.lifetime_credits_purchased, \
                     (SELECT ct.created_at FROM credit_transactions ct \
                      WHERE ct.user_id = u.user_id ORDER BY ct.id DESC LIMIT 1) AS last_entry_at, \
-                    a.status AS home_agent_status, u.fleet, u.pool, u.monthly_allowance, \
+                    a.status AS home_agent_status, u.fleet, u.pool, u.debt, u.overdraft, \
+                    u.monthly_allowance, \
                     u.monthly_spend_cap, \
                     u.credits_used_this_month, u.billing_cycle_start, u.billing_cycle_end, \
                     u.created_at, u.updated_at, \
@@ -611,6 +696,11 @@ pub async fn show_user(
         } else {
             None
         },
+        debt: Some(super::credits_from_db(r.get("debt"))?).filter(|d| d.is_positive()),
+        overdraft: r
+            .get::<_, Option<Decimal>>("overdraft")
+            .map(super::credits_from_db)
+            .transpose()?,
         live_api_keys: r.get("live_api_keys"),
     }))
 }

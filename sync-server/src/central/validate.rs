@@ -154,6 +154,21 @@ pub fn spend_cap(field: &'static str, text: &str) -> Result<super::users::SpendC
     credits(field, text).map(super::users::SpendCap::Credits)
 }
 
+/// An overdraft line: exact decimal credits (positive), or "none".
+pub fn overdraft(field: &'static str, text: &str) -> Result<super::users::Overdraft, CentralError> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(super::users::Overdraft::None);
+    }
+    let line = credits(field, text)?;
+    if !line.is_positive() {
+        return Err(CentralError::invalid(
+            field,
+            format!("must be positive, or none for no line; got {line}"),
+        ));
+    }
+    Ok(super::users::Overdraft::UpTo(line))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -269,6 +269,15 @@ pub async fn users(pool: &Pool, cmd: UsersCommand, json: bool) -> anyhow::Result
                         "pool",
                         user.pool.map_or_else(|| "-".to_owned(), |p| p.to_string()),
                     ),
+                    (
+                        "debt",
+                        user.debt.map_or_else(|| "-".to_owned(), |d| d.to_string()),
+                    ),
+                    (
+                        "overdraft line",
+                        user.overdraft
+                            .map_or_else(|| "none".to_owned(), |o| o.to_string()),
+                    ),
                     ("balance held by agents", user.summary.balance.to_string()),
                     (
                         "held by",
@@ -315,6 +324,11 @@ pub async fn users(pool: &Pool, cmd: UsersCommand, json: bool) -> anyhow::Result
                     .monthly_spend_cap
                     .as_deref()
                     .map(|t| validate::spend_cap("--monthly-spend-cap", t))
+                    .transpose()?,
+                overdraft: args
+                    .overdraft
+                    .as_deref()
+                    .map(|t| validate::overdraft("--overdraft", t))
                     .transpose()?,
             };
             let key = operation::fresh_key("user");

@@ -3,6 +3,7 @@
 
 mod admin;
 mod agents;
+mod generate;
 mod serve;
 
 use std::process::ExitCode;
@@ -18,6 +19,12 @@ const COMMAND_POOL_SIZE: usize = 2;
 
 /// Runs one command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // These describe the binary: no runtime, no database.
+    match &cli.command {
+        Command::Completions { shell } => return generate::completions(*shell),
+        Command::Man { out_dir } => return generate::man(out_dir.as_deref()),
+        _ => {}
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -26,7 +33,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let env = |name: &str| std::env::var(name).ok();
         match cli.command {
             Command::Serve(args) => {
-                let config = ServerConfig::load(cli.database_url, args.listen, &env)?;
+                let config = ServerConfig::load(cli.database_url, args.listen, &env)?
+                    .with_admin_listen(args.admin_listen)?;
                 serve::run(config).await
             }
             Command::Migrate => {
@@ -71,6 +79,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let pool = ready_pool(cli.database_url).await?;
                 admin::reconcile(&pool, cli.json).await
             }
+            // Answered above; the same answer here keeps the match whole.
+            Command::Completions { shell } => generate::completions(shell),
+            Command::Man { out_dir } => generate::man(out_dir.as_deref()),
         }
     })
 }

@@ -1,5 +1,9 @@
 //! The HTTP surface: one router for the sync endpoints (agents), the admin API (admin tokens),
-//! the Stripe webhook (signed) and health/readiness/metrics. Every replica serves all of it.
+//! the Stripe webhook (signed), `/healthz` and `/readyz`; and an admin router for the admin
+//! listener (`/metrics`, `/readyz`, `/healthz`). Every replica serves both. Metrics are only on
+//! the admin listener (they tell who pushes and pays how often, to no one but the operator);
+//! readiness is on both, since a load balancer in front of the replicas asks the API's port and
+//! its answer tells nothing (`health.rs`).
 //!
 //! Guarantees: every answer is counted by route template and status; every refusal is a wire
 //! `ErrorBody`; unknown paths are a 404 in the same shape.
@@ -53,7 +57,6 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
         // Sync (agents).
         .route("/v1/agents/enroll", post(sync_enroll::handle))
         .route("/v1/sync/push", post(sync_push::handle))
@@ -104,6 +107,38 @@ pub fn router(state: AppState) -> Router {
             count_requests,
         ))
         .with_state(state)
+}
+
+/// The admin listener's routes: `/metrics`, `/readyz`, `/healthz`; 404 otherwise (the API is
+/// not here).
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async {
+            ApiError::not_found(
+                "not an admin route: this listener serves /metrics, /readyz and /healthz",
+            )
+        })
+        .with_state(state)
+}
+
+/// Connections the admin listener serves at once (a scraper or two, an operator's curl).
+const ADMIN_CONNECTIONS_MAX: usize = 64;
+
+/// Serves the admin router on `listener` until `shutdown` resolves.
+pub async fn serve_admin(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let limits = tollgate_serve::ConnectionLimits {
+        connections_max: ADMIN_CONNECTIONS_MAX,
+        header_read_timeout: state.config.limits.header_read_timeout,
+    };
+    tollgate_serve::serve(listener, admin_router(state), limits, shutdown).await?;
+    Ok(())
 }
 
 async fn not_found() -> ApiError {

@@ -90,8 +90,12 @@ pub(super) async fn users(
                  JOIN agent_streams s ON s.agent_id = ct.agent_id AND s.incarnation = ct.incarnation \
                  ORDER BY ct.user_id, s.created_at DESC, ct.incarnation DESC, ct.seq DESC \
              ), pool_purchases AS ( \
-                 SELECT user_id, sum(amount) AS purchased FROM central_operations \
-                 WHERE kind = 'credit' AND agent_id IS NULL AND result->>'kind' = 'purchase' \
+                 SELECT user_id, \
+                        coalesce(sum(amount) FILTER (WHERE agent_id IS NULL \
+                                                     AND result->>'debt_repaid' IS NULL), 0) \
+                        + coalesce(sum((result->>'debt_repaid')::numeric), 0) AS purchased \
+                 FROM central_operations \
+                 WHERE kind = 'credit' AND result->>'kind' = 'purchase' \
                  GROUP BY user_id \
              ) \
              SELECT u.user_id, u.balance, u.lifetime_credits_purchased, u.fleet, \
@@ -542,7 +546,8 @@ pub(super) async fn credit_operations(
     Ok(())
 }
 
-/// Entries carrying a central key (`admin:` / `stripe:` / `grant:`) no credit operation has.
+/// Entries carrying a central key (`admin:` / `stripe:` / `grant:`) no credit operation has, or
+/// drawing the overdraft line (`overdraft:<grant key>`) of a grant never made.
 pub(super) async fn orphan_central_keys(
     tx: &Transaction<'_>,
     out: &mut Collector,
@@ -553,9 +558,13 @@ pub(super) async fn orphan_central_keys(
             "SELECT ct.agent_id, ct.seq, ct.user_id, ct.idempotency_key, ct.amount \
              FROM credit_transactions ct \
              WHERE (ct.idempotency_key LIKE 'admin:%' OR ct.idempotency_key LIKE 'stripe:%' \
-                    OR ct.idempotency_key LIKE 'grant:%') \
+                    OR ct.idempotency_key LIKE 'grant:%' \
+                    OR ct.idempotency_key LIKE 'overdraft:%') \
                AND NOT EXISTS (SELECT 1 FROM central_operations o \
-                               WHERE o.operation_key = ct.idempotency_key AND o.kind = 'credit') \
+                               WHERE o.kind = 'credit' AND o.operation_key = \
+                                   CASE WHEN ct.idempotency_key LIKE 'overdraft:%' \
+                                        THEN substr(ct.idempotency_key, 11) \
+                                        ELSE ct.idempotency_key END) \
              ORDER BY ct.agent_id, ct.incarnation, ct.seq LIMIT $1",
             &[&limit()],
         )
@@ -580,7 +589,52 @@ pub(super) async fn orphan_central_keys(
     Ok(())
 }
 
-/// Fleet users: each pool equals its credits less its grants plus the releases booked; what each
+/// Home users' debt: what their operations booked as owed less what later credit repaid.
+pub(super) async fn home_debts(
+    tx: &Transaction<'_>,
+    out: &mut Collector,
+) -> Result<(), CentralError> {
+    let rows = tx
+        .query(
+            "WITH ops AS ( \
+                 SELECT o.user_id, \
+                        coalesce(sum((o.result->>'debt_booked')::numeric), 0) AS booked, \
+                        coalesce(sum((o.result->>'debt_repaid')::numeric), 0) AS repaid \
+                 FROM central_operations o JOIN user_credits u ON u.user_id = o.user_id \
+                 WHERE NOT u.fleet AND o.kind = 'credit' GROUP BY o.user_id \
+             ) \
+             SELECT u.user_id, u.debt, coalesce(ops.booked, 0) AS booked, \
+                    coalesce(ops.repaid, 0) AS repaid \
+             FROM user_credits u LEFT JOIN ops ON ops.user_id = u.user_id \
+             WHERE NOT u.fleet \
+               AND u.debt <> coalesce(ops.booked, 0) - coalesce(ops.repaid, 0) \
+             ORDER BY u.user_id LIMIT $1",
+            &[&limit()],
+        )
+        .await?;
+    for r in rows {
+        let user: String = r.get("user_id");
+        let debt: Decimal = r.get("debt");
+        let booked: Decimal = r.get("booked");
+        let repaid: Decimal = r.get("repaid");
+        out.push(
+            kind::DEBT,
+            Some(&user),
+            None,
+            format!(
+                "debt {} ≠ booked {} − repaid {} = {}",
+                show(debt),
+                show(booked),
+                show(repaid),
+                show(booked - repaid)
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Fleet users: each position (pool − debt) equals its credits less its grants plus the releases
+/// less the overdrafts booked; what each
 /// agent holds of a user (`escrow_holdings`) equals the sum of that agent's entries for them and
 /// the `balance_after` of its latest one.
 pub(super) async fn fleet(
@@ -592,73 +646,53 @@ pub(super) async fn fleet(
         .query(
             "WITH credits AS ( \
                  SELECT o.user_id, \
-                        coalesce(sum(o.amount) FILTER (WHERE o.agent_id IS NULL \
-                                 AND o.result->>'uncovered' IS NULL), 0) AS credited, \
+                        coalesce(sum(o.amount) FILTER (WHERE o.agent_id IS NULL), 0) AS credited, \
                         coalesce(sum(o.amount) FILTER (WHERE o.operation_key LIKE 'grant:%'), 0) \
                             AS granted \
                  FROM central_operations o JOIN user_credits u ON u.user_id = o.user_id \
                  WHERE u.fleet AND o.kind = 'credit' GROUP BY o.user_id \
-             ), releases AS ( \
-                 SELECT ct.user_id, -sum(ct.amount) AS released FROM credit_transactions ct \
-                 JOIN user_credits u ON u.user_id = ct.user_id \
-                 WHERE u.fleet AND ct.transaction_type = 'escrow' AND ct.amount < 0 \
-                 GROUP BY ct.user_id \
+             ), escrow AS ( \
+                 SELECT ct.user_id, \
+                        coalesce(-sum(ct.amount) FILTER (WHERE ct.amount < 0), 0) AS released, \
+                        coalesce(sum(ct.amount) \
+                                 FILTER (WHERE ct.idempotency_key LIKE 'overdraft:%'), 0) \
+                            AS overdrawn \
+                 FROM credit_transactions ct JOIN user_credits u ON u.user_id = ct.user_id \
+                 WHERE u.fleet AND ct.transaction_type = 'escrow' GROUP BY ct.user_id \
              ) \
-             SELECT u.user_id, u.pool, coalesce(c.credited, 0) AS credited, \
-                    coalesce(c.granted, 0) AS granted, coalesce(r.released, 0) AS released \
+             SELECT u.user_id, u.pool, u.debt, coalesce(c.credited, 0) AS credited, \
+                    coalesce(c.granted, 0) AS granted, coalesce(e.released, 0) AS released, \
+                    coalesce(e.overdrawn, 0) AS overdrawn \
              FROM user_credits u \
              LEFT JOIN credits c ON c.user_id = u.user_id \
-             LEFT JOIN releases r ON r.user_id = u.user_id \
-             WHERE u.fleet AND u.pool <> coalesce(c.credited, 0) - coalesce(c.granted, 0) \
-                                          + coalesce(r.released, 0) \
+             LEFT JOIN escrow e ON e.user_id = u.user_id \
+             WHERE u.fleet AND u.pool - u.debt <> coalesce(c.credited, 0) - coalesce(c.granted, 0) \
+                                          + coalesce(e.released, 0) - coalesce(e.overdrawn, 0) \
              ORDER BY u.user_id LIMIT $1",
             &[&limit()],
         )
         .await?;
-    let uncovered = tx
-        .query(
-            "SELECT o.operation_key, o.user_id, o.result->>'uncovered' AS uncovered, \
-                    o.result->>'pool' AS pool \
-             FROM central_operations o \
-             WHERE o.kind = 'credit' AND o.agent_id IS NULL \
-               AND o.result->>'uncovered' IS NOT NULL \
-             ORDER BY o.created_at LIMIT $1",
-            &[&limit()],
-        )
-        .await?;
-    for r in uncovered {
-        let user: String = r.get("user_id");
-        let key: String = r.get("operation_key");
-        let amount: String = r.get("uncovered");
-        let pool: Option<String> = r.get("pool");
-        out.push(
-            kind::CREDIT_UNCOVERED,
-            Some(&user),
-            None,
-            format!(
-                "operation {key} should have taken {amount} credits back from fleet user {user}, \
-                 but the pool held {}: nothing was taken (debt is not booked yet)",
-                pool.unwrap_or_else(|| "?".to_owned())
-            ),
-        );
-    }
     for r in pools {
         let user: String = r.get("user_id");
         let pool: Decimal = r.get("pool");
+        let debt: Decimal = r.get("debt");
         let credited: Decimal = r.get("credited");
         let granted: Decimal = r.get("granted");
         let released: Decimal = r.get("released");
+        let overdrawn: Decimal = r.get("overdrawn");
         out.push(
             kind::FLEET_POOL,
             Some(&user),
             None,
             format!(
-                "pool {} ≠ credited {} − granted {} + released {} = {}",
+                "pool {} − debt {} ≠ credited {} − granted {} + released {} − overdrawn {} = {}",
                 show(pool),
+                show(debt),
                 show(credited),
                 show(granted),
                 show(released),
-                show(credited - granted + released)
+                show(overdrawn),
+                show(credited - granted + released - overdrawn)
             ),
         );
     }

@@ -76,14 +76,13 @@ pub mod kind {
     pub const CREDIT_MISMATCH: &str = "credit_mismatch";
     /// An entry carries a central operation key no operation has.
     pub const ENTRY_WITHOUT_OPERATION: &str = "entry_without_operation";
-    /// A fleet user's pool ≠ pool credits − grants + releases.
+    /// A fleet user's pool − debt ≠ pool credits − grants + releases − overdrafts.
     pub const FLEET_POOL: &str = "fleet_pool";
+    /// A home user's debt ≠ what their operations booked as owed − what later credit repaid.
+    pub const DEBT: &str = "debt";
     /// What an agent holds of a fleet user ≠ the sum of its entries for them, or ≠ the
     /// `balance_after` of its latest one.
     pub const FLEET_HOLDING: &str = "fleet_holding";
-    /// Money Stripe returned for a fleet user whose pool no longer held the credit: recorded,
-    /// nothing taken.
-    pub const CREDIT_UNCOVERED: &str = "credit_uncovered";
     /// An agent is quarantined (it replayed an entry with different content).
     pub const AGENT_QUARANTINED: &str = "agent_quarantined";
     /// More differences of one kind than the report lists.
@@ -207,6 +206,7 @@ pub async fn run(pool: &Pool) -> Result<Report, CentralError> {
     checks::homes(&tx, &mut out, &names).await?;
     clock.lap("homes");
     checks::fleet(&tx, &mut out, &names).await?;
+    checks::home_debts(&tx, &mut out).await?;
     clock.lap("fleet");
     checks::balance_chains(&tx, &mut out, &names).await?;
     clock.lap("balance chains");

@@ -19,7 +19,8 @@
 //!   through `add_credits` / `debit_credits` (which refuse to overdraw); purchases and usage
 //!   bump the user's counters. For a fleet user, what this agent holds of them
 //!   (`escrow_holdings`) moves by the same delta, and what its releases return goes back to the
-//!   user's pool, in the same transaction. The stream's head, hash and the agent's incarnation move in the
+//!   user's pool (paying their debt first) while the overdrafts it drew are taken from the pool
+//!   or, beyond it, owed — in the same transaction. The stream's head, hash and the agent's incarnation move in the
 //!   same transaction. Nothing is visible until it commits; a crash before commit leaves the
 //!   stream exactly as it was.
 //! - Every refusal is an [`IngestError`] carrying the stream's acknowledged head, so the agent
@@ -32,7 +33,7 @@ use rust_decimal::Decimal;
 use tokio_postgres::error::SqlState;
 use tollgate_schema::money::SCALE;
 use tollgate_schema::vocabulary::AgentStatus;
-use tollgate_schema::wire::{ESCROW_ENTRY_TYPE, WireEntry};
+use tollgate_schema::wire::{ESCROW_ENTRY_TYPE, OVERDRAFT_KEY_PREFIX, WireEntry};
 use uuid::Uuid;
 
 use super::push::Batch;
@@ -108,9 +109,13 @@ const APPLY_HOLDINGS: &str = "UPDATE escrow_holdings h SET balance = h.balance +
 /// An escrow entry from a former home ends its conversion (see `rules`).
 const END_CONVERSIONS: &str = "UPDATE escrow_holdings SET converting = false \
      WHERE agent_id = $1 AND user_id = ANY($2) AND converting";
-/// What the batch's releases return goes back to each fleet user's pool.
-const APPLY_RELEASES: &str = "UPDATE user_credits u SET pool = u.pool + d.released \
-     FROM unnest($1::text[], $2::numeric[]) AS d(user_id, released) \
+/// Each fleet user's position (pool − debt) moves by what the batch's releases returned less
+/// the overdrafts it drew: a release pays debt first, an overdraft beyond the pool is owed
+/// (the same arithmetic as `central::credit::MOVE_POSITION`).
+const APPLY_POOLS: &str = "UPDATE user_credits u \
+     SET pool = greatest(u.pool - u.debt + d.delta, 0), \
+         debt = greatest(u.debt - u.pool - d.delta, 0) \
+     FROM unnest($1::text[], $2::numeric[]) AS d(user_id, delta) \
      WHERE u.user_id = d.user_id AND u.fleet";
 /// Purchases and usage counters; a billing cycle that has ended starts over (calendar month).
 const APPLY_COUNTERS: &str = "UPDATE user_credits u SET \
@@ -587,9 +592,9 @@ async fn move_balances(
         tx.execute(&end, &[&agent_id, &effects.escrow_users])
             .await?;
     }
-    if !effects.release_users.is_empty() {
-        let releases = tx.prepare_cached(APPLY_RELEASES).await?;
-        tx.execute(&releases, &[&effects.release_users, &effects.released])
+    if !effects.pool_users.is_empty() {
+        let pools = tx.prepare_cached(APPLY_POOLS).await?;
+        tx.execute(&pools, &[&effects.pool_users, &effects.pool_deltas])
             .await?;
     }
     if !effects.balance_users.is_empty() {
@@ -731,9 +736,9 @@ struct Effects<'a> {
     counter_users: Vec<&'a str>,
     purchased: Vec<Decimal>,
     used: Vec<Decimal>,
-    /// Users with escrow released to their pool, and how much (positive).
-    release_users: Vec<&'a str>,
-    released: Vec<Decimal>,
+    /// Fleet users whose pool moves (releases less overdrafts), and by how much (never zero).
+    pool_users: Vec<&'a str>,
+    pool_deltas: Vec<Decimal>,
     /// Users with any escrow entry.
     escrow_users: Vec<&'a str>,
 }
@@ -745,7 +750,7 @@ impl<'a> Effects<'a> {
             delta: i128,
             purchased: i128,
             used: i128,
-            released: i128,
+            pool: i128,
             escrow: bool,
         }
         let mut by_user: BTreeMap<&str, Sums> = BTreeMap::new();
@@ -757,7 +762,14 @@ impl<'a> Effects<'a> {
             match e.transaction_type.as_str() {
                 "purchase" if nanos > 0 => sums.purchased += nanos,
                 "usage" if nanos < 0 => sums.used -= nanos,
-                ESCROW_ENTRY_TYPE if nanos < 0 => sums.released -= nanos,
+                ESCROW_ENTRY_TYPE if nanos < 0 => sums.pool -= nanos,
+                ESCROW_ENTRY_TYPE
+                    if e.idempotency_key
+                        .as_deref()
+                        .is_some_and(|k| k.starts_with(OVERDRAFT_KEY_PREFIX)) =>
+                {
+                    sums.pool -= nanos;
+                }
                 _ => {}
             }
         }
@@ -774,8 +786,8 @@ impl<'a> Effects<'a> {
             counter_users: Vec::new(),
             purchased: Vec::new(),
             used: Vec::new(),
-            release_users: Vec::new(),
-            released: Vec::new(),
+            pool_users: Vec::new(),
+            pool_deltas: Vec::new(),
             escrow_users: Vec::new(),
         };
         for (user, sums) in by_user {
@@ -791,9 +803,9 @@ impl<'a> Effects<'a> {
             if sums.escrow {
                 effects.escrow_users.push(user);
             }
-            if sums.released != 0 {
-                effects.release_users.push(user);
-                effects.released.push(nanos(sums.released)?);
+            if sums.pool != 0 {
+                effects.pool_users.push(user);
+                effects.pool_deltas.push(nanos(sums.pool)?);
             }
         }
         Ok(effects)

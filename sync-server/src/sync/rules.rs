@@ -13,7 +13,9 @@
 //!   centrally or adopted at enrolment: a push never creates one, so no agent can squat an id).
 //! - **Grants it holds, within them** (fleet users): credit only as a positive `escrow` entry
 //!   carrying a grant's key (`grant:` is a central key: matched to the grant made to this agent,
-//!   for this user, amount and entry type, once); what is left back only as a negative `escrow`
+//!   for this user, amount and entry type, once) or drawing a grant's overdraft line
+//!   (`overdraft:<grant key>`: a grant made to this agent for this user, at most its line,
+//!   once); what is left back only as a negative `escrow`
 //!   entry keyed `release:…`, each key once; everything else may only spend. Escrow entries for a
 //!   home user are refused. A home user turned fleet user is the exception on their former home
 //!   until its first escrow entry for them: what it wrote before it applied the change is judged
@@ -33,12 +35,18 @@ use tollgate_schema::money::Credits;
 use tollgate_schema::wire::WireEntry;
 use uuid::Uuid;
 
-use tollgate_schema::wire::{ESCROW_ENTRY_TYPE, GRANT_KEY_PREFIX, RELEASE_KEY_PREFIX};
+use tollgate_schema::wire::{
+    ESCROW_ENTRY_TYPE, GRANT_KEY_PREFIX, OVERDRAFT_KEY_PREFIX, RELEASE_KEY_PREFIX,
+};
 
 use crate::central::operation::{ADMIN_KEY_PREFIX, STRIPE_KEY_PREFIX};
 
 const CENTRAL_OPERATIONS: &str = "SELECT operation_key, agent_id, user_id, amount, \
      result->>'kind' AS entry_type \
+     FROM central_operations WHERE kind = 'credit' AND operation_key = ANY($1)";
+/// The overdraft lines of the grants an overdraft entry names (`overdraft:<grant key>`).
+const OVERDRAFT_LINES: &str = "SELECT operation_key, agent_id, user_id, \
+     (result->'grant'->>'overdraft')::numeric AS line \
      FROM central_operations WHERE kind = 'credit' AND operation_key = ANY($1)";
 const STORED_KEYS: &str = "SELECT idempotency_key FROM credit_transactions \
      WHERE idempotency_key = ANY($1)";
@@ -63,6 +71,7 @@ pub(crate) fn is_central_key(key: &str) -> bool {
     key.starts_with(ADMIN_KEY_PREFIX)
         || key.starts_with(STRIPE_KEY_PREFIX)
         || key.starts_with(GRANT_KEY_PREFIX)
+        || key.starts_with(OVERDRAFT_KEY_PREFIX)
 }
 
 /// A central credit operation as an entry must match it: (agent sent to, user, amount, entry
@@ -108,6 +117,7 @@ pub(crate) async fn central_key_mismatch(
     if operations.is_empty() && !keys.iter().any(|k| is_central_key(k)) {
         return Ok(None);
     }
+    let lines = overdraft_lines(tx, &keys).await?;
     let applied: Vec<String> = tx
         .query(STORED_KEYS, &[&keys])
         .await?
@@ -119,6 +129,17 @@ pub(crate) async fn central_key_mismatch(
         let Some(key) = entry.idempotency_key.as_deref() else {
             continue;
         };
+        if let Some(grant_key) = key.strip_prefix(OVERDRAFT_KEY_PREFIX) {
+            let fresh = !applied.iter().any(|k| k == key) && !seen.contains(&key);
+            if let Some(why) = overdraft_mismatch(entry, agent_id, lines.get(grant_key), fresh) {
+                return Ok(Some(format!(
+                    "seq {} carries overdraft key {key:?}, but {why}",
+                    entry.seq
+                )));
+            }
+            seen.push(key);
+            continue;
+        }
         let Some((op_agent, op_user, op_amount, op_type)) = operations.get(key) else {
             if is_central_key(key) {
                 return Ok(Some(format!(
@@ -151,6 +172,62 @@ pub(crate) async fn central_key_mismatch(
         seen.push(key);
     }
     Ok(None)
+}
+
+/// A grant's overdraft line as an overdraft entry must match it: (agent granted, user, line).
+type OverdraftLine = (Option<Uuid>, Option<String>, Option<Decimal>);
+
+/// The lines of the grants the batch's overdraft keys name, by grant key.
+async fn overdraft_lines(
+    tx: &Transaction<'_>,
+    keys: &[&str],
+) -> Result<BTreeMap<String, OverdraftLine>, tokio_postgres::Error> {
+    let grants: Vec<&str> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix(OVERDRAFT_KEY_PREFIX))
+        .collect();
+    if grants.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    Ok(tx
+        .query(OVERDRAFT_LINES, &[&grants])
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                r.get("operation_key"),
+                (r.get("agent_id"), r.get("user_id"), r.get("line")),
+            )
+        })
+        .collect())
+}
+
+/// Why an overdraft entry does not match the line of the grant it names, if it does not: an
+/// agent draws the line of a grant made to it, for that grant's user, as a positive escrow entry
+/// of at most the line, once.
+fn overdraft_mismatch(
+    entry: &WireEntry,
+    agent_id: Uuid,
+    line: Option<&OverdraftLine>,
+    fresh: bool,
+) -> Option<&'static str> {
+    let Some((granted_to, user, line)) = line else {
+        return Some("no grant has that key");
+    };
+    let amount = entry.amount.to_decimal();
+    if *granted_to != Some(agent_id) {
+        Some("that grant was made to another agent")
+    } else if user.as_deref() != Some(entry.user_id.as_str()) {
+        Some("that grant is for another user")
+    } else if entry.transaction_type != ESCROW_ENTRY_TYPE || amount <= Decimal::ZERO {
+        Some("an overdraft is a positive escrow entry")
+    } else if line.is_none_or(|line| amount > line) {
+        Some("it draws more than that grant's overdraft line")
+    } else if !fresh {
+        Some("that line was already drawn")
+    } else {
+        None
+    }
 }
 
 /// A user as the central books hold them.
@@ -284,7 +361,8 @@ async fn stored_releases(
 }
 
 /// What an agent may write for a fleet user: credit arrives only as a grant (a positive
-/// `escrow` entry keyed `grant:…`, matched to its operation by [`central_key_mismatch`]);
+/// `escrow` entry keyed `grant:…`, matched to its operation by [`central_key_mismatch`]) or a
+/// grant's overdraft line (keyed `overdraft:grant:…`, matched to the grant there too);
 /// what is left returns as a negative `escrow` entry keyed `release:…`, each key once; the
 /// rest may only spend (the chain keeps it within what the agent holds).
 fn fleet_rule_broken(entry: &WireEntry, releases: &mut Vec<String>) -> Option<String> {
@@ -292,10 +370,15 @@ fn fleet_rule_broken(entry: &WireEntry, releases: &mut Vec<String>) -> Option<St
     let key = entry.idempotency_key.as_deref().unwrap_or_default();
     let escrow = entry.transaction_type == ESCROW_ENTRY_TYPE;
     let positive = entry.amount.is_positive();
-    if escrow && positive && !key.starts_with(GRANT_KEY_PREFIX) {
+    if escrow
+        && positive
+        && !key.starts_with(GRANT_KEY_PREFIX)
+        && !key.starts_with(OVERDRAFT_KEY_PREFIX)
+    {
         return Some(format!(
             "seq {seq} books {} credits of escrow for fleet user {id:?} without a grant's key: \
-             an agent gets a fleet user's credit only as a grant from the server",
+             an agent gets a fleet user's credit only as a grant from the server (or its \
+             overdraft line)",
             entry.amount
         ));
     }

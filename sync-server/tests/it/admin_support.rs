@@ -249,6 +249,7 @@ pub async fn set_user(db: &TestDb, user: &str, agent: &str) {
             monthly_allowance: Some(Credits::ZERO),
             monthly_spend_cap: None,
             fleet: false,
+            overdraft: None,
         },
         &format!("test:{}", Uuid::now_v7()),
         "test",

@@ -115,6 +115,13 @@ fn writes() -> Vec<Write> {
                     json!({"home_agent": "a1", "fleet": true}),
                 ),
                 ("fleet as a string", json!({"fleet": "yes"})),
+                ("overdraft as a number", json!({"overdraft": 5})),
+                ("an overdraft of zero", json!({"overdraft": "0"})),
+                ("a negative overdraft", json!({"overdraft": "-1"})),
+                (
+                    "an overdraft for a home user",
+                    json!({"home_agent": "a1", "overdraft": "5"}),
+                ),
             ],
         ),
         (
@@ -489,6 +496,16 @@ async fn bad_values_name_the_field() {
             json!({"home_agent": "a1", "tier": "trial", "power_level": "eco",
                    "monthly_spend_cap": "1.0000000001"}),
             "monthly_spend_cap: ",
+        ),
+        (
+            "/admin/v1/users/alice",
+            json!({"overdraft": "-2"}),
+            "overdraft: ",
+        ),
+        (
+            "/admin/v1/users/alice",
+            json!({"overdraft": "5"}),
+            "overdraft: ",
         ),
         (
             "/admin/v1/packages/P",

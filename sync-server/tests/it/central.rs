@@ -184,6 +184,7 @@ async fn set_user_is_idempotent_and_validated() {
         monthly_allowance: Some(c("10")),
         monthly_spend_cap: Some(SpendCap::Credits(c("50"))),
         fleet: false,
+        overdraft: None,
     };
     let first = set_user(&db.pool, &req, "admin:u-1", "test").await.unwrap();
     assert!(first.result.created && !first.replayed);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
 
-use crate::support::{ServerProcess, TestDb};
+use crate::support::{TestDb, spawn_server};
 use crate::sync_support::{
     Chain, assert_books, chain_users, enroll, home_users, push_bytes, push_request, scalar,
     try_push_bytes,
@@ -77,7 +77,7 @@ async fn a_server_killed_mid_batch_loses_and_duplicates_nothing() {
     let db = TestDb::new().await;
     let (watcher, conn) = tokio_postgres::connect(&db.url, NoTls).await.unwrap();
     tokio::spawn(conn);
-    let mut server = ServerProcess::spawn(&db.url, &[]);
+    let mut server = spawn_server(&db.url);
     let mut base = server.url("");
     let agent = enroll(&db.pool, &base, "a1").await;
     home_users(&db.pool, "a1", &chain_users("a1", 50)).await;
@@ -141,7 +141,7 @@ async fn a_server_killed_mid_batch_loses_and_duplicates_nothing() {
         }
 
         // A new server on the same database; the agent retries the same bytes until acked.
-        server = ServerProcess::spawn(&db.url, &[]);
+        server = spawn_server(&db.url);
         base = server.url("");
         let until = Instant::now() + SIGNAL_TIMEOUT;
         loop {

@@ -11,7 +11,7 @@ use tollgate_schema::wire::{
     error_code,
 };
 use tollgate_server::central::credit::{self, CreditKind, CreditOp};
-use tollgate_server::central::users::{UserSet, set_user, show_user};
+use tollgate_server::central::users::{Overdraft, UserSet, set_user, show_user};
 use uuid::Uuid;
 
 use crate::admin_support::c;
@@ -32,6 +32,7 @@ async fn fleet_user(db: &TestDb, user: &str) {
             monthly_allowance: None,
             monthly_spend_cap: None,
             fleet: false,
+            overdraft: None,
         },
         &format!("test:{}", Uuid::now_v7()),
         "test",
@@ -504,6 +505,7 @@ async fn a_home_user_becomes_a_fleet_user_and_their_balance_returns_to_the_pool(
                     monthly_allowance: None,
                     monthly_spend_cap: None,
                     fleet: true,
+                    overdraft: None,
                 },
                 &format!("test:{}", Uuid::now_v7()),
                 "test",
@@ -646,11 +648,12 @@ async fn a_push_waiting_on_a_user_turned_fleet_user_sees_the_holding_made_for_it
     server.stop().await;
 }
 
-/// Money Stripe returns for a fleet user whose pool no longer holds it: taken from the pool when
-/// it can be; otherwise recorded as uncovered — nothing taken, the webhook's transaction not
-/// failed (Stripe would retry forever), and reconcile listing it — never a pool below zero.
+/// Money Stripe returns for a fleet user whose pool no longer holds it: taken from the pool as
+/// far as it goes, the rest booked as the user's debt — the webhook's transaction never fails
+/// (Stripe would retry forever) and no pool goes below zero; later credit, and grants released,
+/// repay the debt first; reconcile agrees at every step.
 #[tokio::test]
-async fn money_returned_beyond_a_fleet_pool_is_recorded_as_uncovered_not_refused() {
+async fn money_returned_beyond_a_fleet_pool_becomes_debt_that_later_credit_repays() {
     let db = TestDb::new().await;
     let server = TestServer::start(db.config()).await;
     let base = server.url("");
@@ -677,23 +680,211 @@ async fn money_returned_beyond_a_fleet_pool_is_recorded_as_uncovered_not_refused
     };
     // Covered by the pool: taken.
     let covered = adjust("-1", "stripe:refund:ch_1:100").await.result;
-    assert_eq!((covered.pool, covered.uncovered), (Some(c("1")), None));
-    // Beyond it: recorded, nothing taken; again with the same key: the same record.
+    assert_eq!((covered.pool, covered.debt), (Some(c("1")), None));
+    // Beyond it: the pool gives what it has, the rest is owed; the same key again: the same.
     let beyond = adjust("-5", "stripe:refund:ch_1:600").await;
     assert_eq!(
-        (beyond.result.pool, beyond.result.uncovered),
-        (Some(c("1")), Some(c("5")))
+        (beyond.result.pool, beyond.result.debt),
+        (Some(c("0")), Some(c("4")))
     );
     assert!(adjust("-5", "stripe:refund:ch_1:600").await.replayed);
-    assert_eq!(pool_of(&db, "ann").await, Decimal::ONE);
-    let report = tollgate_server::reconcile::run(&db.pool).await.unwrap();
-    let kinds: Vec<&str> = report.differences.iter().map(|d| d.kind.as_str()).collect();
-    assert_eq!(kinds, vec!["credit_uncovered"], "{report:#?}");
-    assert!(
-        report.differences[0]
-            .detail
-            .contains("stripe:refund:ch_1:600"),
-        "{report:#?}"
-    );
+    assert_eq!(position(&db, "ann").await, (c("0"), c("4")));
+    reconcile_is_clean(&db).await;
+    // An admin's credit repays the debt first.
+    let repaid = give(&db, "ann", "3").await;
+    assert_eq!((repaid.pool, repaid.debt), (Some(c("0")), Some(c("1"))));
+    // So does what an agent releases: 1 repays the rest, 7 go back to the pool.
+    let release = chain.keyed("ann", "escrow", c("-8"), "release:a-1");
+    assert_eq!(push(&base, &a, &[release]).await.status, 200);
+    assert_eq!(position(&db, "ann").await, (c("7"), c("0")));
+    let conn = db.pool.get().await.unwrap();
+    let shown = show_user(&conn, "ann").await.unwrap().unwrap();
+    assert_eq!((shown.pool, shown.debt), (Some(c("7")), None));
+    reconcile_is_clean(&db).await;
+    // An admin taking more than the pool holds is still refused (debt is for money returned).
+    let refused = credit::credit(
+        &db.pool,
+        &CreditOp {
+            user_id: "ann".to_owned(),
+            kind: CreditKind::Adjust,
+            amount: c("-8"),
+            operation_id: "take-8".to_owned(),
+            note: None,
+            actor: "test".to_owned(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.to_string().contains("held by agents"), "{refused}");
+    server.stop().await;
+}
+
+/// (pool, debt) of `user`.
+async fn position(db: &TestDb, user: &str) -> (Credits, Credits) {
+    let row = db
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT pool, debt FROM user_credits WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    (
+        Credits::from_decimal(row.get("pool")).unwrap(),
+        Credits::from_decimal(row.get("debt")).unwrap(),
+    )
+}
+
+/// Gives fleet user `user` an overdraft line of `line` credits.
+async fn overdraft_line(db: &TestDb, user: &str, line: &str) {
+    let applied = set_user(
+        &db.pool,
+        &UserSet {
+            user_id: user.to_owned(),
+            home_agent: None,
+            tier: None,
+            power_level: None,
+            monthly_allowance: None,
+            monthly_spend_cap: None,
+            fleet: false,
+            overdraft: Some(Overdraft::UpTo(c(line))),
+        },
+        &format!("test:{}", Uuid::now_v7()),
+        "test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(applied.result.overdraft, Some(c(line)));
+}
+
+/// An agent cut off from the server may draw the overdraft line its grant carries — once, up to
+/// the line, for that grant's user — and the user owes what the pool did not cover; an agent
+/// speaking protocol 3 gets no line; every other overdraft entry is refused naming the rule.
+#[tokio::test]
+async fn an_agent_draws_its_grants_overdraft_line_once_and_the_user_owes_it() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(db.config()).await;
+    let base = server.url("");
+    fleet_user(&db, "ann").await;
+    overdraft_line(&db, "ann", "3").await;
+    give(&db, "ann", "2").await;
+    let a = enroll(&db.pool, &base, "edge-a").await;
+    let grant = granted(&ask(&base, &a, "r-1", "ann", "2", "1").await)
+        .grant
+        .unwrap();
+    assert_eq!((grant.amount, grant.overdraft), (c("2"), Some(c("3"))));
+    // Spent, then the line drawn (the server unreachable), partly spent, the rest released.
+    let mut chain = Chain::new("a", 1);
+    let line_key = format!("overdraft:{}", grant.key);
+    let entries = vec![
+        chain.keyed("ann", "escrow", c("2"), &grant.key),
+        chain.entry("ann", "usage", c("-2")),
+        chain.keyed("ann", "escrow", c("3"), &line_key),
+        chain.entry("ann", "usage", c("-2.5")),
+        chain.keyed("ann", "escrow", c("-0.5"), "release:a-1"),
+    ];
+    let answer = push(&base, &a, &entries).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(position(&db, "ann").await, (c("0"), c("2.5")));
+    reconcile_is_clean(&db).await;
+    // Their next credit repays it.
+    let repaid = give(&db, "ann", "4").await;
+    assert_eq!((repaid.pool, repaid.debt), (Some(c("1.5")), None));
+    reconcile_is_clean(&db).await;
+
+    // A protocol-3 agent's grant carries no line.
+    let old = enroll(&db.pool, &base, "edge-old").await;
+    let answer = Answer::of(
+        http()
+            .post(format!("{base}/v1/escrow/grants"))
+            .bearer_auth(&old.credential)
+            .header(PROTOCOL_HEADER, "3")
+            .json(&serde_json::json!({
+                "protocol_version": 3, "request_id": "r-1", "user_id": "ann",
+                "want": "0.5", "worst_case": "0.5"
+            }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let old_grant = granted(&answer).grant.unwrap();
+    assert_eq!(old_grant.overdraft, None, "{}", answer.body);
+
+    // What an agent may not do with a line.
+    give(&db, "ann", "20").await;
+    let other = enroll(&db.pool, &base, "edge-other").await;
+    let others = granted(&ask(&base, &other, "r-1", "ann", "1", "1").await)
+        .grant
+        .unwrap();
+    type Forge = fn(&mut Chain, &GrantSpec, &GrantSpec) -> Vec<tollgate_schema::wire::WireEntry>;
+    let cases: Vec<(&str, Forge, &str)> = vec![
+        (
+            "another agent's line",
+            |ch, _, theirs| {
+                vec![ch.keyed(
+                    "ann",
+                    "escrow",
+                    c("1"),
+                    &format!("overdraft:{}", theirs.key),
+                )]
+            },
+            "made to another agent",
+        ),
+        (
+            "more than the line",
+            |ch, mine, _| {
+                vec![ch.keyed("ann", "escrow", c("4"), &format!("overdraft:{}", mine.key))]
+            },
+            "more than that grant's overdraft line",
+        ),
+        (
+            "the line drawn twice",
+            |ch, mine, _| {
+                let key = format!("overdraft:{}", mine.key);
+                vec![
+                    ch.keyed("ann", "escrow", c("1"), &key),
+                    ch.keyed("ann", "escrow", c("1"), &key),
+                ]
+            },
+            "already drawn",
+        ),
+        (
+            "a line of no grant",
+            |ch, _, _| vec![ch.keyed("ann", "escrow", c("1"), "overdraft:grant:nothing")],
+            "no grant has that key",
+        ),
+        (
+            "a line drawn as usage",
+            |ch, mine, _| {
+                vec![
+                    ch.keyed("ann", "escrow", c("1"), &mine.key),
+                    ch.keyed("ann", "usage", c("-1"), &format!("overdraft:{}", mine.key)),
+                ]
+            },
+            "a positive escrow entry",
+        ),
+    ];
+    for (i, (name, forge, says)) in cases.into_iter().enumerate() {
+        let agent = enroll(&db.pool, &base, &format!("edge-{i}")).await;
+        let mine = granted(&ask(&base, &agent, "r-1", "ann", "1", "1").await)
+            .grant
+            .unwrap();
+        let mut chain = Chain::new(&format!("x{i}"), 1);
+        let entries = forge(&mut chain, &mine, &others);
+        let answer = push(&base, &agent, &entries).await;
+        assert_eq!(answer.status, 409, "{name}: {}", answer.body);
+        let message = answer.error().error.message;
+        assert!(message.contains(says), "{name}: {message}");
+        assert!(message.contains("seq "), "{name}: {message}");
+        assert_eq!(
+            agent_status(&db.pool, &agent.name).await,
+            "quarantined",
+            "{name}"
+        );
+    }
     server.stop().await;
 }

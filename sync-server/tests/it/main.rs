@@ -15,6 +15,7 @@ mod enroll;
 mod escrow;
 mod hardening;
 mod ingest_rules;
+mod listeners;
 mod migrations;
 mod protocol;
 mod pull;

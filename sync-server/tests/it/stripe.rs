@@ -15,7 +15,9 @@ use tollgate_server::config::StripeConfig;
 use tollgate_server::stripe::signature::header_for;
 use zeroize::Zeroizing;
 
-use crate::admin_support::{Api, FakeAgent, add_token, books, c, code, count, inbox, set_user};
+use crate::admin_support::{
+    Api, Draft, FakeAgent, add_token, books, c, code, count, inbox, set_user,
+};
 use crate::support::{TestDb, TestServer};
 
 const SECRET_KEY: &str = "sk_test_tollgate";
@@ -1043,4 +1045,115 @@ async fn a_dispute_takes_the_credit_back_and_gives_it_back_only_if_won() {
     let (_, user) = shop.api.get("/admin/v1/users/alice").await;
     // Two purchases of 500; the lost one taken back.
     assert_eq!(user["balance"], "500", "{user}");
+}
+
+/// A home user who spent their credit before Stripe took the money back: the home is sent what
+/// its balance (as pushed) still covers, the rest is booked as the user's debt — the webhook
+/// still answers 200 and nothing is refused — and their next credit repays the debt before the
+/// rest reaches the home. Reconcile agrees at every step. (Before: the whole adjustment went to
+/// the home, which refused it, and reconcile listed it as not applied, forever.)
+#[tokio::test]
+async fn money_returned_beyond_a_home_users_balance_becomes_debt_that_their_next_credit_repays() {
+    let mut shop = shop().await;
+    let first = shop.checkout("Value Pack").await;
+    assert_eq!(
+        outcome_of(&shop, &paid_with_intent("evt_p1", &first, "pi_1")).await,
+        "granted"
+    );
+    shop.agent.apply_inbox(&shop.db).await;
+    // 450 of the 500 spent (and pushed), then the whole payment refunded.
+    shop.agent
+        .append(&shop.db, &Draft::new("alice", "usage", "-450"))
+        .await;
+    assert_eq!(
+        outcome_of(&shop, &refunded("evt_r1", "ch_1", "pi_1", 4500)).await,
+        "taken_back"
+    );
+    let events = shop.credit_events().await;
+    assert_eq!(events.last().unwrap().amount, c("-50"), "{events:?}");
+    let reconciled = |shop: &Shop| {
+        let pool = shop.db.pool.clone();
+        async move {
+            let report = tollgate_server::reconcile::run(&pool).await.unwrap();
+            assert!(report.ok, "{report:#?}");
+        }
+    };
+    shop.agent.apply_inbox(&shop.db).await;
+    reconciled(&shop).await;
+    let (_, user) = shop.api.get("/admin/v1/users/alice").await;
+    assert_eq!(
+        (user["balance"].as_str(), user["debt"].as_str()),
+        (Some("0"), Some("450")),
+        "{user}"
+    );
+
+    // The next purchase repays the debt first; only the rest reaches the home.
+    let second = shop.checkout("Value Pack").await;
+    assert_eq!(
+        outcome_of(&shop, &paid_with_intent("evt_p2", &second, "pi_2")).await,
+        "granted"
+    );
+    let events = shop.credit_events().await;
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.amount, last.package.as_deref()),
+        (c("50"), None),
+        "{events:?}"
+    );
+    shop.agent.apply_inbox(&shop.db).await;
+    reconciled(&shop).await;
+    let (_, user) = shop.api.get("/admin/v1/users/alice").await;
+    assert_eq!(
+        (user["balance"].as_str(), user.get("debt")),
+        (Some("50"), None),
+        "{user}"
+    );
+
+    // Spent to nothing, then refunded: nothing reaches the home, all of it is owed.
+    shop.agent
+        .append(&shop.db, &Draft::new("alice", "usage", "-50"))
+        .await;
+    let before = shop.credit_events().await.len();
+    assert_eq!(
+        outcome_of(&shop, &refunded("evt_r2", "ch_2", "pi_2", 4500)).await,
+        "taken_back"
+    );
+    assert_eq!(
+        shop.credit_events().await.len(),
+        before,
+        "an event for nothing"
+    );
+    reconciled(&shop).await;
+    let (_, user) = shop.api.get("/admin/v1/users/alice").await;
+    assert_eq!(
+        (user["balance"].as_str(), user["debt"].as_str()),
+        (Some("0"), Some("500")),
+        "{user}"
+    );
+    // A home user who owes cannot be turned into a fleet user until it is repaid.
+    let (status, refused) = shop
+        .api
+        .put("/admin/v1/users/alice", json!({"fleet": true}))
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(refused.to_string().contains("owes 500"), "{refused}");
+    // A purchase that all goes to the debt reaches no agent, and still counts as bought.
+    let third = shop.checkout("Value Pack").await;
+    let before = shop.credit_events().await.len();
+    assert_eq!(
+        outcome_of(&shop, &paid_with_intent("evt_p3", &third, "pi_3")).await,
+        "granted"
+    );
+    assert_eq!(shop.credit_events().await.len(), before);
+    reconciled(&shop).await;
+    let (_, user) = shop.api.get("/admin/v1/users/alice").await;
+    assert_eq!(
+        (
+            user["balance"].as_str(),
+            user.get("debt"),
+            user["lifetime_credits_purchased"].as_str()
+        ),
+        (Some("0"), None, Some("1500")),
+        "{user}"
+    );
 }

@@ -1,13 +1,11 @@
 //! Test harness: a fresh, migrated PostgreSQL database per test ([`TestDb`], dropped at the end),
 //! the server in-process on a loopback port ([`TestServer`]), or as a real child process
-//! ([`ServerProcess`], for kill -9).
+//! ([`spawn_server`], for kill -9).
 //!
-//! Fresh databases come from the end-to-end harness (`tollgate_e2e::Database`): one
-//! implementation of create-and-drop, configured by `TOLLGATE_TEST_PG`.
+//! Fresh databases and the server process come from the end-to-end harness (`tollgate_e2e`):
+//! one implementation of each, shared with the agent's and the end-to-end tests.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 
 use deadpool_postgres::Pool;
 use tokio::sync::oneshot;
@@ -110,53 +108,12 @@ impl Drop for TestServer {
     }
 }
 
-/// The real `tollgate-server serve` as a child process (killed on drop).
-#[derive(Debug)]
-pub struct ServerProcess {
-    pub child: Child,
-    pub addr: SocketAddr,
-}
-
-impl ServerProcess {
-    /// Starts `tollgate-server serve --listen 127.0.0.1:0` and waits for its "listening on" line.
-    pub fn spawn(database_url: &str, envs: &[(&str, &str)]) -> ServerProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate-server"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .env("DATABASE_URL", database_url)
-            .env("TOLLGATE_SERVER_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawns tollgate-server");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("reads the listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("tollgate-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("an address");
-        ServerProcess { child, addr }
+/// The real `tollgate-server serve` as a child process (killed on drop), from the end-to-end
+/// harness.
+pub fn spawn_server(database_url: &str) -> tollgate_e2e::ServerProcess {
+    tollgate_e2e::Server {
+        database_url: database_url.to_owned(),
+        envs: Vec::new(),
     }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// kill -9, and reap.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    .start("127.0.0.1:0")
 }

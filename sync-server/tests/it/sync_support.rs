@@ -95,6 +95,7 @@ pub async fn home_users(pool: &Pool, agent: &str, users: &[String]) {
                 monthly_allowance: None,
                 monthly_spend_cap: None,
                 fleet: false,
+                overdraft: None,
             },
             &format!("test:{}", Uuid::now_v7()),
             "test",

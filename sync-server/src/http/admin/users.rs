@@ -101,6 +101,8 @@ pub struct UserBody {
     /// --fleet`).
     #[serde(default)]
     pub fleet: bool,
+    /// A fleet user's overdraft line: exact decimal credits, or "none" to remove it.
+    pub overdraft: Option<String>,
     /// Idempotency id: the same id with the same body is applied once.
     pub operation_id: Option<String>,
 }
@@ -127,6 +129,11 @@ pub async fn set(
             .monthly_spend_cap
             .as_deref()
             .map(|text| validate::spend_cap("monthly_spend_cap", text))
+            .transpose()?,
+        overdraft: body
+            .overdraft
+            .as_deref()
+            .map(|text| validate::overdraft("overdraft", text))
             .transpose()?,
     };
     let key = extract::operation_key(body.operation_id.as_deref(), "user")?;

@@ -1,4 +1,4 @@
--- tollgate central database, version 6: the browser console (`/console/`, issue 12).
+-- tollgate central database, version 7: the browser console (`/console/`, issue 12).
 --
 -- * console_sessions: server-side sessions of admins signed in to the console with an admin
 --   token. The browser holds only a random session id in an HttpOnly cookie; the server stores
