@@ -62,12 +62,13 @@ pub mod postgres {
     //! refunds and disputes take credit back (`V4__stripe_refunds_and_disputes.sql`); 5 — escrow
     //! for fleet users: pools, grants and releases (`V5__escrow.sql`); 6 — overdraft lines and
     //! debt for fleet users (`V6__overdraft_and_debt.sql`); 7 — threshold alerts for fleet users,
-    //! an outbox the alert task sends from (`V7__user_alerts.sql`).
+    //! an outbox the alert task sends from (`V7__user_alerts.sql`); 8 — the browser console's
+    //! sessions and its read indexes (`V8__console.sql`).
 
     refinery::embed_migrations!("migrations/postgres");
 
     /// The newest migration version embedded in this build.
-    pub const LATEST_VERSION: i32 = 7;
+    pub const LATEST_VERSION: i32 = 8;
 
     #[cfg(test)]
     mod tests {

@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub long_poll_max: Duration,
     /// The limits every connection and request lives under.
     pub limits: Limits,
+    /// The browser console (`/console/`): its public URL, cookies and session lifetimes.
+    pub console: crate::http::console::settings::ConsoleConfig,
     /// Fleet users' threshold alerts; `None` when no webhook is configured.
     pub alerts: Option<AlertsConfig>,
 }
@@ -287,6 +289,7 @@ impl fmt::Debug for ServerConfig {
             .field("stripe", &self.stripe)
             .field("long_poll_max", &self.long_poll_max)
             .field("limits", &self.limits)
+            .field("console", &self.console)
             .field("alerts", &self.alerts)
             .finish()
     }
@@ -335,7 +338,8 @@ impl ServerConfig {
     /// Builds the config from the database URL, an optional listen address and the environment:
     /// `TOLLGATE_SERVER_POOL_SIZE`, `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET`,
     /// `TOLLGATE_STRIPE_API_BASE`, `TOLLGATE_STRIPE_SUCCESS_URL`, `TOLLGATE_STRIPE_CANCEL_URL`,
-    /// and the [`Limits`].
+    /// the [`Limits`] and the console's settings
+    /// ([`ConsoleConfig`](crate::http::console::settings::ConsoleConfig)).
     pub fn load(
         database_url: Option<String>,
         listen: Option<String>,
@@ -390,6 +394,7 @@ impl ServerConfig {
             stripe,
             long_poll_max: Duration::from_millis(tollgate_schema::wire::LONG_POLL_MAX_MS),
             limits: Limits::load(env)?,
+            console: crate::http::console::settings::ConsoleConfig::load(env)?,
             alerts: AlertsConfig::load(env)?,
         })
     }

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod gates;
 pub mod health;
@@ -98,6 +99,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/checkout", post(admin::checkout::create))
         // Stripe.
         .route("/stripe/webhook", post(stripe_webhook::handle))
+        // The browser console (HTML pages, session cookies).
+        .merge(console::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -185,7 +188,12 @@ fn route_label(matched: Option<&str>) -> &'static str {
         "/stripe/webhook",
     ];
     matched
-        .and_then(|m| ROUTES.iter().find(|r| **r == m).copied())
+        .and_then(|m| {
+            ROUTES.iter().find(|r| **r == m).copied().or_else(|| {
+                // Console pages are counted together.
+                (m == "/console" || m.starts_with("/console/")).then_some("/console")
+            })
+        })
         .unwrap_or("other")
 }
 

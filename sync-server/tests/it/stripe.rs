@@ -24,7 +24,7 @@ const SECRET_KEY: &str = "sk_test_tollgate";
 const WEBHOOK_SECRET: &str = "whsec_tollgate_test";
 
 /// What the mock Stripe received: (Authorization header, form fields).
-type Received = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
+pub type Received = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
 
 /// Decodes `application/x-www-form-urlencoded`.
 fn decode_form(body: &[u8]) -> Vec<(String, String)> {
@@ -57,7 +57,7 @@ fn decode_form(body: &[u8]) -> Vec<(String, String)> {
 }
 
 /// A mock of Stripe's `POST /v1/checkout/sessions`: answers `cs_test_<n>` and records the form.
-async fn mock_stripe() -> (String, Received) {
+pub async fn mock_stripe() -> (String, Received) {
     let received: Received = Arc::default();
     async fn sessions(
         State(received): State<Received>,
