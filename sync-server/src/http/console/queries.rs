@@ -3,7 +3,7 @@
 //! power level. Reads only; every change goes through the domain modules.
 //!
 //! Guarantees: every query walks an index and reads at most a page (or one user's usage window):
-//! users by `user_id COLLATE "C"` (migration 7), so a prefix is one contiguous range; the
+//! users by `user_id COLLATE "C"` (migration 8), so a prefix is one contiguous range; the
 //! journal by `(user_id, id)`; usage by `(user_id, created_at)` for usage entries. Amounts are
 //! exact (`NUMERIC` → [`Credits`]).
 
