@@ -646,7 +646,11 @@ pub(super) async fn fleet(
         .query(
             "WITH credits AS ( \
                  SELECT o.user_id, \
-                        coalesce(sum(o.amount) FILTER (WHERE o.agent_id IS NULL), 0) AS credited, \
+                        coalesce(sum(o.amount) FILTER (WHERE o.agent_id IS NULL \
+                                 /* not a home user's operation that sent nothing, from \
+                                    before they turned fleet */ \
+                                 AND o.result->>'debt_booked' IS NULL \
+                                 AND o.result->>'debt_repaid' IS NULL), 0) AS credited, \
                         coalesce(sum(o.amount) FILTER (WHERE o.operation_key LIKE 'grant:%'), 0) \
                             AS granted \
                  FROM central_operations o JOIN user_credits u ON u.user_id = o.user_id \

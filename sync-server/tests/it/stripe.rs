@@ -1156,4 +1156,44 @@ async fn money_returned_beyond_a_home_users_balance_becomes_debt_that_their_next
         (Some("0"), None, Some("1500")),
         "{user}"
     );
+    // Half of that refunded with nothing left: owed; an admin's grant of 400 repays the 250 and
+    // sends the home 150.
+    assert_eq!(
+        outcome_of(&shop, &refunded("evt_r3", "ch_3", "pi_3", 2250)).await,
+        "taken_back"
+    );
+    let (status, granted) = shop
+        .api
+        .post(
+            "/admin/v1/users/alice/credits",
+            json!({"kind": "grant", "amount": "400", "operation_id": "top-up"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{granted}");
+    assert_eq!(
+        (granted["amount"].as_str(), granted["debt_repaid"].as_str()),
+        (Some("150"), Some("250")),
+        "{granted}"
+    );
+    shop.agent.apply_inbox(&shop.db).await;
+    reconciled(&shop).await;
+    // Debt repaid, she may turn fleet (her home speaking protocol 3 or later): what her home
+    // operations did before (some sent nothing) is not her pool's, and the books still agree.
+    shop.db
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE agents SET protocol_version = 4 WHERE name = 'a1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (status, turned) = shop
+        .api
+        .put("/admin/v1/users/alice", json!({"fleet": true}))
+        .await;
+    assert_eq!(status, 200, "{turned}");
+    reconciled(&shop).await;
 }
