@@ -30,6 +30,7 @@ pub mod alerts;
 mod answer;
 mod auth;
 pub mod config;
+pub mod console;
 mod count;
 pub mod error;
 mod exchange;
@@ -349,16 +350,19 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// The admin listener's routes: `/metrics`, `/readyz`, `/healthz`; a plain 404 otherwise.
+/// The admin listener's routes: `/metrics`, `/readyz`, `/healthz`, the read-only view of the
+/// books at `/console/` ([`console`]); a plain 404 otherwise.
 pub fn admin_router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .merge(console::routes())
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                "not an admin route: this listener serves GET /metrics, /readyz and /healthz\n",
+                "not an admin route: this listener serves GET /metrics, /readyz, /healthz and \
+                 /console/\n",
             )
         })
         .with_state(gateway)

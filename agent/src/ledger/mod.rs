@@ -32,6 +32,7 @@ mod idempotency;
 pub mod inbox;
 pub mod journal;
 mod lots;
+pub mod overview;
 pub mod prices;
 pub mod provider_keys;
 pub mod reports;

@@ -6,6 +6,7 @@ mod cli_errors;
 mod crash;
 mod escrow;
 mod gateway;
+mod gateway_console;
 mod gateway_crash;
 mod gateway_edges;
 mod gateway_hardening;

@@ -12,40 +12,7 @@ use axum::response::Html;
 
 use super::session::ConsoleSession;
 
-/// `text` made safe for HTML text and quoted attribute values.
-pub fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// `text` for an attribute value (the same escaping; named for the reader).
-pub fn attr(text: &str) -> String {
-    esc(text)
-}
-
-/// `text` as one URL path segment or query value (everything but unreserved characters
-/// percent-encoded).
-pub fn url_part(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
+pub use tollgate_pages::{attr, esc, url_part};
 
 /// The console's sections, for the navigation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

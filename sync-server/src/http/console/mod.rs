@@ -16,7 +16,6 @@
 
 pub mod agents;
 pub mod catalog;
-pub mod charts;
 pub mod html;
 pub mod queries;
 pub mod reconcile;
@@ -39,7 +38,7 @@ use super::error::ApiError;
 use super::json::{BODY_BYTES_MAX, read_body};
 
 /// The console's stylesheet, embedded.
-const CSS: &str = include_str!("assets/console.css");
+const CSS: &str = tollgate_pages::STYLESHEET;
 
 /// What every console answer says about itself.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \

@@ -22,7 +22,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use super::charts;
 use super::html::{Notice, Section, attr, csrf_field, esc, or_dash, page, url_part};
 use super::queries::{self, USERS_PAGE};
 use super::session::{ConsoleSession, Needs};
@@ -32,6 +31,7 @@ use crate::central::users::{self as central_users, UserDetail};
 use crate::central::{catalog, validate};
 use crate::http::AppState;
 use crate::stripe::checkout::{self, CheckoutRequest};
+use tollgate_pages::charts;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]

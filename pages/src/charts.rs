@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use tollgate_schema::money::{Credits, NANOS_PER_CREDIT};
 
-use super::html::esc;
+use crate::esc;
 
 /// Width of every chart (SVG units; the stylesheet scales it to the page).
 const WIDTH: i64 = 720;
