@@ -15,7 +15,10 @@ async fn page(gw: &Gateway, url: String) -> (u16, String) {
 #[tokio::test]
 async fn the_admin_listener_shows_the_books_read_only_and_the_public_one_does_not() {
     let (gw, keys) = Gateway::start(
-        &[User::new("alice", "10"), User::new("bob+test@example.com", "3")],
+        &[
+            User::new("alice", "10"),
+            User::new("bob+test@example.com", "3"),
+        ],
         |_| {},
     )
     .await;
