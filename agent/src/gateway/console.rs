@@ -116,7 +116,7 @@ async fn user(State(gw): State<Arc<Gateway>>, Path(user_id): Path<String>) -> Re
         .await;
     let (account, usage) = match read {
         Ok(Ok(found)) => found,
-        Ok(Err(LedgerError::UnknownUser(_))) => {
+        Ok(Err(LedgerError::UnknownUser(_) | LedgerError::InvalidUserId(_))) => {
             let body = format!("<p>No user {} on this agent.</p>", esc(&user_id));
             return (StatusCode::NOT_FOUND, layout("No such user", &body)).into_response();
         }

@@ -71,6 +71,9 @@ async fn the_admin_listener_shows_the_books_read_only_and_the_public_one_does_no
     let (status, missing) = page(&gw, gw.admin_url("/console/users/nobody")).await;
     assert_eq!(status, 404, "{missing}");
     assert!(missing.contains("No user nobody"), "{missing}");
+    // Not even a user id: the same answer, not an error of the books.
+    let (status, _) = page(&gw, gw.admin_url("/console/users/a%20b")).await;
+    assert_eq!(status, 404);
 
     // Not on the public listener.
     let response = gw.http.get(gw.url("/console/")).send().await.unwrap();
