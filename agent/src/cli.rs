@@ -63,7 +63,7 @@ pub enum Command {
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell) to stdout.
     Completions {
         #[arg(value_enum)]
-        shell: clap_complete::Shell,
+        shell: tollgate_cli_docs::Shell,
     },
     /// Print the man page tollgate(1) to stdout, or with --out-dir write it and one page per
     /// subcommand there.

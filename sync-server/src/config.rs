@@ -141,21 +141,7 @@ impl AlertsConfig {
                  TOLLGATE_SERVER_ALERT_LOW_BALANCE or allowance thresholds"
             ));
         }
-        let number =
-            |name: &str, default: u64, range: std::ops::RangeInclusive<u64>| match env(name) {
-                None => Ok(default),
-                Some(text) => text
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| range.contains(n))
-                    .ok_or_else(|| {
-                        anyhow!(
-                            "{name} {text:?} is not a number from {} to {}",
-                            range.start(),
-                            range.end()
-                        )
-                    }),
-            };
+        let number = |name: &str, default: u64, range| env_number(env, name, default, range);
         Ok(Some(AlertsConfig {
             webhook_url: url,
             allowance_thresholds,
@@ -211,24 +197,33 @@ impl Default for Limits {
     }
 }
 
+/// The number in variable `name` (`default` when unset), which must lie in `range`.
+fn env_number(
+    env: EnvReader<'_>,
+    name: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> anyhow::Result<u64> {
+    match env(name) {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                anyhow!(
+                    "{name} {text:?} is not a number from {} to {}",
+                    range.start(),
+                    range.end()
+                )
+            }),
+    }
+}
+
 impl Limits {
     /// The defaults, each changed by its `TOLLGATE_SERVER_*` variable if set.
     fn load(env: EnvReader<'_>) -> anyhow::Result<Limits> {
-        let number =
-            |name: &str, default: u64, range: std::ops::RangeInclusive<u64>| match env(name) {
-                None => Ok(default),
-                Some(text) => text
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| range.contains(n))
-                    .ok_or_else(|| {
-                        anyhow!(
-                            "{name} {text:?} is not a number from {} to {}",
-                            range.start(),
-                            range.end()
-                        )
-                    }),
-            };
+        let number = |name: &str, default: u64, range| env_number(env, name, default, range);
         let d = Limits::default();
         Ok(Limits {
             header_read_timeout: Duration::from_secs(number(

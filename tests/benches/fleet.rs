@@ -54,11 +54,7 @@ fn http() -> reqwest::Client {
 }
 
 async fn server(db: &Database) -> (Server, Process, String) {
-    let server = Server {
-        database_url: db.url.clone(),
-        envs: Vec::new(),
-    };
-    server.ok(&["migrate"]);
+    let server = Server::migrated(db);
     let (process, addr) = server.serve("127.0.0.1:0");
     (server, process, format!("http://{addr}"))
 }

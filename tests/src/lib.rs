@@ -189,6 +189,16 @@ pub struct Server {
 }
 
 impl Server {
+    /// The server for `db`, migrated (`tollgate-server migrate`, as an operator would).
+    pub fn migrated(db: &Database) -> Server {
+        let server = Server {
+            database_url: db.url.clone(),
+            envs: Vec::new(),
+        };
+        server.ok(&["migrate"]);
+        server
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(binary("tollgate-server"));
         cmd.args(args).env("DATABASE_URL", &self.database_url);

@@ -10,11 +10,7 @@ use tollgate_e2e::{Agent, Database, Server, ok, run, word_with_prefix};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrolling_adopts_an_agents_users_with_their_settings() {
     let db = Database::create().await;
-    let server = Server {
-        database_url: db.url.clone(),
-        envs: Vec::new(),
-    };
-    server.ok(&["migrate"]);
+    let server = Server::migrated(&db);
     let (_process, addr) = server.serve("127.0.0.1:0");
     let base = format!("http://{addr}");
 

@@ -32,11 +32,7 @@ async fn status(client: &reqwest::Client, gateway: &str, key: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_made_centrally_works_on_the_agent_and_its_revocation_stops_it() {
     let db = Database::create().await;
-    let server = Server {
-        database_url: db.url.clone(),
-        envs: Vec::new(),
-    };
-    server.ok(&["migrate"]);
+    let server = Server::migrated(&db);
     let (_process, addr) = server.serve("127.0.0.1:0");
     let base = format!("http://{addr}");
     let upstream = MockUpstream::spawn().await.unwrap();

@@ -71,11 +71,7 @@ fn dec(v: &Value) -> Decimal {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_user_spends_the_pool_across_agents_never_more() {
     let db = Database::create().await;
-    let server = Server {
-        database_url: db.url.clone(),
-        envs: Vec::new(),
-    };
-    server.ok(&["migrate"]);
+    let server = Server::migrated(&db);
     let (_server_process, addr) = server.serve("127.0.0.1:0");
     let base = format!("http://{addr}");
     let upstream = MockUpstream::spawn().await.unwrap();
@@ -216,11 +212,7 @@ async fn a_fleet_user_spends_the_pool_across_agents_never_more() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_home_user_becomes_a_fleet_user_served_by_another_agent() {
     let db = Database::create().await;
-    let server = Server {
-        database_url: db.url.clone(),
-        envs: Vec::new(),
-    };
-    server.ok(&["migrate"]);
+    let server = Server::migrated(&db);
     let (_server_process, addr) = server.serve("127.0.0.1:0");
     let base = format!("http://{addr}");
     let upstream = MockUpstream::spawn().await.unwrap();
@@ -287,11 +279,7 @@ async fn a_partitioned_agent_spends_its_grant_then_the_overdraft_line_then_says_
     /// Less than the line: what the line lets the agent spend beyond it is owed.
     const FUNDED: &str = "0.002";
     let db = Database::create().await;
-    let server = Server {
-        database_url: db.url.clone(),
-        envs: Vec::new(),
-    };
-    server.ok(&["migrate"]);
+    let server = Server::migrated(&db);
     let (_server_process, addr) = server.serve("127.0.0.1:0");
     let proxy = TcpProxy::start(vec![addr]).await;
     let upstream = MockUpstream::spawn().await.unwrap();

@@ -467,11 +467,7 @@ async fn chat(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_a_dashboard_or_rule_names_is_on_a_live_metrics() {
     let db = Database::create().await;
-    let server = Server {
-        database_url: db.url.clone(),
-        envs: Vec::new(),
-    };
-    server.ok(&["migrate"]);
+    let server = Server::migrated(&db);
     let (_server_process, addr, server_admin) = server.serve_with_admin("127.0.0.1:0");
     let base = format!("http://{addr}");
     let server_admin = format!("http://{server_admin}");
@@ -634,11 +630,7 @@ async fn every_metric_a_dashboard_or_rule_names_is_on_a_live_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_metrics_follow_an_outage_and_a_quarantine() {
     let db = Database::create().await;
-    let server = Server {
-        database_url: db.url.clone(),
-        envs: Vec::new(),
-    };
-    server.ok(&["migrate"]);
+    let server = Server::migrated(&db);
     // A fixed port, so the restarted server answers where the agent points.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -4,7 +4,6 @@
 mod catalog;
 mod credits;
 mod demo;
-mod generate;
 mod init;
 mod keys;
 pub mod output;
@@ -48,8 +47,19 @@ impl Ctx {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // These describe the binary, not a data dir: they need none.
     match &cli.command {
-        Command::Completions { shell } => return generate::completions(*shell),
-        Command::Man { out_dir } => return generate::man(out_dir.as_deref()),
+        Command::Completions { shell } => {
+            return tollgate_cli_docs::completions(
+                <crate::cli::Cli as clap::CommandFactory>::command(),
+                "tollgate",
+                *shell,
+            );
+        }
+        Command::Man { out_dir } => {
+            return tollgate_cli_docs::man(
+                <crate::cli::Cli as clap::CommandFactory>::command(),
+                out_dir.as_deref(),
+            );
+        }
         _ => {}
     }
     let ctx = Ctx {
@@ -71,8 +81,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Enroll(args) => sync::enroll(&ctx, args),
         Command::Sync(cmd) => sync::run(&ctx, cmd),
         // Answered above; the same answer here keeps the match whole.
-        Command::Completions { shell } => generate::completions(shell),
-        Command::Man { out_dir } => generate::man(out_dir.as_deref()),
+        Command::Completions { shell } => tollgate_cli_docs::completions(
+            <crate::cli::Cli as clap::CommandFactory>::command(),
+            "tollgate",
+            shell,
+        ),
+        Command::Man { out_dir } => tollgate_cli_docs::man(
+            <crate::cli::Cli as clap::CommandFactory>::command(),
+            out_dir.as_deref(),
+        ),
     }
 }
 

@@ -3,7 +3,6 @@
 
 mod admin;
 mod agents;
-mod generate;
 mod serve;
 
 use std::process::ExitCode;
@@ -21,8 +20,19 @@ const COMMAND_POOL_SIZE: usize = 2;
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // These describe the binary: no runtime, no database.
     match &cli.command {
-        Command::Completions { shell } => return generate::completions(*shell),
-        Command::Man { out_dir } => return generate::man(out_dir.as_deref()),
+        Command::Completions { shell } => {
+            return tollgate_cli_docs::completions(
+                <crate::cli::Cli as clap::CommandFactory>::command(),
+                "tollgate-server",
+                *shell,
+            );
+        }
+        Command::Man { out_dir } => {
+            return tollgate_cli_docs::man(
+                <crate::cli::Cli as clap::CommandFactory>::command(),
+                out_dir.as_deref(),
+            );
+        }
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -80,8 +90,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 admin::reconcile(&pool, cli.json).await
             }
             // Answered above; the same answer here keeps the match whole.
-            Command::Completions { shell } => generate::completions(shell),
-            Command::Man { out_dir } => generate::man(out_dir.as_deref()),
+            Command::Completions { shell } => tollgate_cli_docs::completions(
+                <crate::cli::Cli as clap::CommandFactory>::command(),
+                "tollgate-server",
+                shell,
+            ),
+            Command::Man { out_dir } => tollgate_cli_docs::man(
+                <crate::cli::Cli as clap::CommandFactory>::command(),
+                out_dir.as_deref(),
+            ),
         }
     })
 }

@@ -1,29 +1,32 @@
-//! `tollgate completions SHELL` and `tollgate man`: shell completion scripts and man pages,
-//! generated from the clap definitions in `cli.rs` (clap's own `clap_complete` and
+//! `completions SHELL` and `man` for both tollgate binaries: shell completion scripts and man
+//! pages generated from a binary's clap definition (clap's own `clap_complete` and
 //! `clap_mangen`), so they always describe the binary that prints them.
 //!
-//! Guarantees: neither command needs a data dir or a database; completions go to stdout (a
-//! packager redirects them to the shell's completion directory); `man` prints `tollgate.1` to
-//! stdout, or with `--out-dir` writes `tollgate.1` and one page per subcommand
-//! (`tollgate-users.1`, `tollgate-users-api-key.1`, …) into that directory and prints each
+//! Guarantees: no data dir or database needed; completions go to stdout (a packager redirects
+//! them to the shell's completion directory), and a closed pipe is not a panic; `man` prints the
+//! binary's top page (`<bin>.1`) to stdout, or with an output directory writes it and one page
+//! per visible subcommand (`<bin>-users.1`, `<bin>-users-api-key.1`, …) there and prints each
 //! path written.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::CommandFactory;
 
-use crate::cli::Cli;
+/// The shells completions are written for (a `clap::ValueEnum`).
+pub use clap_complete::Shell;
 
-/// Prints `shell`'s completion script for `tollgate`.
-pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
-    let mut command = Cli::command();
+/// Prints `shell`'s completion script for `command`, installed as `bin`.
+pub fn completions(
+    mut command: clap::Command,
+    bin: &str,
+    shell: Shell,
+) -> anyhow::Result<ExitCode> {
     // Rendered first, then written: clap_complete panics on a write error, and a closed pipe
     // (`| head`) is not an error here.
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut command, "tollgate", &mut script);
+    clap_complete::generate(shell, &mut command, bin, &mut script);
     let mut out = std::io::stdout().lock();
     out.write_all(&script)
         .and_then(|()| out.flush())
@@ -31,9 +34,9 @@ pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints `tollgate.1`, or writes every page into `out_dir`.
-pub fn man(out_dir: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let mut command = Cli::command().disable_help_subcommand(true);
+/// Prints `command`'s top man page, or writes every page into `out_dir`.
+pub fn man(command: clap::Command, out_dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let mut command = command.disable_help_subcommand(true);
     command.build();
     let mut out = std::io::stdout().lock();
     match out_dir {
@@ -52,7 +55,7 @@ pub fn man(out_dir: Option<&Path>) -> anyhow::Result<ExitCode> {
 }
 
 /// Writes `command`'s page and its subcommands' (hidden ones left out); the paths written.
-pub fn write_pages(command: clap::Command, dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+fn write_pages(command: clap::Command, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
         written.extend(write_pages(sub.clone(), dir)?);
