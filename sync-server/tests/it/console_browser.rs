@@ -76,6 +76,8 @@ async fn console_in_a_browser_as_an_admin_would_use_it() {
     // Find a user by id prefix and open them.
     let search = browser.find("#q").await;
     browser.type_into(&search, &format!("al{ENTER}")).await;
+    // The unfiltered page lists alice too: wait for the search's page first.
+    browser.wait_url("q=al").await;
     browser.wait_text("#users", "alice").await;
     assert!(
         !browser

@@ -253,12 +253,13 @@ impl Browser {
         }
     }
 
-    /// Waits until the first element matching `css` holds `needle` in its text; returns it.
+    /// Waits until the first element matching `css` holds `needle` in its text; returns it. An
+    /// element gone stale meanwhile (the page was replaced) is looked for again.
     pub async fn wait_text(&self, css: &str, needle: &str) -> String {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(e) = self.all(css).await.into_iter().next() {
-                let text = self.text(&e).await;
+                let text = self.try_text(&e).await.unwrap_or_default();
                 if text.contains(needle) {
                     return text;
                 }
@@ -274,6 +275,43 @@ impl Browser {
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the page's address contains `needle` (a form's submission has landed).
+    pub async fn wait_url(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let url = self.current_url().await;
+            if url.contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page is {url}, not {needle:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `e`'s text, or `None` when `e` is no longer on the page (stale).
+    pub async fn try_text(&self, e: &Element) -> Option<String> {
+        let answer: Value = self
+            .http
+            .get(format!("{}/text", e.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match answer["value"]["error"].as_str() {
+            Some("stale element reference") => None,
+            Some(error) => panic!(
+                "WebDriver text of {}: {error}: {}",
+                e.url, answer["value"]["message"]
+            ),
+            None => Some(answer["value"].as_str().unwrap_or_default().to_owned()),
         }
     }
 
